@@ -1,0 +1,310 @@
+//! Generation: a loaded model with its tokenizer and chat template (`Engine`), and a conversation's KV
+//! cache with the token loop that prefills a prompt and samples until a stop (`Session`).
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::chat::{ChatTemplate, Message, RenderOptions};
+use crate::gguf::GgufFile;
+use crate::kv_cache::KvCache;
+use crate::model::{Logits, Model, RunState};
+use crate::sampler::{Sampler, SamplerConfig, StopMatcher};
+use crate::tokenizer::{StreamDecoder, Tokenizer, VocabSpec};
+
+/// Tokens fed to the model per forward call while prefilling a prompt.
+pub const DEFAULT_BATCH: usize = 256;
+
+/// A model ready to serve: weights, tokenizer and chat template from one GGUF file.
+pub struct Engine {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+}
+
+impl Engine {
+    /// Load everything from a GGUF file (weights stay memory-mapped).
+    pub fn load(path: impl AsRef<Path>) -> Result<Engine> {
+        let file = GgufFile::open(path.as_ref())?;
+        let spec = VocabSpec::from_metadata(file.metadata())
+            .with_context(|| format!("{}: cannot build the tokenizer", path.as_ref().display()))?;
+        let tokenizer = Tokenizer::from_vocab(&spec)?;
+        let token_text = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
+        let template = ChatTemplate::new(
+            file.get_str("tokenizer.chat_template"),
+            &token_text(spec.bos_id),
+            &token_text(spec.eos_id),
+        )
+        .context("cannot compile the model's chat template")?;
+        let model = Model::load(file)?;
+        if tokenizer.vocab_size() > model.config.vocab_size {
+            bail!(
+                "tokenizer has {} tokens but the embedding has only {} rows",
+                tokenizer.vocab_size(),
+                model.config.vocab_size
+            );
+        }
+        Ok(Engine { model, tokenizer, template })
+    }
+
+    /// Render a conversation with the model's chat template and tokenize it.
+    pub fn chat_tokens(&self, messages: &[Message], opts: &RenderOptions) -> Result<Vec<u32>> {
+        let text = self.template.render(messages, opts)?;
+        self.tokenizer.encode(&text)
+    }
+
+    /// A fresh session with room for `n_ctx` tokens of context.
+    pub fn session(&self, n_ctx: usize) -> Result<Session<'_>> {
+        Session::new(self, n_ctx)
+    }
+}
+
+/// What to generate and when to stop.
+#[derive(Clone, Debug)]
+pub struct GenerateParams {
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// Stop strings: generation ends before the first occurrence, which is not emitted.
+    pub stop: Vec<String>,
+    /// Keep going past end-of-generation tokens (benchmarks).
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_tokens: 256,
+            sampler: SamplerConfig::default(),
+            stop: Vec::new(),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+    /// The caller's callback asked to stop (client went away).
+    Cancelled,
+}
+
+/// Counts and timings of one generation.
+#[derive(Clone, Debug)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV was reused from the previous turn instead of recomputed.
+    pub cached_tokens: usize,
+    pub generated_tokens: usize,
+    pub prompt_secs: f64,
+    pub gen_secs: f64,
+    pub finish: FinishReason,
+    /// The generated token ids (including a final end-of-generation token, if any).
+    pub tokens: Vec<u32>,
+}
+
+impl GenerationStats {
+    pub fn prompt_tps(&self) -> f64 {
+        (self.prompt_tokens - self.cached_tokens) as f64 / self.prompt_secs.max(1e-9)
+    }
+    pub fn gen_tps(&self) -> f64 {
+        self.generated_tokens as f64 / self.gen_secs.max(1e-9)
+    }
+}
+
+/// One conversation's state: the KV cache and the tokens it holds.
+pub struct Session<'e> {
+    engine: &'e Engine,
+    kv: KvCache,
+    state: RunState,
+    /// Tokens whose keys and values are in `kv`, in order.
+    tokens: Vec<u32>,
+    n_batch: usize,
+}
+
+impl<'e> Session<'e> {
+    pub fn new(engine: &'e Engine, n_ctx: usize) -> Result<Session<'e>> {
+        let kv = KvCache::new(&engine.model.config, n_ctx)?;
+        Ok(Session { engine, kv, state: RunState::new(), tokens: Vec::new(), n_batch: DEFAULT_BATCH })
+    }
+
+    /// The context size in tokens.
+    pub fn n_ctx(&self) -> usize {
+        self.kv.capacity()
+    }
+
+    /// Tokens fed per forward call during prefill.
+    pub fn set_batch(&mut self, n_batch: usize) {
+        self.n_batch = n_batch.max(1);
+    }
+
+    /// Forget the conversation.
+    pub fn reset(&mut self) {
+        self.kv.clear();
+        self.tokens.clear();
+    }
+
+    /// Bring the cache to exactly `prompt`, reusing the longest common prefix with what it holds, and
+    /// return the logits after the last prompt token plus the number of reused tokens.
+    pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
+        if prompt.is_empty() {
+            bail!("the prompt is empty");
+        }
+        if prompt.len() > self.kv.capacity() {
+            bail!(
+                "the prompt is {} tokens but the context holds only {} (raise --ctx or shorten the prompt)",
+                prompt.len(),
+                self.kv.capacity()
+            );
+        }
+        // At least the last prompt token is always recomputed: its logits are needed.
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let reuse = common.min(prompt.len() - 1);
+        self.kv.truncate(reuse);
+        self.tokens.truncate(reuse);
+        let model = &self.engine.model;
+        let mut logits = Vec::new();
+        let rest = &prompt[reuse..];
+        let n_chunks = rest.len().div_ceil(self.n_batch);
+        for (i, chunk) in rest.chunks(self.n_batch).enumerate() {
+            let want = if i + 1 == n_chunks { Logits::Last } else { Logits::None };
+            let out = model.forward(&mut self.state, &mut self.kv, chunk, self.tokens.len(), want)?;
+            self.tokens.extend_from_slice(chunk);
+            if want == Logits::Last {
+                logits = out.to_vec();
+            }
+        }
+        Ok((logits, reuse))
+    }
+
+    /// Feed one token and return the logits for the next.
+    pub fn step(&mut self, token: u32) -> Result<&[f32]> {
+        let pos = self.tokens.len();
+        let out = self.engine.model.forward(&mut self.state, &mut self.kv, &[token], pos, Logits::Last)?;
+        self.tokens.push(token);
+        Ok(out)
+    }
+
+    /// Prefill `prompt`, then sample until an end-of-generation token, a stop string, `max_tokens` or a full
+    /// context. `on_text` receives each new piece of text (whole UTF-8 characters, stop strings withheld);
+    /// returning `ControlFlow::Break` cancels.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    ) -> Result<GenerationStats> {
+        params.sampler.validate()?;
+        let t0 = Instant::now();
+        let (mut logits, cached) = self.prefill(prompt)?;
+        let prompt_secs = t0.elapsed().as_secs_f64();
+
+        let t1 = Instant::now();
+        let mut gen = Generation::new(&self.engine.tokenizer, params);
+        loop {
+            let step = gen.accept(&mut logits, &self.tokens, self.kv.capacity() - self.tokens.len());
+            if !step.text.is_empty() && on_text(&step.text).is_break() {
+                gen.cancel();
+                break;
+            }
+            if step.done {
+                break;
+            }
+            logits = self.step(step.token)?.to_vec();
+        }
+        Ok(GenerationStats {
+            prompt_tokens: prompt.len(),
+            cached_tokens: cached,
+            generated_tokens: gen.tokens.len(),
+            prompt_secs,
+            gen_secs: t1.elapsed().as_secs_f64(),
+            finish: gen.finish.unwrap_or(FinishReason::Length),
+            tokens: gen.tokens,
+        })
+    }
+}
+
+/// One request's decoding state, separate from the model call so a scheduler can batch the model calls of
+/// many requests: give it the logits for the next position, get back the sampled token, the text it
+/// completes, and whether generation is over.
+pub struct Generation<'t> {
+    tokenizer: &'t Tokenizer,
+    sampler: Sampler,
+    decoder: StreamDecoder<'t>,
+    stops: StopMatcher,
+    max_tokens: usize,
+    ignore_eos: bool,
+    penalty_window: usize,
+    /// Tokens generated so far (a final end-of-generation token included).
+    pub tokens: Vec<u32>,
+    /// Set once generation is over.
+    pub finish: Option<FinishReason>,
+}
+
+/// The outcome of one `Generation::accept`.
+pub struct Step {
+    /// The sampled token; feed it to the model unless `done`.
+    pub token: u32,
+    /// Text to show now (may be empty).
+    pub text: String,
+    pub done: bool,
+}
+
+impl<'t> Generation<'t> {
+    pub fn new(tokenizer: &'t Tokenizer, params: &GenerateParams) -> Generation<'t> {
+        Generation {
+            tokenizer,
+            sampler: Sampler::new(params.sampler.clone()),
+            decoder: StreamDecoder::new(tokenizer, true),
+            stops: StopMatcher::new(params.stop.clone()),
+            max_tokens: params.max_tokens,
+            ignore_eos: params.ignore_eos,
+            penalty_window: params.sampler.penalty_last_n.max(1),
+            tokens: Vec::new(),
+            finish: if params.max_tokens == 0 { Some(FinishReason::Length) } else { None },
+        }
+    }
+
+    /// Sample from `logits` (the model's prediction after `context`, the tokens in the cache), with
+    /// `room` free positions left in the context.
+    pub fn accept(&mut self, logits: &mut [f32], context: &[u32], room: usize) -> Step {
+        if self.finish.is_some() {
+            return Step { token: 0, text: String::new(), done: true };
+        }
+        let recent = &context[context.len().saturating_sub(self.penalty_window)..];
+        let token = self.sampler.sample(logits, recent);
+        self.tokens.push(token);
+        if !self.ignore_eos && self.tokenizer.is_eog(token) {
+            self.finish = Some(FinishReason::Stop);
+            return Step { token, text: self.flush(), done: true };
+        }
+        let (mut text, hit_stop) = self.stops.push(&self.decoder.push(token));
+        if hit_stop {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.tokens.len() >= self.max_tokens || room == 0 {
+            self.finish = Some(FinishReason::Length);
+            text += &self.flush();
+        }
+        Step { token, text, done: self.finish.is_some() }
+    }
+
+    /// End early because the consumer went away.
+    pub fn cancel(&mut self) {
+        self.finish = Some(FinishReason::Cancelled);
+    }
+
+    /// Release what the detokenizer and the stop matcher still hold back (only when no stop string hit).
+    fn flush(&mut self) -> String {
+        let (text, hit) = self.stops.push(&self.decoder.finish());
+        if hit {
+            text
+        } else {
+            text + &self.stops.finish()
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The Qwen3 / Qwen2 decoder: weights (views into the mapped GGUF), run state, and the forward pass.
+//!
+//! Read it top-down like llama2.c: `Model::load` finds every tensor, `Model::forward` runs a batch of
+//! tokens through all layers. Qwen2 and Qwen3 share one forward pass; their two differences are the two
+//! `if let`s in the attention block (QKV bias for Qwen2, per-head Q/K RMSNorm for Qwen3).
+
+use anyhow::{bail, Context, Result};
+use quire_kernels::{dequantize_row, DType};
+use rayon::prelude::*;
+
+use crate::config::{Arch, Config};
+use crate::gguf::GgufFile;
+use crate::kv_cache::KvCache;
+use crate::ops::{self, MatmulScratch, Matrix};
+
+/// One transformer block's weights. Norms and biases are small and dequantized to f32 at load; the big
+/// matrices stay in the map.
+pub struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Matrix,
+    pub wk: Matrix,
+    pub wv: Matrix,
+    /// Qwen2 only: biases on the Q, K and V projections.
+    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    /// Qwen3 only: RMSNorm weights applied to each head of Q and K before RoPE.
+    pub qk_norm: Option<[Vec<f32>; 2]>,
+    pub wo: Matrix,
+    pub ffn_norm: Vec<f32>,
+    pub w_gate: Matrix,
+    pub w_up: Matrix,
+    pub w_down: Matrix,
+}
+
+/// A loaded model: the mapped file, its config, and where every weight lives.
+pub struct Model {
+    pub config: Config,
+    pub file: GgufFile,
+    pub token_embd: Matrix,
+    pub layers: Vec<Layer>,
+    pub output_norm: Vec<f32>,
+    /// The output head; `token_embd` itself when the file has no `output.weight` (tied embeddings).
+    pub output: Matrix,
+    inv_freq: Vec<f32>,
+}
+
+/// One sequence's share of a `forward_multi` batch: its cache and its next tokens.
+pub struct SeqBatch<'a> {
+    pub kv: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    pub want: Logits,
+}
+
+/// Which positions of a batch need logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None (prefilling a prefix whose predictions nobody reads).
+    None,
+    /// Only the last position (generation).
+    Last,
+    /// Every position of the batch (perplexity, tests).
+    All,
+}
+
+impl Model {
+    /// Find and check every tensor of a Qwen2/Qwen3 model in an open GGUF file.
+    pub fn load(file: GgufFile) -> Result<Model> {
+        let config = Config::from_gguf(&file)?;
+        let c = &config;
+        let token_embd = matrix(&file, "token_embd.weight", c.dim, c.vocab_size)?;
+        let output = match file.tensor_info("output.weight") {
+            Some(_) => matrix(&file, "output.weight", c.dim, c.vocab_size)?,
+            None => token_embd.clone(),
+        };
+        let output_norm = vector(&file, "output_norm.weight", c.dim)?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for l in 0..c.n_layers {
+            let name = |s: &str| format!("blk.{l}.{s}");
+            let qkv_bias = match c.arch {
+                Arch::Qwen2 => Some([
+                    vector(&file, &name("attn_q.bias"), c.q_dim())?,
+                    vector(&file, &name("attn_k.bias"), c.kv_dim())?,
+                    vector(&file, &name("attn_v.bias"), c.kv_dim())?,
+                ]),
+                Arch::Qwen3 => None,
+            };
+            let qk_norm = match c.arch {
+                Arch::Qwen3 => Some([
+                    vector(&file, &name("attn_q_norm.weight"), c.head_dim)?,
+                    vector(&file, &name("attn_k_norm.weight"), c.head_dim)?,
+                ]),
+                Arch::Qwen2 => None,
+            };
+            layers.push(Layer {
+                attn_norm: vector(&file, &name("attn_norm.weight"), c.dim)?,
+                wq: matrix(&file, &name("attn_q.weight"), c.dim, c.q_dim())?,
+                wk: matrix(&file, &name("attn_k.weight"), c.dim, c.kv_dim())?,
+                wv: matrix(&file, &name("attn_v.weight"), c.dim, c.kv_dim())?,
+                qkv_bias,
+                qk_norm,
+                wo: matrix(&file, &name("attn_output.weight"), c.q_dim(), c.dim)?,
+                ffn_norm: vector(&file, &name("ffn_norm.weight"), c.dim)?,
+                w_gate: matrix(&file, &name("ffn_gate.weight"), c.dim, c.ffn_dim)?,
+                w_up: matrix(&file, &name("ffn_up.weight"), c.dim, c.ffn_dim)?,
+                w_down: matrix(&file, &name("ffn_down.weight"), c.ffn_dim, c.dim)?,
+            });
+        }
+        let inv_freq = ops::rope_inv_freq(c.head_dim, c.rope_base);
+        Ok(Model { config, file, token_embd, layers, output_norm, output, inv_freq })
+    }
+
+    /// Open a GGUF file and load the model in it.
+    pub fn open(path: impl AsRef<std::path::Path>) -> Result<Model> {
+        let file = GgufFile::open(path)?;
+        Model::load(file)
+    }
+
+    fn w(&self, m: &Matrix) -> &[u8] {
+        self.file.bytes(m.range.clone())
+    }
+
+    /// Run `tokens` (at positions `kv.len()..`) through the model, appending their keys and values to
+    /// `kv`. Returns the logits asked for: `vocab_size` floats per position, in order. `pos` must equal
+    /// `kv.len()`; it is passed to make call sites read like the math.
+    pub fn forward<'s>(
+        &self,
+        state: &'s mut RunState,
+        kv: &mut KvCache,
+        tokens: &[u32],
+        pos: usize,
+        want: Logits,
+    ) -> Result<&'s [f32]> {
+        if pos != kv.len() {
+            bail!("position {pos} does not follow the {} tokens in the KV cache", kv.len());
+        }
+        self.forward_multi(state, &mut [SeqBatch { kv, tokens, want }])
+    }
+
+    /// Run several sequences, each with its own KV cache, through the model in one pass: the matmuls see
+    /// all their tokens as one batch (so the weights are read once for all of them, which is what makes
+    /// continuous batching pay on a memory-bound CPU); RoPE, the cache and attention stay per sequence.
+    /// Returns the wanted logits of every sequence, concatenated in order.
+    pub fn forward_multi<'s>(&self, state: &'s mut RunState, seqs: &mut [SeqBatch]) -> Result<&'s [f32]> {
+        let c = &self.config;
+        for sq in seqs.iter() {
+            if sq.tokens.is_empty() {
+                bail!("forward called with no tokens");
+            }
+            if sq.kv.len() + sq.tokens.len() > sq.kv.capacity() {
+                bail!(
+                    "context full: {} tokens would exceed the context size of {} tokens",
+                    sq.kv.len() + sq.tokens.len(),
+                    sq.kv.capacity()
+                );
+            }
+            if let Some(&bad) = sq.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+                bail!("token id {bad} is outside the vocabulary (size {})", c.vocab_size);
+            }
+        }
+        let n: usize = seqs.iter().map(|sq| sq.tokens.len()).sum();
+        state.ensure(c, n);
+        let s = state;
+        let (dim, q_dim, kv_dim) = (c.dim, c.q_dim(), c.kv_dim());
+        // Where each sequence's tokens sit in the batch, and their positions.
+        s.spans.clear();
+        s.positions.clear();
+        let mut row = 0;
+        for sq in seqs.iter() {
+            s.spans.push(row..row + sq.tokens.len());
+            s.positions.extend(sq.kv.len()..sq.kv.len() + sq.tokens.len());
+            row += sq.tokens.len();
+        }
+
+        // token embeddings
+        let embd_row = self.token_embd.row_bytes();
+        let embd = self.w(&self.token_embd);
+        let all_tokens = seqs.iter().flat_map(|sq| sq.tokens.iter());
+        for (b, &t) in all_tokens.enumerate() {
+            let row = &embd[t as usize * embd_row..(t as usize + 1) * embd_row];
+            dequantize_row(self.token_embd.dtype, row, &mut s.x[b * dim..(b + 1) * dim]);
+        }
+
+        for (l, layer) in self.layers.iter().enumerate() {
+            // attention rmsnorm
+            for b in 0..n {
+                let r = b * dim..(b + 1) * dim;
+                ops::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &layer.attn_norm, c.rms_eps);
+            }
+            // qkv matmuls for every token of the batch
+            let xb = &s.xb[..n * dim];
+            ops::matmul(&layer.wq, self.w(&layer.wq), xb, &mut s.q[..n * q_dim], &mut s.mm);
+            ops::matmul(&layer.wk, self.w(&layer.wk), xb, &mut s.k[..n * kv_dim], &mut s.mm);
+            ops::matmul(&layer.wv, self.w(&layer.wv), xb, &mut s.v[..n * kv_dim], &mut s.mm);
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                ops::add_bias(&mut s.q[..n * q_dim], bq);
+                ops::add_bias(&mut s.k[..n * kv_dim], bk);
+                ops::add_bias(&mut s.v[..n * kv_dim], bv);
+            }
+            if let Some([q_norm, k_norm]) = &layer.qk_norm {
+                ops::rmsnorm_per_head(&mut s.q[..n * q_dim], q_norm, c.rms_eps);
+                ops::rmsnorm_per_head(&mut s.k[..n * kv_dim], k_norm, c.rms_eps);
+            }
+            // RoPE at each token's own position
+            for (b, &p) in s.positions.iter().enumerate() {
+                ops::rope_neox(&mut s.q[b * q_dim..(b + 1) * q_dim], p, &self.inv_freq);
+                ops::rope_neox(&mut s.k[b * kv_dim..(b + 1) * kv_dim], p, &self.inv_freq);
+            }
+            // per sequence: keys and values into its cache, then causal grouped-query attention over it
+            for (sq, span) in seqs.iter_mut().zip(&s.spans) {
+                let pos = sq.kv.len();
+                let kv_rows = span.start * kv_dim..span.end * kv_dim;
+                sq.kv.write(l, pos, &s.k[kv_rows.clone()], &s.v[kv_rows]);
+                let q_rows = span.start * q_dim..span.end * q_dim;
+                attention(c, sq.kv, l, pos, &s.q[q_rows.clone()], &mut s.att[q_rows]);
+            }
+
+            // output projection and residual
+            ops::matmul(&layer.wo, self.w(&layer.wo), &s.att[..n * q_dim], &mut s.xb[..n * dim], &mut s.mm);
+            ops::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
+
+            // ffn rmsnorm, SwiGLU MLP, residual
+            for b in 0..n {
+                let r = b * dim..(b + 1) * dim;
+                ops::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &layer.ffn_norm, c.rms_eps);
+            }
+            let (xb, f) = (&s.xb[..n * dim], c.ffn_dim);
+            ops::matmul(&layer.w_gate, self.w(&layer.w_gate), xb, &mut s.hb[..n * f], &mut s.mm);
+            ops::matmul(&layer.w_up, self.w(&layer.w_up), xb, &mut s.hb2[..n * f], &mut s.mm);
+            ops::swiglu(&mut s.hb[..n * f], &s.hb2[..n * f]);
+            ops::matmul(
+                &layer.w_down,
+                self.w(&layer.w_down),
+                &s.hb[..n * f],
+                &mut s.xb[..n * dim],
+                &mut s.mm,
+            );
+            ops::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
+        }
+        for sq in seqs.iter_mut() {
+            sq.kv.advance(sq.tokens.len());
+        }
+
+        // final norm and classifier, only for the tokens whose logits are wanted
+        let mut m = 0;
+        for (sq, span) in seqs.iter().zip(&s.spans) {
+            let first = match sq.want {
+                Logits::None => continue,
+                Logits::Last => span.end - 1,
+                Logits::All => span.start,
+            };
+            for b in first..span.end {
+                let (r, o) = (b * dim..(b + 1) * dim, m * dim..(m + 1) * dim);
+                ops::rmsnorm(&mut s.xb[o], &s.x[r], &self.output_norm, c.rms_eps);
+                m += 1;
+            }
+        }
+        if m == 0 {
+            return Ok(&[]);
+        }
+        s.logits.resize(m * c.vocab_size, 0.0);
+        ops::matmul(&self.output, self.w(&self.output), &s.xb[..m * dim], &mut s.logits, &mut s.mm);
+        Ok(&s.logits)
+    }
+
+    /// Parameter count of every tensor in the file, as "1.54B" / "4.02B" / "2.1M".
+    pub fn n_params(&self) -> String {
+        let n: usize = self.file.tensors().iter().map(|t| t.n_elements()).sum();
+        match n {
+            n if n >= 1_000_000_000 => format!("{:.2}B", n as f64 / 1e9),
+            n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+            n => format!("{n}"),
+        }
+    }
+
+    /// Bytes of scratch a `RunState` for batches of `n_batch` tokens takes (logits for one position).
+    pub fn scratch_bytes(&self, n_batch: usize) -> usize {
+        RunState::floats_for(&self.config, n_batch) * 4 + self.config.vocab_size * 4
+    }
+}
+
+/// Attention for `q.len() / q_dim` new positions starting at `pos`, written to `out` (same shape as q).
+/// One rayon task per (position, head), each an online-softmax pass over the cached keys and values, so no
+/// score buffer is needed and the result does not depend on the thread count.
+fn attention(c: &Config, kv: &KvCache, layer: usize, pos: usize, q: &[f32], out: &mut [f32]) {
+    let hd = c.head_dim;
+    let group = c.n_heads / c.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let keys = kv.keys(layer);
+    let values = kv.values(layer);
+    let kv_dim = c.kv_dim();
+    out.par_chunks_mut(hd).zip(q.par_chunks(hd)).enumerate().for_each(|(i, (o, qh))| {
+        let (b, h) = (i / c.n_heads, i % c.n_heads);
+        let kv_off = (h / group) * hd;
+        let mut max = f32::NEG_INFINITY;
+        let mut sum = 0.0f32;
+        o.fill(0.0);
+        for t in 0..=pos + b {
+            let k = &keys[t * kv_dim + kv_off..t * kv_dim + kv_off + hd];
+            let score = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+            if score > max {
+                let correction = (max - score).exp();
+                sum *= correction;
+                o.iter_mut().for_each(|v| *v *= correction);
+                max = score;
+            }
+            let w = (score - max).exp();
+            sum += w;
+            let v = &values[t * kv_dim + kv_off..t * kv_dim + kv_off + hd];
+            o.iter_mut().zip(v).for_each(|(acc, &x)| *acc += w * x);
+        }
+        let inv = 1.0 / sum;
+        o.iter_mut().for_each(|v| *v *= inv);
+    });
+}
+
+/// Every scratch buffer of the forward pass, sized for a batch of up to `capacity` tokens and reused.
+#[derive(Default)]
+pub struct RunState {
+    capacity: usize,
+    /// Residual stream, `[n][dim]`.
+    x: Vec<f32>,
+    /// Normed residual / projection output, `[n][dim]`.
+    xb: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    /// Attention output, `[n][q_dim]`.
+    att: Vec<f32>,
+    /// MLP gate and up, `[n][ffn_dim]`.
+    hb: Vec<f32>,
+    hb2: Vec<f32>,
+    logits: Vec<f32>,
+    mm: MatmulScratch,
+    /// Batch rows of each sequence in a `forward_multi` call.
+    spans: Vec<std::ops::Range<usize>>,
+    /// Position of every token in the batch within its own sequence.
+    positions: Vec<usize>,
+}
+
+impl RunState {
+    pub fn new() -> RunState {
+        RunState::default()
+    }
+
+    fn floats_for(c: &Config, n: usize) -> usize {
+        n * (2 * c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.ffn_dim)
+    }
+
+    /// Grow the buffers to hold a batch of `n` tokens (never shrinks).
+    fn ensure(&mut self, c: &Config, n: usize) {
+        if n <= self.capacity {
+            return;
+        }
+        self.capacity = n;
+        self.x.resize(n * c.dim, 0.0);
+        self.xb.resize(n * c.dim, 0.0);
+        self.q.resize(n * c.q_dim(), 0.0);
+        self.k.resize(n * c.kv_dim(), 0.0);
+        self.v.resize(n * c.kv_dim(), 0.0);
+        self.att.resize(n * c.q_dim(), 0.0);
+        self.hb.resize(n * c.ffn_dim, 0.0);
+        self.hb2.resize(n * c.ffn_dim, 0.0);
+    }
+}
+
+/// A 2-D weight `[cols, rows]` (GGUF order: ne0 = cols, the input dimension) with the expected shape.
+fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Matrix> {
+    let t = file
+        .tensor_info(name)
+        .with_context(|| format!("{}: missing tensor '{name}'", file.path().display()))?;
+    if t.shape != [cols, rows] {
+        bail!(
+            "{}: tensor '{name}' has shape {:?}, expected [{cols}, {rows}]",
+            file.path().display(),
+            t.shape
+        );
+    }
+    if t.dtype == DType::Q8_K {
+        bail!(
+            "{}: tensor '{name}' is Q8_K, which is an activation format, not a weight format",
+            file.path().display()
+        );
+    }
+    Ok(Matrix { name: name.to_string(), dtype: t.dtype, rows, cols, range: t.range.clone() })
+}
+
+/// A 1-D weight of length `len`, dequantized to f32.
+fn vector(file: &GgufFile, name: &str, len: usize) -> Result<Vec<f32>> {
+    let t = file
+        .tensor_info(name)
+        .with_context(|| format!("{}: missing tensor '{name}'", file.path().display()))?;
+    if t.shape != [len] {
+        bail!("{}: tensor '{name}' has shape {:?}, expected [{len}]", file.path().display(), t.shape);
+    }
+    let mut out = vec![0.0; len];
+    dequantize_row(t.dtype, file.bytes(t.range.clone()), &mut out);
+    Ok(out)
+}

@@ -1,0 +1,57 @@
+//! Where the test data lives: the shared fixtures and the real model.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `$QUIRE_FIXTURES`, else `../shared/fixtures` beside the repository.
+pub fn fixtures() -> PathBuf {
+    match std::env::var_os("QUIRE_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures")),
+    }
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    fixtures().join(rel)
+}
+
+pub fn read_json(rel: &str) -> serde_json::Value {
+    let p = fixture(rel);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The real Qwen2.5-Coder GGUF (`$QUIRE_REAL_MODEL`, else the fetch script's cache path). `None` means
+/// skip; with `QUIRE_REQUIRE_REAL=1` (set by scripts/test.sh) a missing model is a failure instead.
+pub fn real_model() -> Option<PathBuf> {
+    let path = match std::env::var_os("QUIRE_REAL_MODEL") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let base = std::env::var_os("QUIRE_MODELS").map(PathBuf::from).unwrap_or_else(|| {
+                PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/quire/models")
+            });
+            base.join("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+        }
+    };
+    if path.exists() {
+        return Some(path);
+    }
+    if std::env::var("QUIRE_REQUIRE_REAL").as_deref() == Ok("1") {
+        panic!("real model not found at {} (run ../shared/scripts/fetch-qwen25-coder.sh)", path.display());
+    }
+    eprintln!("SKIP: real model not found at {}; run scripts/test.sh to fetch it", path.display());
+    None
+}
+
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

@@ -1,0 +1,223 @@
+//! Quantized block formats and CPU kernels for Quire.
+//!
+//! - [`formats`]: one file per GGUF/ggml block format with byte-identical layouts,
+//!   scalar quantizers (llama.cpp's reference quantizers), dequantizers and reference
+//!   dot products.
+//! - [`x86`]: AVX2 dot products (AVX-512 comes later).
+//! - [`dispatch`]: the instruction set chosen once per process.
+//!
+//! The crate knows nothing about models: it turns rows of bytes into rows of floats and
+//! dot products. Rows are byte slices straight from a GGUF mmap; they may be unaligned.
+//!
+//! ```
+//! use quire_kernels::{dequantize_row, quantize_row, vec_dot, vec_dot_scalar, DType};
+//!
+//! let n = 512;
+//! let weights: Vec<f32> = (0..n).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+//! let acts: Vec<f32> = (0..n).map(|i| ((i * 5) % 11) as f32 * 0.1).collect();
+//!
+//! // A Q4_K weight row and its Q8_K activation row.
+//! let mut w = vec![0u8; DType::Q4_K.row_bytes(n).unwrap()];
+//! quantize_row(DType::Q4_K, &weights, &mut w);
+//! let act_type = DType::Q4_K.vec_dot_type();
+//! let mut a = vec![0u8; act_type.row_bytes(n).unwrap()];
+//! quantize_row(act_type, &acts, &mut a);
+//!
+//! let dot = vec_dot(DType::Q4_K, n, &w, &a);
+//! assert_eq!(dot, vec_dot_scalar(DType::Q4_K, n, &w, &a)); // K-quants: bit-identical
+//!
+//! let mut back = vec![0.0f32; n];
+//! dequantize_row(DType::Q4_K, &w, &mut back);
+//! let exact: f32 = weights.iter().zip(&acts).map(|(x, y)| x * y).sum();
+//! let magnitude: f32 = weights.iter().zip(&acts).map(|(x, y)| (x * y).abs()).sum();
+//! assert!((dot - exact).abs() < 0.01 * magnitude);
+//! assert!(back.iter().zip(&weights).all(|(b, w)| (b - w).abs() < 0.5));
+//! ```
+
+pub mod dispatch;
+pub mod formats;
+pub mod x86;
+
+use formats::{check_row, format};
+
+/// A tensor element format, named and numbered as in ggml.
+#[allow(non_camel_case_types)] // ggml's spelling: Q4_K, Q8_0, ...
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    /// IEEE single precision.
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16 (the top half of an `f32`).
+    BF16,
+    /// 32 values: f16 scale, 32 × i8.
+    Q8_0,
+    /// 32 values: f16 scale, 32 × 4-bit with offset 8.
+    Q4_0,
+    /// 256 values: 8 sub-blocks with 6-bit scales and mins, 4-bit quants.
+    Q4_K,
+    /// 256 values: like Q4_K with 5-bit quants.
+    Q5_K,
+    /// 256 values: 16 sub-blocks with i8 scales, 6-bit quants with offset 32.
+    Q6_K,
+    /// 256 values: f32 scale, 256 × i8, 16 group sums (K-quant activations).
+    Q8_K,
+}
+
+impl DType {
+    /// The format with ggml type id `id`, if this crate supports it.
+    pub fn from_ggml(id: u32) -> Option<DType> {
+        formats::ALL.into_iter().find(|d| d.ggml_id() == id)
+    }
+
+    /// ggml's type id (as stored in GGUF tensor infos).
+    pub fn ggml_id(self) -> u32 {
+        format(self).ggml_id
+    }
+
+    /// ggml's spelling of the name: "F32", "Q4_K", ...
+    pub fn name(self) -> &'static str {
+        format(self).name
+    }
+
+    /// Values per block: 1 for F32/F16/BF16, 32 for Q8_0/Q4_0, 256 for K types.
+    pub fn block_len(self) -> usize {
+        format(self).block_len
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(self) -> usize {
+        format(self).block_bytes
+    }
+
+    /// Bytes taken by `n` values, or `None` unless `n` is a multiple of the block length.
+    pub fn row_bytes(self, n: usize) -> Option<usize> {
+        let f = format(self);
+        n.is_multiple_of(f.block_len).then(|| n / f.block_len * f.block_bytes)
+    }
+
+    /// The activation format [`vec_dot`] expects with weights of this format: F32 for
+    /// F32/F16/BF16, Q8_0 for Q4_0/Q8_0, Q8_K for the K types.
+    pub fn vec_dot_type(self) -> DType {
+        format(self).vec_dot_type
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Dequantizes one row of `dst.len()` values of `dtype` from `src`.
+///
+/// # Panics
+/// If `dst.len()` is not a multiple of the block length or `src.len()` is not
+/// `dtype.row_bytes(dst.len())` (a caller bug).
+pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) {
+    let f = format(dtype);
+    check_row(f, src.len(), dst.len());
+    (f.dequantize)(src, dst);
+}
+
+/// Quantizes one row of `src.len()` values into `dst` in `dtype`'s layout, with
+/// llama.cpp's reference quantizer for that type (byte-identical output). The
+/// activation formats Q8_0 and Q8_K use SIMD code on the process instruction set, with
+/// the same bytes as the scalar code.
+///
+/// # Panics
+/// If `src.len()` is not a multiple of the block length or `dst.len()` is not
+/// `dtype.row_bytes(src.len())`.
+pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) {
+    check_row(format(dtype), dst.len(), src.len());
+    dispatch::quantize_checked(dispatch::isa(), dtype, src, dst);
+}
+
+/// Checks the operands of a dot product; panics on a mismatch. The SIMD kernels rely
+/// on these lengths, so this runs before every dot.
+#[inline]
+fn check_dot(dtype: DType, n: usize, w: &[u8], act: &[u8]) {
+    let f = format(dtype);
+    check_row(f, w.len(), n);
+    check_row(format(f.vec_dot_type), act.len(), n);
+}
+
+/// Dot product of one weight row (`n` values of `dtype`) with one activation row of `n`
+/// values already in `dtype.vec_dot_type()` format (F32 activations as little-endian
+/// `f32` bytes), using the process instruction set ([`dispatch::isa`]).
+///
+/// Integer parts are exact; the result differs from [`vec_dot_scalar`] only by float
+/// summation order (not at all for the K types).
+///
+/// # Panics
+/// If `n` is not a multiple of the block length or a slice length does not match `n`.
+pub fn vec_dot(dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
+    check_dot(dtype, n, w, act);
+    dispatch::vec_dot_checked(dispatch::isa(), dtype, n, w, act)
+}
+
+/// Same as [`vec_dot`], always with the scalar reference kernel.
+///
+/// # Panics
+/// As [`vec_dot`].
+pub fn vec_dot_scalar(dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
+    check_dot(dtype, n, w, act);
+    (format(dtype).vec_dot)(n, w, act)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtype_table_matches_ggml() {
+        let expected = [
+            (DType::F32, 0, "F32", 1, 4, DType::F32),
+            (DType::F16, 1, "F16", 1, 2, DType::F32),
+            (DType::BF16, 30, "BF16", 1, 2, DType::F32),
+            (DType::Q8_0, 8, "Q8_0", 32, 34, DType::Q8_0),
+            (DType::Q4_0, 2, "Q4_0", 32, 18, DType::Q8_0),
+            (DType::Q4_K, 12, "Q4_K", 256, 144, DType::Q8_K),
+            (DType::Q5_K, 13, "Q5_K", 256, 176, DType::Q8_K),
+            (DType::Q6_K, 14, "Q6_K", 256, 210, DType::Q8_K),
+            (DType::Q8_K, 15, "Q8_K", 256, 292, DType::Q8_K),
+        ];
+        for (dtype, id, name, len, bytes, dot) in expected {
+            assert_eq!(dtype.ggml_id(), id);
+            assert_eq!(DType::from_ggml(id), Some(dtype));
+            assert_eq!(dtype.name(), name);
+            assert_eq!(dtype.to_string(), name);
+            assert_eq!(dtype.block_len(), len);
+            assert_eq!(dtype.block_bytes(), bytes);
+            assert_eq!(dtype.vec_dot_type(), dot);
+            assert_eq!(formats::format(dtype).dtype, dtype);
+            assert_eq!(dtype.row_bytes(len * 3), Some(bytes * 3));
+            if len > 1 {
+                assert_eq!(dtype.row_bytes(len + 1), None);
+            }
+        }
+        for id in [3, 6, 7, 9, 10, 11, 16, 29, 31, 1000] {
+            assert_eq!(DType::from_ggml(id), None, "id {id}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "need 36 bytes")]
+    fn dequantize_row_panics_on_wrong_source_length() {
+        let mut out = [0.0f32; 64];
+        dequantize_row(DType::Q4_0, &[0u8; 35], &mut out);
+    }
+
+    #[test]
+    #[should_panic(expected = "not a multiple")]
+    fn quantize_row_panics_on_partial_block() {
+        let mut out = [0u8; 292];
+        quantize_row(DType::Q8_K, &[0.0; 255], &mut out);
+    }
+
+    #[test]
+    #[should_panic(expected = "Q8_K")]
+    fn vec_dot_panics_on_wrong_activation_length() {
+        vec_dot(DType::Q4_K, 256, &[0u8; 144], &[0u8; 291]);
+    }
+}

@@ -1,0 +1,42 @@
+//! x86-64 SIMD kernels, one file per instruction set.
+//!
+//! `avx2.rs` holds `#[target_feature(enable = "avx2,fma,f16c")]` dot products for every
+//! weight format and the activation quantizers. An `avx512.rs` will sit beside it; until then [`crate::dispatch`] runs
+//! the AVX2 kernels on AVX-512 machines.
+//!
+//! Nothing here checks CPU features: [`crate::dispatch`] detects them once and is the
+//! only caller.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
+
+/// Whether this CPU can run the AVX2 kernels (AVX2, FMA and F16C).
+pub fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has the AVX-512 subset the (future) AVX-512 kernels target
+/// (F, BW, VL, VNNI) on top of everything [`has_avx2`] needs.
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        has_avx2()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The test command: fetch the real Qwen2.5-Coder model (cached after the first run), then run every test of
+# the workspace in release mode, real-model tests included (QUIRE_REQUIRE_REAL=1 turns their skip into a
+# failure). Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED="${QUIRE_SHARED:-$(pwd)/../shared}"
+export QUIRE_FIXTURES="${QUIRE_FIXTURES:-$SHARED/fixtures}"
+if [ ! -d "$QUIRE_FIXTURES" ]; then
+  echo "test.sh: fixtures not found at $QUIRE_FIXTURES (set QUIRE_FIXTURES or QUIRE_SHARED)" >&2
+  exit 1
+fi
+if [ -z "${QUIRE_REAL_MODEL:-}" ]; then
+  echo "test.sh: fetching the real model (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 1.1 GB, cached)..." >&2
+  QUIRE_REAL_MODEL="$(bash "$SHARED/scripts/fetch-qwen25-coder.sh")"
+fi
+export QUIRE_REAL_MODEL QUIRE_REQUIRE_REAL=1
+echo "test.sh: real model at $QUIRE_REAL_MODEL" >&2
+cargo test --release --workspace "$@"

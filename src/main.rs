@@ -1,0 +1,411 @@
+//! `quire`: the command line. Each subcommand is a thin layer over the engine crate.
+
+use std::io::{BufRead, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use quire_engine::chat::{Message, RenderOptions};
+use quire_engine::generate::{Engine, GenerateParams, GenerationStats, Session, DEFAULT_BATCH};
+use quire_engine::gguf::GgufFile;
+use quire_engine::memory::{human_bytes, MemoryPlan};
+use quire_engine::sampler::SamplerConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "quire",
+    version,
+    about = "CPU inference engine and server for Qwen3 (and Qwen2) GGUF models"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a reply to one prompt (chat template applied) and stream it to stdout.
+    Run(RunArgs),
+    /// Multi-turn chat in the terminal; the conversation is kept (and its KV cache reused) across turns.
+    Chat(ChatArgs),
+    /// Show a model file's metadata, tensors and the memory it needs.
+    Info(InfoArgs),
+    /// Perplexity of a text file, with llama.cpp's method (last line: `PPL = <value>`).
+    Perplexity(PerplexityArgs),
+}
+
+/// Options shared by everything that runs the model.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Path to a GGUF model file.
+    #[arg(short = 'm', long = "model")]
+    model: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long)]
+    threads: Option<usize>,
+    /// Context size in tokens (default: 4096, or the model's trained context if smaller).
+    #[arg(short = 'c', long = "ctx")]
+    ctx: Option<usize>,
+}
+
+/// Sampling options shared by `run` and `chat`.
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// Maximum number of tokens to generate.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 512)]
+    max_tokens: usize,
+    /// Temperature; 0 = greedy (always the most likely token).
+    #[arg(long)]
+    temp: Option<f32>,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches P (1 = off).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Drop tokens less likely than P × the most likely one (0 = off).
+    #[arg(long)]
+    min_p: Option<f32>,
+    /// Repetition penalty over the last 64 tokens (1 = off).
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
+    /// OpenAI-style presence penalty.
+    #[arg(long)]
+    presence_penalty: Option<f32>,
+    /// OpenAI-style frequency penalty.
+    #[arg(long)]
+    frequency_penalty: Option<f32>,
+    /// Random seed (same seed, same output).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when this text appears (repeatable); the stop text is not printed.
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// System prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// For hybrid-thinking Qwen3 models: let the model think first (default) or not (`--think false`).
+    #[arg(long)]
+    think: Option<bool>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// The prompt text.
+    #[arg(short = 'p', long = "prompt", conflicts_with = "file")]
+    prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Plain completion: no chat template, the prompt is continued as is.
+    #[arg(long)]
+    raw: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct InfoArgs {
+    /// Path to a GGUF model file.
+    model: PathBuf,
+    /// Context size for the memory estimate.
+    #[arg(short = 'c', long = "ctx", default_value_t = 4096)]
+    ctx: usize,
+    /// List every tensor.
+    #[arg(long)]
+    tensors: bool,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text file to score.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// Tokens fed per forward pass.
+    #[arg(short = 'b', long = "batch", default_value_t = 128)]
+    batch: usize,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => cmd_run(a),
+        Command::Chat(a) => cmd_chat(a),
+        Command::Info(a) => cmd_info(a),
+        Command::Perplexity(a) => cmd_perplexity(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Size the global thread pool once, before any parallel work.
+fn init_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot start the thread pool")?;
+    }
+    Ok(())
+}
+
+/// Load the model, print how long it took, and check the memory it will need at this context size.
+fn load(args: &ModelArgs) -> Result<(Engine, usize)> {
+    init_threads(args.threads)?;
+    let t0 = Instant::now();
+    let engine = Engine::load(&args.model)?;
+    let c = &engine.model.config;
+    let n_ctx = args.ctx.unwrap_or_else(|| c.ctx_train.min(4096));
+    if n_ctx == 0 {
+        bail!("--ctx must be at least 1");
+    }
+    let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH);
+    plan.check_available()?;
+    eprintln!(
+        "loaded {} ({}, {} layers, {} params in {}) in {:.2} s; context {n_ctx} tokens, KV cache {}",
+        args.model.display(),
+        c.arch.name(),
+        c.n_layers,
+        engine.model.n_params(),
+        human_bytes(plan.weights_mapped),
+        t0.elapsed().as_secs_f64(),
+        human_bytes(plan.kv_cache),
+    );
+    Ok((engine, n_ctx))
+}
+
+fn params(s: &SamplingArgs) -> Result<GenerateParams> {
+    let mut cfg = SamplerConfig::default();
+    if let Some(t) = s.temp {
+        cfg.temperature = t;
+    }
+    if let Some(k) = s.top_k {
+        cfg.top_k = k;
+    }
+    if let Some(p) = s.top_p {
+        cfg.top_p = p;
+    }
+    if let Some(p) = s.min_p {
+        cfg.min_p = p;
+    }
+    if let Some(p) = s.repeat_penalty {
+        cfg.repetition_penalty = p;
+    }
+    if let Some(p) = s.presence_penalty {
+        cfg.presence_penalty = p;
+    }
+    if let Some(p) = s.frequency_penalty {
+        cfg.frequency_penalty = p;
+    }
+    cfg.seed = s.seed;
+    cfg.validate()?;
+    Ok(GenerateParams {
+        max_tokens: s.max_tokens,
+        sampler: cfg,
+        stop: s.stop.clone(),
+        ignore_eos: s.ignore_eos,
+    })
+}
+
+/// Generate and stream to stdout; returns the generated text.
+fn stream_reply(
+    session: &mut Session,
+    prompt: &[u32],
+    p: &GenerateParams,
+) -> Result<(String, GenerationStats)> {
+    let mut out = std::io::stdout().lock();
+    let mut text = String::new();
+    let stats = session.generate(prompt, p, |piece| {
+        text.push_str(piece);
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+        ControlFlow::Continue(())
+    })?;
+    let _ = writeln!(out);
+    Ok((text, stats))
+}
+
+fn print_stats(s: &GenerationStats) {
+    eprintln!(
+        "prompt: {} tokens ({} cached) in {:.2} s = {:.2} t/s | generation: {} tokens in {:.2} s = {:.2} t/s | finish: {:?}",
+        s.prompt_tokens,
+        s.cached_tokens,
+        s.prompt_secs,
+        s.prompt_tps(),
+        s.generated_tokens,
+        s.gen_secs,
+        s.gen_tps(),
+        s.finish
+    );
+}
+
+fn render_opts(s: &SamplingArgs) -> RenderOptions {
+    RenderOptions { add_generation_prompt: true, enable_thinking: s.think, tools: None }
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    let prompt_text = match (&a.prompt, &a.file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+        }
+        (None, None) => bail!("give a prompt with -p TEXT or -f FILE"),
+    };
+    let p = params(&a.sampling)?;
+    let (engine, n_ctx) = load(&a.model)?;
+    let prompt = if a.raw {
+        engine.tokenizer.encode(&prompt_text)?
+    } else {
+        let mut messages = Vec::new();
+        if let Some(sys) = &a.sampling.system {
+            messages.push(Message::system(sys.clone()));
+        }
+        messages.push(Message::user(prompt_text));
+        engine.chat_tokens(&messages, &render_opts(&a.sampling))?
+    };
+    let mut session = engine.session(n_ctx)?;
+    let (_, stats) = stream_reply(&mut session, &prompt, &p)?;
+    print_stats(&stats);
+    Ok(())
+}
+
+fn cmd_chat(a: ChatArgs) -> Result<()> {
+    let p = params(&a.sampling)?;
+    let (engine, n_ctx) = load(&a.model)?;
+    let mut session = engine.session(n_ctx)?;
+    let mut history: Vec<Message> = Vec::new();
+    if let Some(sys) = &a.sampling.system {
+        history.push(Message::system(sys.clone()));
+    }
+    eprintln!("chat with the model; /reset starts over, /exit (or Ctrl-D) quits");
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("> ");
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        match line.trim() {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                history.retain(|m| m.role == "system");
+                session.reset();
+                eprintln!("(conversation cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(Message::user(line));
+        let prompt = engine.chat_tokens(&history, &render_opts(&a.sampling))?;
+        match stream_reply(&mut session, &prompt, &p) {
+            Ok((reply, stats)) => {
+                print_stats(&stats);
+                history.push(Message::assistant(reply));
+            }
+            Err(e) => {
+                // Keep the REPL alive (e.g. the context filled up): drop the turn and say why.
+                history.pop();
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cmd_info(a: InfoArgs) -> Result<()> {
+    let file = GgufFile::open(&a.model)?;
+    println!("file: {} (GGUF v{}, {})", a.model.display(), file.version(), human_bytes(file.file_len()));
+    println!("\nmetadata:");
+    for (k, v) in file.metadata() {
+        let shown = match v {
+            serde_json::Value::Array(items) => format!("[{} items]", items.len()),
+            serde_json::Value::String(s) if s.len() > 80 || s.contains('\n') => {
+                format!("<text, {} chars>", s.chars().count())
+            }
+            other => other.to_string(),
+        };
+        println!("  {k} = {shown}");
+    }
+    let mut by_type: std::collections::BTreeMap<&str, (usize, usize, usize)> = Default::default();
+    for t in file.tensors() {
+        let e = by_type.entry(t.dtype.name()).or_default();
+        e.0 += 1;
+        e.1 += t.n_elements();
+        e.2 += t.n_bytes();
+    }
+    println!("\ntensors: {}", file.tensors().len());
+    for (ty, (count, elems, bytes)) in &by_type {
+        println!("  {ty:<6} {count:>5} tensors {elems:>14} values {:>12}", human_bytes(*bytes));
+    }
+    if a.tensors {
+        for t in file.tensors() {
+            println!("  {:<40} {:<6} {:?} {}", t.name, t.dtype.name(), t.shape, human_bytes(t.n_bytes()));
+        }
+    }
+    let model = quire_engine::model::Model::load(file)?;
+    let c = &model.config;
+    println!(
+        "\nmodel: {} | {} layers | dim {} | heads {} (KV {}) x {} | ffn {} | vocab {} | rope base {} | rms eps {} | trained context {}",
+        c.arch.name(),
+        c.n_layers,
+        c.dim,
+        c.n_heads,
+        c.n_kv_heads,
+        c.head_dim,
+        c.ffn_dim,
+        c.vocab_size,
+        c.rope_base,
+        c.rms_eps,
+        c.ctx_train
+    );
+    let plan = MemoryPlan::new(&model, a.ctx, DEFAULT_BATCH);
+    println!(
+        "memory at context {}: weights {} (memory-mapped) + KV cache {} (f32) + scratch {} = {}",
+        a.ctx,
+        human_bytes(plan.weights_mapped),
+        human_bytes(plan.kv_cache),
+        human_bytes(plan.scratch),
+        human_bytes(plan.total())
+    );
+    Ok(())
+}
+
+fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
+    let text = read_text(&a.file)?;
+    let (engine, n_ctx) = load(&ModelArgs { ctx: Some(a.model.ctx.unwrap_or(512)), ..a.model.clone() })?;
+    let tokens = engine.tokenizer.encode(&text)?;
+    eprintln!("{} tokens, {} windows of {n_ctx}", tokens.len(), tokens.len() / n_ctx);
+    let t0 = Instant::now();
+    let ppl = quire_engine::perplexity::perplexity(&engine, &tokens, n_ctx, a.batch, |c| {
+        eprintln!("[{}/{}] {:.4}", c.index + 1, c.n_chunks, c.ppl);
+    })?;
+    eprintln!("{:.1} s", t0.elapsed().as_secs_f64());
+    println!("PPL = {ppl:.4}");
+    Ok(())
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}

@@ -1,0 +1,90 @@
+//! The `quire` binary end to end on the tiny fixture model: run, info, perplexity, and clear errors.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    match std::env::var_os("QUIRE_FIXTURES") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures")),
+    }
+}
+
+fn tiny(ty: &str) -> String {
+    fixtures().join(format!("tiny-qwen3-{ty}.gguf")).display().to_string()
+}
+
+fn quire(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quire")).args(args).output().expect("run quire")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn run_raw_greedy_is_deterministic_and_reports_speed() {
+    let args =
+        ["run", "-m", &tiny("q8_0"), "--raw", "-p", "Hello world", "-n", "12", "--temp", "0", "-t", "2"];
+    let a = quire(&args);
+    assert!(a.status.success(), "stderr: {}", text(&a.stderr));
+    let b = quire(&args);
+    assert_eq!(a.stdout, b.stdout, "greedy output must not change between runs");
+    let err = text(&a.stderr);
+    assert!(err.contains("t/s") && err.contains("generation: 12 tokens"), "stderr: {err}");
+}
+
+#[test]
+fn run_with_chat_template_and_seeded_sampling() {
+    let args = ["run", "-m", &tiny("q4_0"), "-p", "Hi", "-n", "10", "--temp", "0.9", "--seed", "7"];
+    let a = quire(&args);
+    assert!(a.status.success(), "stderr: {}", text(&a.stderr));
+    assert_eq!(a.stdout, quire(&args).stdout, "same seed must give the same output");
+}
+
+#[test]
+fn info_lists_metadata_tensors_and_memory() {
+    let out = quire(&["info", &tiny("q4_k_m"), "--ctx", "1024"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let s = text(&out.stdout);
+    for needle in [
+        "general.architecture = \"qwen3\"",
+        "tokenizer.ggml.tokens = [576 items]",
+        "Q4_K",
+        "Q6_K",
+        "KV cache",
+        "memory at context 1024",
+    ] {
+        assert!(s.contains(needle), "info output lacks {needle:?}:\n{s}");
+    }
+}
+
+#[test]
+fn perplexity_prints_ppl_last() {
+    let dir = std::env::temp_dir().join(format!("quire-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("text.txt");
+    std::fs::write(&f, "The quick brown fox jumps over the lazy dog. ".repeat(40)).unwrap();
+    let out = quire(&["perplexity", "-m", &tiny("f16"), "-f", f.to_str().unwrap(), "-c", "64"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let s = text(&out.stdout);
+    let last = s.lines().last().unwrap();
+    let v: f64 = last.strip_prefix("PPL = ").expect("last line is PPL = <value>").parse().unwrap();
+    assert!(v.is_finite() && v > 1.0, "{last}");
+}
+
+#[test]
+fn errors_are_clear_and_not_panics() {
+    let out = quire(&["run", "-m", &tiny("f32"), "--raw", "-p", &"word ".repeat(100), "--ctx", "32"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("context holds only 32"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+
+    let out = quire(&["run", "-m", "/nonexistent.gguf", "-p", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("cannot open"), "{}", text(&out.stderr));
+
+    let out = quire(&["run", "-m", &tiny("f32"), "-p", "x", "--temp=-1"]);
+    assert_eq!(out.status.code(), Some(1), "negative temperature must be refused");
+}
