@@ -11,4 +11,5 @@ pub mod model;
 pub mod ops;
 pub mod perplexity;
 pub mod sampler;
+pub mod scheduler;
 pub mod tokenizer;

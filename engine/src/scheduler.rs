@@ -1,0 +1,417 @@
+//! Continuous batching: `n_slots` conversations share one model on one worker thread.
+//!
+//! Each step, the worker gathers one token from every slot that is generating plus a chunk of prompt from
+//! slots that are still prefilling (up to `n_batch` tokens in all) and runs them through
+//! `Model::forward_multi` together, so the weights are read from memory once for all of them. New requests
+//! take a free slot between steps; long prompts are prefilled a chunk per step so running streams keep
+//! flowing. A free slot keeps its tokens and KV cache, and a new request goes to the free slot sharing the
+//! longest prefix with it (multi-turn chat re-sends the whole history), reusing that prefix's KV.
+//!
+//! Every logit is one dot product over the request's own quantized activation row, and attention runs per
+//! sequence, so a request's output does not depend on what else is in the batch: same seed, same request,
+//! same text, alone or alongside others.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::generate::{Engine, FinishReason, GenerateParams, Generation};
+use crate::kv_cache::KvCache;
+use crate::memory::MemoryPlan;
+use crate::model::{Logits, RunState, SeqBatch};
+
+/// How many conversations run at once and how much each may hold.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// Slots decoding together (`--parallel`).
+    pub n_slots: usize,
+    /// Context size of each slot, in tokens.
+    pub n_ctx: usize,
+    /// Requests allowed to wait for a slot; more are refused with `SubmitError::QueueFull`.
+    pub queue_capacity: usize,
+    /// Most tokens in one forward pass (decode tokens plus prefill chunks).
+    pub n_batch: usize,
+}
+
+/// One generation request. `on_event` runs on the worker thread: it gets `Event::Text` pieces, then exactly
+/// one `Event::Done` or `Event::Failed`. Returning `ControlFlow::Break` (the client went away) cancels the
+/// request and frees its slot before the next step.
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub params: GenerateParams,
+    /// Past this instant the request is ended with `Event::Failed("timed out ...")`.
+    pub deadline: Option<Instant>,
+    pub on_event: Box<dyn FnMut(Event) -> ControlFlow<()> + Send>,
+}
+
+/// What a request's consumer is told.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// New text: whole UTF-8 characters, stop strings withheld.
+    Text(String),
+    /// Generation ended normally (or was cancelled by the consumer).
+    Done(Usage),
+    /// Generation could not go on; the message says why.
+    Failed(String),
+}
+
+/// Token counts and timings of a finished request.
+#[derive(Clone, Debug)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV was reused from the slot's previous conversation.
+    pub cached_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish: FinishReason,
+    pub prompt_secs: f64,
+    pub gen_secs: f64,
+}
+
+/// Why a request was not accepted.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the server is busy: {capacity} requests are already waiting; retry shortly")]
+    QueueFull { capacity: usize },
+    #[error("the prompt is {prompt_tokens} tokens but the context holds only {n_ctx}")]
+    PromptTooLong { prompt_tokens: usize, n_ctx: usize },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// A snapshot of the scheduler for metrics.
+#[derive(Clone, Debug, Default)]
+pub struct SchedulerStats {
+    pub queued: usize,
+    pub active: usize,
+    pub n_slots: usize,
+    pub kv_used_tokens: usize,
+    pub kv_capacity_tokens: usize,
+    pub prompt_tokens_total: u64,
+    pub generated_tokens_total: u64,
+    /// Prompt tokens per second over the most recent step that prefilled.
+    pub prefill_tps: f64,
+    /// Generated tokens per second (all slots together) over the most recent decode step.
+    pub decode_tps: f64,
+}
+
+struct Shared {
+    cfg: SchedulerConfig,
+    queue: Mutex<VecDeque<Request>>,
+    wake: Condvar,
+    shutting_down: AtomicBool,
+    stats: Mutex<SchedulerStats>,
+}
+
+/// The batching worker and its request queue. Dropping it shuts down and waits for in-flight requests.
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Scheduler {
+    /// Allocate every slot's KV cache (refusing with a clear message when memory is short) and start the
+    /// worker thread.
+    pub fn new(engine: Arc<Engine>, cfg: SchedulerConfig) -> Result<Scheduler> {
+        anyhow::ensure!(cfg.n_slots >= 1, "at least one slot is needed");
+        anyhow::ensure!(cfg.n_ctx >= 1, "the context must hold at least one token");
+        let cfg = SchedulerConfig { n_batch: cfg.n_batch.max(cfg.n_slots), ..cfg };
+        MemoryPlan::new(&engine.model, cfg.n_ctx * cfg.n_slots, cfg.n_batch).check_available()?;
+        let caches = (0..cfg.n_slots)
+            .map(|_| KvCache::new(&engine.model.config, cfg.n_ctx))
+            .collect::<Result<Vec<_>>>()?;
+        let shared = Arc::new(Shared {
+            stats: Mutex::new(SchedulerStats {
+                n_slots: cfg.n_slots,
+                kv_capacity_tokens: cfg.n_slots * cfg.n_ctx,
+                ..Default::default()
+            }),
+            cfg,
+            queue: Mutex::new(VecDeque::new()),
+            wake: Condvar::new(),
+            shutting_down: AtomicBool::new(false),
+        });
+        let worker_shared = shared.clone();
+        let worker = std::thread::Builder::new().name("quire-scheduler".into()).spawn(move || {
+            let slots = caches.into_iter().map(Slot::new).collect();
+            Worker { engine: &engine, shared: &worker_shared, slots }.run()
+        })?;
+        Ok(Scheduler { shared, worker: Mutex::new(Some(worker)) })
+    }
+
+    /// Queue a request. Checks what can be checked now (parameters, prompt length, queue room).
+    pub fn submit(&self, req: Request) -> Result<(), SubmitError> {
+        let cfg = &self.shared.cfg;
+        if self.shared.shutting_down.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        if req.prompt.is_empty() {
+            return Err(SubmitError::Invalid("the prompt is empty".into()));
+        }
+        if req.prompt.len() > cfg.n_ctx {
+            return Err(SubmitError::PromptTooLong { prompt_tokens: req.prompt.len(), n_ctx: cfg.n_ctx });
+        }
+        req.params.sampler.validate().map_err(|e| SubmitError::Invalid(e.to_string()))?;
+        let mut queue = self.shared.queue.lock().unwrap();
+        if queue.len() >= cfg.queue_capacity {
+            return Err(SubmitError::QueueFull { capacity: cfg.queue_capacity });
+        }
+        queue.push_back(req);
+        self.shared.stats.lock().unwrap().queued = queue.len();
+        drop(queue);
+        self.shared.wake.notify_all();
+        Ok(())
+    }
+
+    /// A snapshot of queue, slots and throughput.
+    pub fn stats(&self) -> SchedulerStats {
+        self.shared.stats.lock().unwrap().clone()
+    }
+
+    /// The configuration in force (n_batch raised to at least n_slots).
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.shared.cfg
+    }
+
+    /// Stop taking requests; queued and running ones still finish, then the worker exits.
+    pub fn shutdown(&self) {
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_all();
+    }
+
+    /// Shut down and wait for the worker to finish what it has.
+    pub fn join(&self) {
+        self.shutdown();
+        if let Some(handle) = self.worker.lock().unwrap().take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+/// One conversation slot: its KV cache, the tokens in it, and the request it serves (if any).
+struct Slot<'e> {
+    kv: KvCache,
+    /// Tokens whose keys and values are in `kv`.
+    tokens: Vec<u32>,
+    active: Option<Active<'e>>,
+}
+
+impl Slot<'_> {
+    fn new(kv: KvCache) -> Self {
+        Slot { kv, tokens: Vec::new(), active: None }
+    }
+}
+
+/// A request being served.
+struct Active<'e> {
+    req: Request,
+    gen: Generation<'e>,
+    /// Prompt tokens already in the cache.
+    prompt_done: usize,
+    cached: usize,
+    /// The token sampled last, to feed next (decode phase).
+    next: Option<u32>,
+    started: Instant,
+    prompt_secs: f64,
+    first_token_at: Option<Instant>,
+}
+
+struct Worker<'e> {
+    engine: &'e Engine,
+    shared: &'e Shared,
+    slots: Vec<Slot<'e>>,
+}
+
+impl<'e> Worker<'e> {
+    fn run(mut self) {
+        let mut state = RunState::new();
+        loop {
+            self.admit();
+            if self.slots.iter().all(|s| s.active.is_none()) {
+                let queue = self.shared.queue.lock().unwrap();
+                if queue.is_empty() {
+                    if self.shared.shutting_down.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    drop(
+                        self.shared.wake.wait_timeout(queue, std::time::Duration::from_millis(200)).unwrap(),
+                    );
+                }
+                continue;
+            }
+            self.expire_deadlines();
+            self.step(&mut state);
+            self.publish_occupancy();
+        }
+    }
+
+    /// Move queued requests into free slots, each to the free slot sharing the longest prefix with it.
+    fn admit(&mut self) {
+        loop {
+            if !self.slots.iter().any(|s| s.active.is_none()) {
+                return;
+            }
+            let Some(req) = self.shared.queue.lock().unwrap().pop_front() else { return };
+            let common = |s: &Slot| s.tokens.iter().zip(&req.prompt).take_while(|(a, b)| a == b).count();
+            let (i, _) = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.active.is_none())
+                .max_by_key(|(i, s)| (common(s), usize::MAX - i))
+                .expect("a free slot exists");
+            let slot = &mut self.slots[i];
+            // At least the last prompt token is recomputed: its logits are needed.
+            let reuse = common(slot).min(req.prompt.len() - 1);
+            slot.kv.truncate(reuse);
+            slot.tokens.truncate(reuse);
+            let gen = Generation::new(&self.engine.tokenizer, &req.params);
+            slot.active = Some(Active {
+                gen,
+                prompt_done: reuse,
+                cached: reuse,
+                next: None,
+                started: Instant::now(),
+                prompt_secs: 0.0,
+                first_token_at: None,
+                req,
+            });
+            let mut stats = self.shared.stats.lock().unwrap();
+            stats.queued = self.shared.queue.lock().unwrap().len();
+        }
+    }
+
+    fn expire_deadlines(&mut self) {
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            let expired = slot.active.as_ref().is_some_and(|a| a.req.deadline.is_some_and(|d| now >= d));
+            if expired {
+                let mut a = slot.active.take().unwrap();
+                let _ = (a.req.on_event)(Event::Failed(format!(
+                    "request timed out after {:.1} s ({} tokens generated)",
+                    a.started.elapsed().as_secs_f64(),
+                    a.gen.tokens.len()
+                )));
+            }
+        }
+    }
+
+    /// One forward pass over every active slot, then sampling and events.
+    fn step(&mut self, state: &mut RunState) {
+        let n_batch = self.shared.cfg.n_batch;
+        let decoding =
+            self.slots.iter().filter(|s| s.active.as_ref().is_some_and(|a| a.next.is_some())).count();
+        let mut budget = n_batch.saturating_sub(decoding);
+        let t0 = Instant::now();
+
+        // What each slot feeds this step.
+        let mut plan: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
+        let mut n_prefill = 0;
+        for (i, slot) in self.slots.iter().enumerate() {
+            let Some(a) = &slot.active else { continue };
+            if let Some(t) = a.next {
+                plan.push((i, vec![t], Logits::Last));
+            } else if budget > 0 {
+                let end = (a.prompt_done + budget).min(a.req.prompt.len());
+                let chunk = a.req.prompt[a.prompt_done..end].to_vec();
+                budget -= chunk.len();
+                n_prefill += chunk.len();
+                let want = if end == a.req.prompt.len() { Logits::Last } else { Logits::None };
+                plan.push((i, chunk, want));
+            }
+        }
+
+        let result = {
+            let mut seqs: Vec<SeqBatch> = Vec::with_capacity(plan.len());
+            let mut planned = plan.iter().peekable();
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                if planned.peek().is_some_and(|p| p.0 == i) {
+                    let (_, tokens, want) = planned.next().unwrap();
+                    seqs.push(SeqBatch { kv: &mut slot.kv, tokens, want: *want });
+                }
+            }
+            self.engine.model.forward_multi(state, &mut seqs).map(|l| l.to_vec())
+        };
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                for (i, _, _) in &plan {
+                    if let Some(mut a) = self.slots[*i].active.take() {
+                        let _ = (a.req.on_event)(Event::Failed(format!("inference failed: {e:#}")));
+                    }
+                    self.slots[*i].tokens.clear();
+                    self.slots[*i].kv.clear();
+                }
+                return;
+            }
+        };
+        let secs = t0.elapsed().as_secs_f64();
+        let vocab = self.engine.model.config.vocab_size;
+        let mut rows = logits.chunks(vocab);
+        let mut generated = 0u64;
+        for (i, tokens, want) in plan {
+            let slot = &mut self.slots[i];
+            slot.tokens.extend_from_slice(&tokens);
+            let a = slot.active.as_mut().expect("planned slots are active");
+            if a.next.is_none() {
+                a.prompt_done += tokens.len();
+                if a.prompt_done == a.req.prompt.len() {
+                    a.prompt_secs = a.started.elapsed().as_secs_f64();
+                }
+            }
+            if want != Logits::Last {
+                continue;
+            }
+            let mut row = rows.next().expect("one logits row per wanted sequence").to_vec();
+            let room = slot.kv.capacity() - slot.kv.len();
+            let step = a.gen.accept(&mut row, &slot.tokens, room);
+            a.first_token_at.get_or_insert_with(Instant::now);
+            generated += 1;
+            a.next = Some(step.token);
+            let mut done = step.done;
+            if !step.text.is_empty() && (a.req.on_event)(Event::Text(step.text)).is_break() {
+                a.gen.cancel();
+                done = true;
+            }
+            if done {
+                let mut a = slot.active.take().unwrap();
+                let usage = Usage {
+                    prompt_tokens: a.req.prompt.len(),
+                    cached_tokens: a.cached,
+                    completion_tokens: a.gen.tokens.len(),
+                    finish: a.gen.finish.unwrap_or(FinishReason::Length),
+                    prompt_secs: a.prompt_secs,
+                    gen_secs: a.first_token_at.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+                };
+                let _ = (a.req.on_event)(Event::Done(usage));
+            }
+        }
+        let mut stats = self.shared.stats.lock().unwrap();
+        stats.generated_tokens_total += generated;
+        stats.prompt_tokens_total += n_prefill as u64;
+        if n_prefill > 0 {
+            stats.prefill_tps = n_prefill as f64 / secs;
+        }
+        if decoding > 0 {
+            stats.decode_tps = decoding as f64 / secs;
+        }
+    }
+
+    fn publish_occupancy(&self) {
+        let mut stats = self.shared.stats.lock().unwrap();
+        stats.active = self.slots.iter().filter(|s| s.active.is_some()).count();
+        stats.kv_used_tokens = self.slots.iter().map(|s| s.kv.len()).sum();
+    }
+}

@@ -1,0 +1,203 @@
+//! Continuous batching on the tiny model: batch-invariant outputs, prefix reuse, cancellation, queue limits
+//! and deadlines.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::fixture;
+use quire_engine::generate::{Engine, FinishReason, GenerateParams};
+use quire_engine::sampler::SamplerConfig;
+use quire_engine::scheduler::{Event, Request, Scheduler, SchedulerConfig, SubmitError, Usage};
+
+fn engine() -> Arc<Engine> {
+    Arc::new(Engine::load(fixture("tiny-qwen3-q4_0.gguf")).unwrap())
+}
+
+fn params(seed: u64, max_tokens: usize) -> GenerateParams {
+    let sampler =
+        SamplerConfig { temperature: 0.9, top_k: 0, top_p: 1.0, seed: Some(seed), ..Default::default() };
+    GenerateParams { max_tokens, sampler, stop: vec![], ignore_eos: true }
+}
+
+/// Submit and collect (text, usage) through a channel.
+fn submit(s: &Scheduler, prompt: Vec<u32>, p: GenerateParams) -> mpsc::Receiver<Event> {
+    let (tx, rx) = mpsc::channel();
+    let req = Request {
+        prompt,
+        params: p,
+        deadline: None,
+        on_event: Box::new(move |e| {
+            if tx.send(e).is_ok() {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        }),
+    };
+    s.submit(req).unwrap();
+    rx
+}
+
+fn collect(rx: mpsc::Receiver<Event>) -> (String, Usage) {
+    let mut text = String::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(60)).expect("scheduler answers") {
+            Event::Text(t) => text.push_str(&t),
+            Event::Done(u) => return (text, u),
+            Event::Failed(e) => panic!("request failed: {e}"),
+        }
+    }
+}
+
+fn prompt(i: u32) -> Vec<u32> {
+    (0..20 + 3 * i).map(|k| (k * 7 + i * 13) % 500).collect()
+}
+
+#[test]
+fn batched_requests_equal_solo_runs() {
+    let engine = engine();
+    // alone, through the plain session loop
+    let solo: Vec<String> = (0..4)
+        .map(|i| {
+            let mut session = engine.session(256).unwrap();
+            let mut text = String::new();
+            session
+                .generate(&prompt(i), &params(i as u64, 24), |t| {
+                    text.push_str(t);
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+            text
+        })
+        .collect();
+    // together, four slots decoding in one batch
+    let cfg = SchedulerConfig { n_slots: 4, n_ctx: 256, queue_capacity: 8, n_batch: 16 };
+    let sched = Scheduler::new(engine.clone(), cfg).unwrap();
+    let rxs: Vec<_> = (0..4).map(|i| submit(&sched, prompt(i), params(i as u64, 24))).collect();
+    for (i, rx) in rxs.into_iter().enumerate() {
+        let (text, usage) = collect(rx);
+        assert_eq!(text, solo[i], "request {i} differs when batched");
+        assert_eq!(usage.completion_tokens, 24);
+        assert_eq!(usage.finish, FinishReason::Length);
+        assert_eq!(usage.prompt_tokens, prompt(i as u32).len());
+    }
+    let stats = sched.stats();
+    assert_eq!(stats.generated_tokens_total, 96);
+    assert_eq!(stats.active, 0);
+}
+
+#[test]
+fn follow_up_turn_reuses_the_cached_prefix() {
+    let sched =
+        Scheduler::new(engine(), SchedulerConfig { n_slots: 2, n_ctx: 256, queue_capacity: 4, n_batch: 64 })
+            .unwrap();
+    let first = prompt(1);
+    let (_, u1) = collect(submit(&sched, first.clone(), params(1, 8)));
+    assert_eq!(u1.cached_tokens, 0);
+    let mut second = first.clone();
+    second.extend([5, 6, 7, 8]);
+    let (_, u2) = collect(submit(&sched, second, params(2, 8)));
+    assert_eq!(u2.cached_tokens, first.len(), "the first turn's prompt should be reused");
+}
+
+#[test]
+fn cancelling_frees_the_slot() {
+    let sched =
+        Scheduler::new(engine(), SchedulerConfig { n_slots: 1, n_ctx: 512, queue_capacity: 4, n_batch: 64 })
+            .unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut pieces = 0;
+    sched
+        .submit(Request {
+            prompt: prompt(2),
+            params: params(3, 400),
+            deadline: None,
+            on_event: Box::new(move |e| {
+                if let Event::Text(_) = &e {
+                    pieces += 1;
+                    if pieces == 3 {
+                        return ControlFlow::Break(());
+                    }
+                }
+                let _ = tx.send(e);
+                ControlFlow::Continue(())
+            }),
+        })
+        .unwrap();
+    let done = loop {
+        match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            Event::Done(u) => break u,
+            Event::Failed(e) => panic!("{e}"),
+            Event::Text(_) => {}
+        }
+    };
+    assert_eq!(done.finish, FinishReason::Cancelled);
+    assert!(done.completion_tokens < 400);
+    // the slot is free: a new request is served
+    let (_, u) = collect(submit(&sched, prompt(3), params(4, 4)));
+    assert_eq!(u.completion_tokens, 4);
+    assert_eq!(sched.stats().active, 0);
+}
+
+#[test]
+fn queue_limit_and_bad_requests_are_refused() {
+    let sched =
+        Scheduler::new(engine(), SchedulerConfig { n_slots: 1, n_ctx: 64, queue_capacity: 1, n_batch: 64 })
+            .unwrap();
+    let too_long: Vec<u32> = vec![1; 65];
+    let noop =
+        || -> Box<dyn FnMut(Event) -> ControlFlow<()> + Send> { Box::new(|_| ControlFlow::Continue(())) };
+    let req =
+        |prompt: Vec<u32>, p: GenerateParams| Request { prompt, params: p, deadline: None, on_event: noop() };
+    assert_eq!(
+        sched.submit(req(too_long, params(0, 4))).unwrap_err(),
+        SubmitError::PromptTooLong { prompt_tokens: 65, n_ctx: 64 }
+    );
+    assert!(matches!(sched.submit(req(vec![], params(0, 4))), Err(SubmitError::Invalid(_))));
+    let mut bad = params(0, 4);
+    bad.sampler.temperature = f32::NAN;
+    assert!(matches!(sched.submit(req(vec![1, 2], bad)), Err(SubmitError::Invalid(_))));
+    // fill the slot and the one queue place, then the next is refused
+    let mut refused = false;
+    for _ in 0..6 {
+        if let Err(e) = sched.submit(req(prompt(0), params(0, 40))) {
+            assert_eq!(e, SubmitError::QueueFull { capacity: 1 });
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "a full queue must refuse requests");
+}
+
+#[test]
+fn deadline_ends_a_request_with_a_reason() {
+    let sched =
+        Scheduler::new(engine(), SchedulerConfig { n_slots: 1, n_ctx: 512, queue_capacity: 1, n_batch: 64 })
+            .unwrap();
+    let (tx, rx) = mpsc::channel();
+    sched
+        .submit(Request {
+            prompt: prompt(0),
+            params: params(0, 480),
+            deadline: Some(Instant::now() + Duration::from_millis(30)),
+            on_event: Box::new(move |e| {
+                let _ = tx.send(e);
+                ControlFlow::Continue(())
+            }),
+        })
+        .unwrap();
+    let outcome = loop {
+        match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+            Event::Text(_) => continue,
+            other => break other,
+        }
+    };
+    match outcome {
+        Event::Failed(msg) => assert!(msg.contains("timed out"), "{msg}"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+}
