@@ -1,5 +1,9 @@
 //! `quire`: the command line. Each subcommand is a thin layer over the engine crate.
 
+mod cmd_bench;
+mod cmd_convert;
+mod cmd_synth;
+
 use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -34,6 +38,14 @@ enum Command {
     Info(InfoArgs),
     /// Perplexity of a text file, with llama.cpp's method (last line: `PPL = <value>`).
     Perplexity(PerplexityArgs),
+    /// Convert a Hugging Face Qwen3/Qwen2 checkpoint to GGUF (q4_0, q8_0, q4_k_m, q6_k, f16, bf16, f32).
+    Convert(cmd_convert::ConvertArgs),
+    /// Make a random-weight Hugging Face checkpoint of a real shape (developer tool for benchmarks/tests).
+    Synth(cmd_synth::SynthArgs),
+    /// Prompt-processing and generation speed (like llama-bench): pp and tg tokens/s, load time, peak RSS.
+    Bench(cmd_bench::BenchArgs),
+    /// Serve the model over HTTP: OpenAI-compatible API, /generate, /stream, /health, /metrics, chat page.
+    Serve(quire_server::cli::ServeArgs),
 }
 
 /// Options shared by everything that runs the model.
@@ -150,6 +162,10 @@ fn main() {
         Command::Chat(a) => cmd_chat(a),
         Command::Info(a) => cmd_info(a),
         Command::Perplexity(a) => cmd_perplexity(a),
+        Command::Convert(a) => cmd_convert::run(a),
+        Command::Synth(a) => cmd_synth::run(a),
+        Command::Bench(a) => cmd_bench::run(a),
+        Command::Serve(a) => quire_server::cli::run(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

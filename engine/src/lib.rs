@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod convert;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
@@ -12,4 +13,5 @@ pub mod ops;
 pub mod perplexity;
 pub mod sampler;
 pub mod scheduler;
+pub mod threads;
 pub mod tokenizer;

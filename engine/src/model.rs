@@ -5,7 +5,7 @@
 //! `if let`s in the attention block (QKV bias for Qwen2, per-head Q/K RMSNorm for Qwen3).
 
 use anyhow::{bail, Context, Result};
-use quire_kernels::{dequantize_row, DType};
+use quire_kernels::{axpy, dequantize_row, vec_dot, DType};
 use rayon::prelude::*;
 
 use crate::config::{Arch, Config};
@@ -278,38 +278,48 @@ impl Model {
 }
 
 /// Attention for `q.len() / q_dim` new positions starting at `pos`, written to `out` (same shape as q).
-/// One rayon task per (position, head), each an online-softmax pass over the cached keys and values, so no
-/// score buffer is needed and the result does not depend on the thread count.
+/// One rayon task per (position, head): the scores against every visible cached key (the kernels' dot
+/// product on the cache's element type), a softmax, then the probability-weighted sum of the values (the
+/// kernels' axpy). Each task reads only its query and the cache, so the result depends neither on the thread
+/// count nor on which other tokens share the batch.
 fn attention(c: &Config, kv: &KvCache, layer: usize, pos: usize, q: &[f32], out: &mut [f32]) {
     let hd = c.head_dim;
     let group = c.n_heads / c.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let keys = kv.keys(layer);
-    let values = kv.values(layer);
+    let dtype = kv.kv_type().dtype();
+    let es = dtype.block_bytes();
+    let (keys, values) = (kv.keys(layer), kv.values(layer));
     let kv_dim = c.kv_dim();
     out.par_chunks_mut(hd).zip(q.par_chunks(hd)).enumerate().for_each(|(i, (o, qh))| {
         let (b, h) = (i / c.n_heads, i % c.n_heads);
-        let kv_off = (h / group) * hd;
-        let mut max = f32::NEG_INFINITY;
-        let mut sum = 0.0f32;
-        o.fill(0.0);
-        for t in 0..=pos + b {
-            let k = &keys[t * kv_dim + kv_off..t * kv_dim + kv_off + hd];
-            let score = qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
-            if score > max {
-                let correction = (max - score).exp();
-                sum *= correction;
-                o.iter_mut().for_each(|v| *v *= correction);
-                max = score;
+        let head = (h / group) * hd;
+        // this head's slice of position t in the cache
+        let at = |t: usize| (t * kv_dim + head) * es..(t * kv_dim + head + hd) * es;
+        ATTENTION_SCRATCH.with_borrow_mut(|(q_bytes, probs)| {
+            q_bytes.clear();
+            q_bytes.extend(qh.iter().flat_map(|v| v.to_le_bytes()));
+            probs.clear();
+            probs.extend((0..=pos + b).map(|t| vec_dot(dtype, hd, &keys[at(t)], q_bytes) * scale));
+            let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for p in probs.iter_mut() {
+                *p = (*p - max).exp();
+                sum += *p;
             }
-            let w = (score - max).exp();
-            sum += w;
-            let v = &values[t * kv_dim + kv_off..t * kv_dim + kv_off + hd];
-            o.iter_mut().zip(v).for_each(|(acc, &x)| *acc += w * x);
-        }
-        let inv = 1.0 / sum;
-        o.iter_mut().for_each(|v| *v *= inv);
+            o.fill(0.0);
+            for (t, &p) in probs.iter().enumerate() {
+                axpy(dtype, p, &values[at(t)], o);
+            }
+            let inv = 1.0 / sum;
+            o.iter_mut().for_each(|v| *v *= inv);
+        });
     });
+}
+
+thread_local! {
+    /// Per-thread attention scratch: the query head as f32 bytes, and the scores/probabilities of one head.
+    static ATTENTION_SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Every scratch buffer of the forward pass, sized for a batch of up to `capacity` tokens and reused.

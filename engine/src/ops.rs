@@ -5,7 +5,7 @@
 //! Every output element is one dot product computed by one thread, so results are bit-identical for any
 //! thread count.
 
-use quire_kernels::{quantize_row, vec_dot, DType};
+use quire_kernels::{gemm, DType, QuantizedActs};
 use rayon::prelude::*;
 
 /// A weight matrix inside the mapped file: `rows` rows of `cols` values in `dtype`, row-major.
@@ -28,61 +28,62 @@ impl Matrix {
 /// Scratch reused by `matmul` so the forward pass allocates nothing after warm-up.
 #[derive(Default)]
 pub struct MatmulScratch {
-    quantized: Vec<u8>,
-    transposed: Vec<f32>,
+    acts: QuantizedActs,
+    /// Per-task outputs of a row-split batch, `[task rows][n_batch]` blocks, before they are scattered.
+    parts: Vec<f32>,
 }
 
-/// Rows handed to one rayon task: large enough to amortise scheduling, small enough to balance 2–64 threads.
-const ROWS_PER_TASK: usize = 16;
+/// Batches at least this large are split between threads by tokens (each thread reads every weight once per
+/// call, which the arithmetic of that many tokens hides); smaller ones by rows, so the weights are read once.
+const TOKEN_SPLIT_MIN: usize = 32;
 
 /// `out[b][r] = dot(W[r], x[b])` for a batch of `x.len() / cols` activation rows.
 /// `w_bytes` is the matrix data, `out` holds `n_batch * rows` values.
+///
+/// The activations are quantized once; each output is one dot product of a weight row with an activation
+/// row, computed by one thread in a fixed order, so results are bit-identical for any thread count and any
+/// batch composition.
 pub fn matmul(w: &Matrix, w_bytes: &[u8], x: &[f32], out: &mut [f32], scratch: &mut MatmulScratch) {
     let n_batch = x.len() / w.cols;
     debug_assert_eq!(x.len(), n_batch * w.cols);
-    debug_assert_eq!(out.len(), n_batch * w.rows);
-    debug_assert_eq!(w_bytes.len(), w.rows * w.row_bytes());
+    assert_eq!(out.len(), n_batch * w.rows, "{}: output length", w.name);
+    assert_eq!(w_bytes.len(), w.rows * w.row_bytes(), "{}: weight bytes", w.name);
 
-    let act_type = w.dtype.vec_dot_type();
-    let act_row = act_type.row_bytes(w.cols).expect("activation rows are whole blocks");
-    scratch.quantized.resize(n_batch * act_row, 0);
-    scratch
-        .quantized
-        .par_chunks_mut(act_row)
-        .zip(x.par_chunks(w.cols))
-        .for_each(|(q, xb)| quantize_row(act_type, xb, q));
-    let acts = &scratch.quantized;
-    let w_row = w.row_bytes();
-    let cols = w.cols;
+    scratch.acts.quantize(w.dtype, w.cols, x);
+    let acts = &scratch.acts;
+    let row_bytes = w.row_bytes();
+    let threads = rayon::current_num_threads().max(1);
 
-    if n_batch == 1 {
-        out.par_chunks_mut(ROWS_PER_TASK).enumerate().for_each(|(task, o)| {
-            let r0 = task * ROWS_PER_TASK;
-            for (i, v) in o.iter_mut().enumerate() {
-                let r = r0 + i;
-                *v = vec_dot(w.dtype, cols, &w_bytes[r * w_row..(r + 1) * w_row], acts);
-            }
+    if n_batch >= TOKEN_SPLIT_MIN {
+        // Contiguous token ranges: each task owns `[tokens][rows]` of the output outright.
+        let per_task = n_batch.div_ceil(threads);
+        out.par_chunks_mut(per_task * w.rows).enumerate().for_each(|(i, o)| {
+            let t0 = i * per_task;
+            gemm(w.dtype, w_bytes, acts, t0..t0 + o.len() / w.rows, o);
         });
         return;
     }
 
-    // Batched: each task takes a few weight rows and dots each with every activation row, so a weight row
-    // is read from memory once per batch. Results land transposed ([row][batch]) and are turned around after.
-    scratch.transposed.resize(w.rows * n_batch, 0.0);
-    scratch.transposed.par_chunks_mut(ROWS_PER_TASK * n_batch).enumerate().for_each(|(task, o)| {
-        let r0 = task * ROWS_PER_TASK;
-        for (i, row_out) in o.chunks_mut(n_batch).enumerate() {
-            let r = r0 + i;
-            let wr = &w_bytes[r * w_row..(r + 1) * w_row];
-            for (b, v) in row_out.iter_mut().enumerate() {
-                *v = vec_dot(w.dtype, cols, wr, &acts[b * act_row..(b + 1) * act_row]);
-            }
-        }
-    });
-    let t = &scratch.transposed;
+    // Row ranges (whole 16-row panels), a few per thread so a thread slowed by other work can be helped.
+    let rows_per_task = w.rows.div_ceil(4 * threads).next_multiple_of(16).max(16);
+    if n_batch == 1 {
+        out.par_chunks_mut(rows_per_task)
+            .zip(w_bytes.par_chunks(rows_per_task * row_bytes))
+            .for_each(|(o, wr)| gemm(w.dtype, wr, acts, 0..1, o));
+        return;
+    }
+    scratch.parts.resize(n_batch * w.rows, 0.0);
+    scratch
+        .parts
+        .par_chunks_mut(rows_per_task * n_batch)
+        .zip(w_bytes.par_chunks(rows_per_task * row_bytes))
+        .for_each(|(o, wr)| gemm(w.dtype, wr, acts, 0..n_batch, o));
+    // Task i holds rows r0..r0+len as [n_batch][len] at parts[r0 * n_batch..].
+    let parts = &scratch.parts;
     out.par_chunks_mut(w.rows).enumerate().for_each(|(b, ob)| {
-        for (r, v) in ob.iter_mut().enumerate() {
-            *v = t[r * n_batch + b];
+        for (i, oc) in ob.chunks_mut(rows_per_task).enumerate() {
+            let base = i * rows_per_task * n_batch + b * oc.len();
+            oc.copy_from_slice(&parts[base..base + oc.len()]);
         }
     });
 }

@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -107,6 +107,9 @@ struct Shared {
     wake: Condvar,
     shutting_down: AtomicBool,
     stats: Mutex<SchedulerStats>,
+    /// Requests accepted and not yet finished (queued or in a slot). Admission counts these, not just the
+    /// queue, so a burst that arrives before the worker wakes still gets the free slots.
+    in_system: AtomicUsize,
 }
 
 /// The batching worker and its request queue. Dropping it shuts down and waits for in-flight requests.
@@ -136,6 +139,7 @@ impl Scheduler {
             queue: Mutex::new(VecDeque::new()),
             wake: Condvar::new(),
             shutting_down: AtomicBool::new(false),
+            in_system: AtomicUsize::new(0),
         });
         let worker_shared = shared.clone();
         let worker = std::thread::Builder::new().name("quire-scheduler".into()).spawn(move || {
@@ -159,9 +163,10 @@ impl Scheduler {
         }
         req.params.sampler.validate().map_err(|e| SubmitError::Invalid(e.to_string()))?;
         let mut queue = self.shared.queue.lock().unwrap();
-        if queue.len() >= cfg.queue_capacity {
+        if self.shared.in_system.load(Ordering::SeqCst) >= cfg.queue_capacity + cfg.n_slots {
             return Err(SubmitError::QueueFull { capacity: cfg.queue_capacity });
         }
+        self.shared.in_system.fetch_add(1, Ordering::SeqCst);
         queue.push_back(req);
         self.shared.stats.lock().unwrap().queued = queue.len();
         drop(queue);
@@ -252,6 +257,10 @@ impl<'e> Worker<'e> {
                 continue;
             }
             self.expire_deadlines();
+            if self.slots.iter().all(|s| s.active.is_none()) {
+                self.publish_occupancy();
+                continue;
+            }
             self.step(&mut state);
             self.publish_occupancy();
         }
@@ -299,6 +308,7 @@ impl<'e> Worker<'e> {
             let expired = slot.active.as_ref().is_some_and(|a| a.req.deadline.is_some_and(|d| now >= d));
             if expired {
                 let mut a = slot.active.take().unwrap();
+                self.shared.in_system.fetch_sub(1, Ordering::SeqCst);
                 let _ = (a.req.on_event)(Event::Failed(format!(
                     "request timed out after {:.1} s ({} tokens generated)",
                     a.started.elapsed().as_secs_f64(),
@@ -316,7 +326,8 @@ impl<'e> Worker<'e> {
         let mut budget = n_batch.saturating_sub(decoding);
         let t0 = Instant::now();
 
-        // What each slot feeds this step.
+        // What each slot feeds this step (never nothing: the caller only steps with an active slot, and an
+        // active slot either decodes or has prompt left, and the budget covers at least n_slots tokens).
         let mut plan: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
         let mut n_prefill = 0;
         for (i, slot) in self.slots.iter().enumerate() {
@@ -349,6 +360,7 @@ impl<'e> Worker<'e> {
             Err(e) => {
                 for (i, _, _) in &plan {
                     if let Some(mut a) = self.slots[*i].active.take() {
+                        self.shared.in_system.fetch_sub(1, Ordering::SeqCst);
                         let _ = (a.req.on_event)(Event::Failed(format!("inference failed: {e:#}")));
                     }
                     self.slots[*i].tokens.clear();
@@ -361,6 +373,7 @@ impl<'e> Worker<'e> {
         let vocab = self.engine.model.config.vocab_size;
         let mut rows = logits.chunks(vocab);
         let mut generated = 0u64;
+        let mut finished = Vec::new();
         for (i, tokens, want) in plan {
             let slot = &mut self.slots[i];
             slot.tokens.extend_from_slice(&tokens);
@@ -386,7 +399,7 @@ impl<'e> Worker<'e> {
                 done = true;
             }
             if done {
-                let mut a = slot.active.take().unwrap();
+                let a = slot.active.take().unwrap();
                 let usage = Usage {
                     prompt_tokens: a.req.prompt.len(),
                     cached_tokens: a.cached,
@@ -395,17 +408,28 @@ impl<'e> Worker<'e> {
                     prompt_secs: a.prompt_secs,
                     gen_secs: a.first_token_at.map_or(0.0, |t| t.elapsed().as_secs_f64()),
                 };
-                let _ = (a.req.on_event)(Event::Done(usage));
+                finished.push((a, usage));
             }
         }
-        let mut stats = self.shared.stats.lock().unwrap();
-        stats.generated_tokens_total += generated;
-        stats.prompt_tokens_total += n_prefill as u64;
-        if n_prefill > 0 {
-            stats.prefill_tps = n_prefill as f64 / secs;
+        {
+            let mut stats = self.shared.stats.lock().unwrap();
+            stats.generated_tokens_total += generated;
+            stats.prompt_tokens_total += n_prefill as u64;
+            if n_prefill > 0 {
+                stats.prefill_tps = n_prefill as f64 / secs;
+            }
+            if decoding > 0 {
+                stats.decode_tps = decoding as f64 / secs;
+            }
         }
-        if decoding > 0 {
-            stats.decode_tps = decoding as f64 / secs;
+        // Done goes out only after the stats count the request as finished, so a client that reads the
+        // stats right after its Done sees them up to date.
+        if !finished.is_empty() {
+            self.publish_occupancy();
+        }
+        for (mut a, usage) in finished {
+            self.shared.in_system.fetch_sub(1, Ordering::SeqCst);
+            let _ = (a.req.on_event)(Event::Done(usage));
         }
     }
 

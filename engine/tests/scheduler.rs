@@ -200,4 +200,33 @@ fn deadline_ends_a_request_with_a_reason() {
         Event::Failed(msg) => assert!(msg.contains("timed out"), "{msg}"),
         other => panic!("expected a timeout, got {other:?}"),
     }
+    // the worker survives a timeout that leaves it with no active slot, and serves the next request
+    let (_, u) = collect(submit(&sched, prompt(1), params(1, 4)));
+    assert_eq!(u.completion_tokens, 4);
+}
+
+#[test]
+fn a_burst_gets_the_free_slots_and_the_queue() {
+    // 2 slots + 2 queue places: 4 requests submitted at once are all accepted, the 5th is refused
+    let sched =
+        Scheduler::new(engine(), SchedulerConfig { n_slots: 2, n_ctx: 256, queue_capacity: 2, n_batch: 64 })
+            .unwrap();
+    let rxs: Vec<_> = (0..4).map(|i| submit(&sched, prompt(i), params(i as u64, 200))).collect();
+    let (tx, _rx) = mpsc::channel::<Event>();
+    let extra = Request {
+        prompt: prompt(5),
+        params: params(5, 8),
+        deadline: None,
+        on_event: Box::new(move |e| {
+            if tx.send(e).is_ok() {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        }),
+    };
+    assert_eq!(sched.submit(extra).unwrap_err(), SubmitError::QueueFull { capacity: 2 });
+    for rx in rxs {
+        assert_eq!(collect(rx).1.completion_tokens, 200);
+    }
 }

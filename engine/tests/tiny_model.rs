@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use quire_engine::kv_cache::KvCache;
+use quire_engine::kv_cache::{KvCache, KvType};
 use quire_engine::model::{Logits, Model, RunState};
 use quire_engine::ops::argmax;
 
@@ -12,7 +12,7 @@ const PROMPTS: [&str; 5] = ["single_token", "english", "chinese", "chatml", "lon
 
 /// All-position logits for a prompt, fed in batches of `batch` tokens.
 fn run_prompt(model: &Model, ids: &[u32], batch: usize) -> Vec<f32> {
-    let mut kv = KvCache::new(&model.config, 512).unwrap();
+    let mut kv = KvCache::with_type(&model.config, 512, KvType::F32).unwrap();
     let mut st = RunState::new();
     let mut all = Vec::new();
     for (i, chunk) in ids.chunks(batch).enumerate() {
@@ -24,7 +24,7 @@ fn run_prompt(model: &Model, ids: &[u32], batch: usize) -> Vec<f32> {
 
 /// Greedy continuation with the KV cache, one token at a time after a batched prompt.
 fn greedy(model: &Model, ids: &[u32], n: usize) -> Vec<u32> {
-    let mut kv = KvCache::new(&model.config, 512).unwrap();
+    let mut kv = KvCache::with_type(&model.config, 512, KvType::F32).unwrap();
     let mut st = RunState::new();
     let mut logits = model.forward(&mut st, &mut kv, ids, 0, Logits::Last).unwrap().to_vec();
     let mut out = Vec::new();

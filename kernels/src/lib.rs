@@ -3,7 +3,8 @@
 //! - [`formats`]: one file per GGUF/ggml block format with byte-identical layouts,
 //!   scalar quantizers (llama.cpp's reference quantizers), dequantizers and reference
 //!   dot products.
-//! - [`x86`]: AVX2 dot products (AVX-512 comes later).
+//! - [`x86`]: AVX2 dot products and AVX-512 (VNNI) panel kernels.
+//! - [`matmul`]: a weight matrix times a batch of activation rows quantized once.
 //! - [`dispatch`]: the instruction set chosen once per process.
 //!
 //! The crate knows nothing about models: it turns rows of bytes into rows of floats and
@@ -36,7 +37,10 @@
 
 pub mod dispatch;
 pub mod formats;
+pub mod matmul;
 pub mod x86;
+
+pub use matmul::{gemm, QuantizedActs};
 
 use formats::{check_row, format};
 
@@ -163,6 +167,52 @@ pub fn vec_dot(dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
 pub fn vec_dot_scalar(dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     check_dot(dtype, n, w, act);
     (format(dtype).vec_dot)(n, w, act)
+}
+
+/// `y += alpha·x`, where `x` holds `y.len()` values of `dtype` (F32 or F16, as
+/// little-endian bytes): the weighted sum of attention values. Each element is one fused
+/// multiply-add in `f32`, on every instruction set (so results do not depend on it).
+///
+/// # Panics
+/// If `dtype` is not F32 or F16, or `x` does not hold `y.len()` values.
+pub fn axpy(dtype: DType, alpha: f32, x: &[u8], y: &mut [f32]) {
+    axpy_with(dispatch::isa(), dtype, alpha, x, y).expect("the process instruction set is supported");
+}
+
+/// [`axpy`] with an explicit instruction set, for tests. `None` if this CPU does not
+/// support `isa`.
+///
+/// # Panics
+/// As [`axpy`].
+pub fn axpy_with(isa: dispatch::Isa, dtype: DType, alpha: f32, x: &[u8], y: &mut [f32]) -> Option<()> {
+    assert!(matches!(dtype, DType::F32 | DType::F16), "axpy supports F32 and F16, not {dtype}");
+    check_row(format(dtype), x.len(), y.len());
+    if !isa.is_supported() {
+        return None;
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        dispatch::Isa::Avx2 | dispatch::Isa::Avx512 => {
+            // SAFETY: the process instruction set is supported, and both require AVX2, FMA
+            // and F16C, the features these kernels are compiled for.
+            unsafe {
+                if dtype == DType::F32 {
+                    x86::avx2::axpy_f32(alpha, x, y)
+                } else {
+                    x86::avx2::axpy_f16(alpha, x, y)
+                }
+            }
+        }
+        _ => {
+            let width = dtype.block_bytes();
+            for (xb, yv) in x.chunks_exact(width).zip(y.iter_mut()) {
+                let v =
+                    if dtype == DType::F32 { formats::read_f32_pub(xb) } else { formats::read_f16_pub(xb) };
+                *yv = alpha.mul_add(v, *yv);
+            }
+        }
+    }
+    Some(())
 }
 
 #[cfg(test)]

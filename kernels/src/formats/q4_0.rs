@@ -94,7 +94,7 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 }
 
 /// Reference Q4_0·Q8_0 dot: per block the exact `i32` sum of products times
-/// `d_w·d_a`, accumulated in `f32` (ggml's generic order).
+/// `d_w·d_a`, accumulated in `f32` block after block with a fused multiply-add.
 pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (wb, ab) in blocks(w).zip(super::q8_0::blocks(act)).take(n / BLOCK_LEN) {
@@ -104,7 +104,8 @@ pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
             sumi += ((b & 0xf) as i32 - 8) * a[j] as i8 as i32;
             sumi += ((b >> 4) as i32 - 8) * a[j + 16] as i8 as i32;
         }
-        sum += sumi as f32 * (wb.d() * ab.d());
+        // One rounding per block: fused multiply-add (the SIMD kernels use the same).
+        sum = (sumi as f32).mul_add(wb.d() * ab.d(), sum);
     }
     sum
 }

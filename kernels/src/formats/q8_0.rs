@@ -94,12 +94,13 @@ pub fn dequantize(src: &[u8], dst: &mut [f32]) {
 }
 
 /// Reference Q8_0·Q8_0 dot: per block the exact `i32` sum of products times
-/// `d_w·d_a`, accumulated in `f32` (ggml's generic order).
+/// `d_w·d_a`, accumulated in `f32` block after block with a fused multiply-add.
 pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
     let mut sum = 0.0f32;
     for (wb, ab) in blocks(w).zip(blocks(act)).take(n / BLOCK_LEN) {
         let sumi: i32 = wb.qs().iter().zip(ab.qs()).map(|(&x, &y)| x as i8 as i32 * y as i8 as i32).sum();
-        sum += sumi as f32 * (wb.d() * ab.d());
+        // One rounding per block: fused multiply-add (the SIMD kernels use the same).
+        sum = (sumi as f32).mul_add(wb.d() * ab.d(), sum);
     }
     sum
 }

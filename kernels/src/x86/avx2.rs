@@ -580,3 +580,56 @@ pub fn quantize_q8_k(src: &[f32], dst: &mut [u8]) {
 fn array_at_mut<const N: usize>(bytes: &mut [u8], off: usize) -> &mut [u8; N] {
     (&mut bytes[off..off + N]).try_into().expect("range has length N")
 }
+
+// ---------------------------------------------------------------- axpy (attention values)
+
+/// `y += alpha·x` for `f32` values `x` (little-endian bytes): eight lanes at a time, the
+/// tail scalar; every element is one `f32` fused multiply-add.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn axpy_f32(alpha: f32, x: &[u8], y: &mut [f32]) {
+    let a = _mm256_set1_ps(alpha);
+    let (xc, yc) = (x.chunks_exact(32), y.chunks_exact_mut(8));
+    let x_tail = xc.remainder();
+    let mut y_iter = yc;
+    for (xb, yb) in xc.zip(&mut y_iter) {
+        let yb: &mut [f32; 8] = yb.try_into().expect("eight values");
+        // SAFETY: `yb` is eight readable and writable f32; `loadu`/`storeu` have no
+        // alignment requirement.
+        unsafe {
+            let v = _mm256_fmadd_ps(a, load_f32x8(array_at(xb, 0)), _mm256_loadu_ps(yb.as_ptr()));
+            _mm256_storeu_ps(yb.as_mut_ptr(), v);
+        }
+    }
+    for (xb, yv) in x_tail.chunks_exact(4).zip(y_iter.into_remainder()) {
+        *yv = alpha.mul_add(f32::from_le_bytes(*array_at(xb, 0)), *yv);
+    }
+}
+
+/// `y += alpha·x` for half-precision `x` (little-endian bytes), widened with `vcvtph2ps`;
+/// every element is one `f32` fused multiply-add.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn axpy_f16(alpha: f32, x: &[u8], y: &mut [f32]) {
+    let a = _mm256_set1_ps(alpha);
+    let (xc, yc) = (x.chunks_exact(16), y.chunks_exact_mut(8));
+    let x_tail = xc.remainder();
+    let mut y_iter = yc;
+    for (xb, yb) in xc.zip(&mut y_iter) {
+        let yb: &mut [f32; 8] = yb.try_into().expect("eight values");
+        let xv = _mm256_cvtph_ps(load_128(array_at(xb, 0)));
+        // SAFETY: `yb` is eight readable and writable f32; `loadu`/`storeu` have no
+        // alignment requirement.
+        unsafe {
+            let v = _mm256_fmadd_ps(a, xv, _mm256_loadu_ps(yb.as_ptr()));
+            _mm256_storeu_ps(yb.as_mut_ptr(), v);
+        }
+    }
+    for (xb, yv) in x_tail.chunks_exact(2).zip(y_iter.into_remainder()) {
+        *yv = alpha.mul_add(f16_to_f32(array_at(xb, 0)), *yv);
+    }
+}

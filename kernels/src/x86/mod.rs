@@ -1,14 +1,17 @@
 //! x86-64 SIMD kernels, one file per instruction set.
 //!
 //! `avx2.rs` holds `#[target_feature(enable = "avx2,fma,f16c")]` dot products for every
-//! weight format and the activation quantizers. An `avx512.rs` will sit beside it; until then [`crate::dispatch`] runs
-//! the AVX2 kernels on AVX-512 machines.
+//! weight format and the activation quantizers. `avx512.rs` holds the VNNI panel kernels
+//! behind [`crate::matmul`] for the quantized formats; single dot products on AVX-512
+//! machines still run the AVX2 kernels.
 //!
 //! Nothing here checks CPU features: [`crate::dispatch`] detects them once and is the
 //! only caller.
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512;
 
 /// Whether this CPU can run the AVX2 kernels (AVX2, FMA and F16C).
 pub fn has_avx2() -> bool {
@@ -24,7 +27,7 @@ pub fn has_avx2() -> bool {
     }
 }
 
-/// Whether this CPU has the AVX-512 subset the (future) AVX-512 kernels target
+/// Whether this CPU has the AVX-512 subset the AVX-512 kernels target
 /// (F, BW, VL, VNNI) on top of everything [`has_avx2`] needs.
 pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]

@@ -1,0 +1,258 @@
+//! Matrix products: a weight matrix (rows of one format, straight from the file) times a
+//! batch of activation rows quantized once ([`QuantizedActs`]).
+//!
+//! [`gemm`] computes `out[t][r] = dot(W[r], act[t])` for a range of tokens. Lengths are
+//! checked once per call, not per row. On AVX-512 machines the quantized formats run the
+//! panel kernels of [`crate::x86::avx512`] (sixteen rows per vector, bit-identical to the
+//! scalar reference); elsewhere, and for float weights, every output is one
+//! [`crate::vec_dot`] of the process instruction set. Either way each output depends only
+//! on its weight row and its activation row, never on the batch size, the token range or
+//! how a caller splits the rows between threads.
+
+use std::ops::Range;
+
+use crate::dispatch::{self, Isa};
+use crate::formats::{self, check_row, q8_0, q8_k};
+use crate::DType;
+
+/// A batch of activation rows quantized for one weight format, with the per-block side
+/// data the matrix kernels use (scales as `f32`, block sums).
+#[derive(Default)]
+pub struct QuantizedActs {
+    wtype: Option<DType>,
+    k: usize,
+    n_tokens: usize,
+    row_bytes: usize,
+    /// `n_tokens` rows of `wtype.vec_dot_type()` (F32 rows as little-endian bytes).
+    bytes: Vec<u8>,
+    /// Q8_0 / Q8_K: the scale of every block of every row, as `f32`.
+    d: Vec<f32>,
+    /// Q8_0: `−offset·Σ a` per block (offset 8 for Q4_0, 128 for Q8_0 weights).
+    /// Q8_K: four dwords per super-block of i16 pairs `(s[2j], s[2j+1])`, `s[sub]` the
+    /// sum of the 32 activations of sub-block `sub`.
+    side: Vec<i32>,
+}
+
+impl QuantizedActs {
+    /// An empty batch; buffers grow on first use and are reused afterwards.
+    pub fn new() -> QuantizedActs {
+        QuantizedActs::default()
+    }
+
+    /// Quantizes `x` (`x.len() / k` rows of `k` values) for products with `wtype` weights.
+    ///
+    /// # Panics
+    /// If `x.len()` is not a multiple of `k`, or `k` is not a whole number of blocks of
+    /// `wtype` and of its activation format.
+    pub fn quantize(&mut self, wtype: DType, k: usize, x: &[f32]) {
+        assert!(k > 0 && x.len().is_multiple_of(k), "{} values are not rows of {k}", x.len());
+        let act_type = wtype.vec_dot_type();
+        let wf = formats::format(wtype);
+        check_row(wf, wtype.row_bytes(k).unwrap_or(usize::MAX), k);
+        let row_bytes = act_type.row_bytes(k).expect("checked above: whole blocks");
+        let n_tokens = x.len() / k;
+        self.wtype = Some(wtype);
+        self.k = k;
+        self.n_tokens = n_tokens;
+        self.row_bytes = row_bytes;
+        self.bytes.resize(n_tokens * row_bytes, 0);
+        for (dst, src) in self.bytes.chunks_exact_mut(row_bytes).zip(x.chunks_exact(k)) {
+            match act_type {
+                DType::F32 => {
+                    for (d, v) in dst.chunks_exact_mut(4).zip(src) {
+                        d.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                _ => crate::quantize_row(act_type, src, dst),
+            }
+        }
+        self.d.clear();
+        self.side.clear();
+        match act_type {
+            DType::Q8_0 => {
+                let offset = if wtype == DType::Q4_0 { 8 } else { 128 };
+                for block in q8_0::blocks(&self.bytes) {
+                    self.d.push(block.d());
+                    let sum: i32 = block.qs().iter().map(|&q| q as i8 as i32).sum();
+                    self.side.push(-offset * sum);
+                }
+            }
+            DType::Q8_K => {
+                for block in q8_k::blocks(&self.bytes) {
+                    self.d.push(block.d());
+                    let s = |sub: usize| (block.bsum(2 * sub) as i32 + block.bsum(2 * sub + 1) as i32) as u16;
+                    for j in 0..4 {
+                        self.side.push((s(2 * j) as u32 | (s(2 * j + 1) as u32) << 16) as i32);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The weight format these activations were quantized for.
+    pub fn wtype(&self) -> Option<DType> {
+        self.wtype
+    }
+
+    /// Values per row.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Rows in the batch.
+    pub fn n_tokens(&self) -> usize {
+        self.n_tokens
+    }
+
+    /// Row `t` in `wtype.vec_dot_type()` layout.
+    pub fn row(&self, t: usize) -> &[u8] {
+        &self.bytes[t * self.row_bytes..(t + 1) * self.row_bytes]
+    }
+}
+
+/// `out[(t − tokens.start)·n_rows + r] = dot(W[r], acts[t])` for every row `r` of `w`
+/// (`n_rows = w.len() / row_bytes` rows of `acts.k()` values of `wtype`) and every token
+/// `t` in `tokens`, with the process instruction set.
+///
+/// # Panics
+/// If `acts` was quantized for another format, `w` is not whole rows, `tokens` is out
+/// of range or `out` has the wrong length.
+pub fn gemm(wtype: DType, w: &[u8], acts: &QuantizedActs, tokens: Range<usize>, out: &mut [f32]) {
+    gemm_checked(dispatch::isa(), wtype, w, acts, tokens, out);
+}
+
+/// [`gemm`] with an explicit instruction set, for tests and benchmarks. `None` if this
+/// CPU does not support `isa`.
+///
+/// # Panics
+/// As [`gemm`].
+pub fn gemm_with(
+    isa: Isa,
+    wtype: DType,
+    w: &[u8],
+    acts: &QuantizedActs,
+    tokens: Range<usize>,
+    out: &mut [f32],
+) -> Option<()> {
+    if !isa.is_supported() {
+        return None;
+    }
+    gemm_checked(isa, wtype, w, acts, tokens, out);
+    Some(())
+}
+
+/// Whether [`gemm`] on this instruction set runs a panel kernel for `wtype` (sixteen rows
+/// at a time: callers splitting rows between threads should split at multiples of 16).
+pub fn has_panel_kernel(isa: Isa, wtype: DType) -> bool {
+    isa == Isa::Avx512 && matches!(wtype, DType::Q4_0 | DType::Q8_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K)
+}
+
+fn gemm_checked(
+    isa: Isa,
+    wtype: DType,
+    w: &[u8],
+    acts: &QuantizedActs,
+    tokens: Range<usize>,
+    out: &mut [f32],
+) {
+    assert_eq!(acts.wtype, Some(wtype), "activations quantized for {:?}, weights are {wtype}", acts.wtype);
+    let k = acts.k;
+    let row_bytes = wtype.row_bytes(k).expect("checked when quantizing");
+    assert!(w.len().is_multiple_of(row_bytes), "{wtype}: {} bytes are not rows of {row_bytes}", w.len());
+    let n_rows = w.len() / row_bytes;
+    assert!(tokens.start <= tokens.end && tokens.end <= acts.n_tokens, "tokens {tokens:?} out of range");
+    assert_eq!(out.len(), tokens.len() * n_rows, "output length");
+    if tokens.is_empty() || n_rows == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_panel_kernel(isa, wtype) {
+        gemm_avx512(wtype, k, w, n_rows, acts, tokens, out);
+        return;
+    }
+    for (t, out_t) in tokens.zip(out.chunks_exact_mut(n_rows)) {
+        let a = acts.row(t);
+        for (o, wr) in out_t.iter_mut().zip(w.chunks_exact(row_bytes)) {
+            *o = dispatch::vec_dot_checked(isa, wtype, k, wr, a);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// The packed panel of the current thread (grows to the largest panel seen).
+    static PANEL: std::cell::RefCell<Vec<std::arch::x86_64::__m512i>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Tokens per tile of the panel kernels.
+#[cfg(target_arch = "x86_64")]
+const TILE: usize = 4;
+
+#[cfg(target_arch = "x86_64")]
+fn gemm_avx512(
+    wtype: DType,
+    k: usize,
+    w: &[u8],
+    n_rows: usize,
+    acts: &QuantizedActs,
+    tokens: Range<usize>,
+    out: &mut [f32],
+) {
+    use crate::x86::avx512::{self, Panel, Q8KSide, Q8_0Side, Side, PANEL_ROWS};
+    let block_bytes = wtype.block_bytes();
+    let n_blocks = k / wtype.block_len();
+    let row_bytes = n_blocks * block_bytes;
+    let side = match wtype.vec_dot_type() {
+        DType::Q8_0 => Side::Q8_0(Q8_0Side { d: &acts.d, neg_offset_sum: &acts.side }),
+        _ => Side::Q8K(Q8KSide { d: &acts.d, sub_pairs: &acts.side }),
+    };
+    let t0 = tokens.start;
+    PANEL.with_borrow_mut(|packed| {
+        packed.resize(n_blocks * avx512::vecs_per_block(block_bytes), zero_vector());
+        for r0 in (0..n_rows).step_by(PANEL_ROWS) {
+            let n = PANEL_ROWS.min(n_rows - r0);
+            let panel = Panel::new(w, row_bytes, r0, n);
+            // SAFETY: only reached when `has_panel_kernel(isa, wtype)` holds for a supported
+            // `isa`, i.e. the CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
+            unsafe { avx512::pack_panel(block_bytes, &panel, n_blocks, packed) };
+            let mut put = |t: usize, lanes: &[f32; PANEL_ROWS]| {
+                let at = (t - t0) * n_rows + r0;
+                out[at..at + n].copy_from_slice(&lanes[..n]);
+            };
+            let mut t = tokens.start;
+            while t + TILE <= tokens.end {
+                let rows: [&[u8]; TILE] = std::array::from_fn(|i| acts.row(t + i));
+                let starts = std::array::from_fn(|i| (t + i) * n_blocks);
+                // SAFETY: as for `pack_panel` above.
+                let res =
+                    unsafe { avx512::panel_dots::<TILE>(block_bytes, packed, n_blocks, rows, &side, starts) };
+                for (i, lanes) in res.iter().enumerate() {
+                    put(t + i, lanes);
+                }
+                t += TILE;
+            }
+            for t in t..tokens.end {
+                // SAFETY: as for `pack_panel` above.
+                let res = unsafe {
+                    avx512::panel_dots::<1>(
+                        block_bytes,
+                        packed,
+                        n_blocks,
+                        [acts.row(t)],
+                        &side,
+                        [t * n_blocks],
+                    )
+                };
+                put(t, &res[0]);
+            }
+        }
+    });
+}
+
+/// A zero vector for filling scratch (plain data, no CPU feature needed to build it).
+#[cfg(target_arch = "x86_64")]
+fn zero_vector() -> std::arch::x86_64::__m512i {
+    // SAFETY: `__m512i` is plain old data; all-zero bytes are a valid value.
+    unsafe { std::mem::zeroed() }
+}

@@ -1,0 +1,555 @@
+//! AVX-512 (F/BW/VL/VNNI) matrix kernels for the quantized weight formats.
+//!
+//! One lane per weight row: a *panel* of sixteen rows is transposed into a scratch
+//! buffer so that every 512-bit vector holds four consecutive quants of each of the
+//! sixteen rows (unsigned bytes), next to the rows' block scales as vectors. Activations
+//! are broadcast four bytes at a time, so one `vpdpbusd` performs 64 multiply-adds for
+//! sixteen outputs, and the block scales are applied with one vector multiply for
+//! sixteen outputs. A packed panel is reused for every token of a batch (GEMM); a
+//! single token (GEMV) pays the transposition once per weight byte read from memory.
+//!
+//! Every output is computed in exactly the order of the scalar reference in
+//! [`crate::formats`]: an exact `i32` sum per block, then the same `f32` operations block
+//! after block (fused multiply-adds exactly where the reference uses `mul_add`). So these kernels are bit-identical to the scalar
+//! reference, whatever the batch size, tile shape or thread split.
+//!
+//! Integer parts: weights are unsigned (Q4_0 `q`, Q8_0 `q + 128`, K-quant levels) and
+//! the offsets are subtracted through the activation sums: `Σ (q − o)·a = Σ q·a − o·Σ a`.
+//! All sums are far inside `i32`.
+
+use std::arch::x86_64::*;
+
+use crate::formats::{array_at, q4_0, q4_k, q5_k, q6_k, q8_0, q8_k};
+
+/// Rows per panel: one per 32-bit lane.
+pub const PANEL_ROWS: usize = 16;
+
+/// How far ahead of the packing position each row is prefetched.
+const PREFETCH_BYTES: usize = 512;
+
+/// Vectors of packed scratch per block (32 values) for Q4_0 and Q8_0: eight quant
+/// vectors and the sixteen block scales.
+const Q32_VECS: usize = 9;
+/// Vectors per Q4_K/Q5_K super-block: 64 quant vectors, 8 scale vectors (i32), 4 min
+/// pair vectors (i16 pairs), `d` and `dmin`.
+const K4_VECS: usize = 78;
+/// Vectors per Q6_K super-block: 64 quant vectors, 16 scale vectors (i32), 8 scale pair
+/// vectors (i16 pairs) and `d`.
+const K6_VECS: usize = 89;
+
+/// Packed vectors per block of `block_bytes` (which identifies the format).
+pub fn vecs_per_block(block_bytes: usize) -> usize {
+    match block_bytes {
+        q4_0::BLOCK_BYTES | q8_0::BLOCK_BYTES => Q32_VECS,
+        q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES => K4_VECS,
+        q6_k::BLOCK_BYTES => K6_VECS,
+        _ => unreachable!("no AVX-512 panel kernel for blocks of {block_bytes} bytes"),
+    }
+}
+
+/// Sixteen weight rows of one matrix: `w[starts[i]..starts[i] + row_bytes]` is lane `i`.
+/// Lanes past the last real row repeat it (their results are dropped).
+#[derive(Clone, Copy)]
+pub struct Panel<'a> {
+    w: &'a [u8],
+    /// Row starts as gather offsets (they fit in i32: checked in `new`).
+    starts: [i32; PANEL_ROWS],
+    rows: [&'a [u8]; PANEL_ROWS],
+    row_bytes: usize,
+}
+
+impl<'a> Panel<'a> {
+    /// Rows `first..first + n` (1 ≤ n ≤ 16) of a matrix stored as `w`, `row_bytes` per row.
+    ///
+    /// # Panics
+    /// If a row falls outside `w`, `n` is not in 1..=16, or `w` is 2 GiB or larger (the
+    /// scale gathers use 32-bit offsets).
+    pub fn new(w: &'a [u8], row_bytes: usize, first: usize, n: usize) -> Panel<'a> {
+        assert!((1..=PANEL_ROWS).contains(&n), "a panel has 1..=16 rows, not {n}");
+        assert!((first + n) * row_bytes <= w.len(), "panel rows outside the matrix");
+        assert!(w.len() < i32::MAX as usize, "matrix too large for 32-bit gather offsets");
+        let starts: [usize; PANEL_ROWS] = std::array::from_fn(|i| (first + i.min(n - 1)) * row_bytes);
+        let rows = starts.map(|s| &w[s..s + row_bytes]);
+        Panel { w, starts: starts.map(|s| s as i32), rows, row_bytes }
+    }
+}
+
+// ---------------------------------------------------------------- loads and transposes
+
+/// Dword `j` (bytes `off + 4j .. off + 4j + 4`) of each of the sixteen rows, for j in
+/// 0..4: `out[j]` lane `i` is that dword of row `i`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn transpose_16x4(p: &Panel, off: usize) -> [__m512i; 4] {
+    assert!(off + 16 <= p.row_bytes, "transpose inside the rows");
+    // SAFETY: every row slice has `row_bytes` bytes and `off + 16 ≤ row_bytes`, so each
+    // 16-byte unaligned load stays inside its row. (One check here instead of sixteen.)
+    let load = |i: usize| unsafe { _mm_loadu_si128(p.rows[i].as_ptr().add(off).cast()) };
+    let quad = |k: usize| {
+        let v = _mm512_castsi128_si512(load(4 * k));
+        let v = _mm512_inserti32x4::<1>(v, load(4 * k + 1));
+        let v = _mm512_inserti32x4::<2>(v, load(4 * k + 2));
+        _mm512_inserti32x4::<3>(v, load(4 * k + 3))
+    };
+    // Lane e of `lo`: dword e/8 of row e%8 (of the two quads); `hi`: dwords 2 and 3.
+    let idx_lo = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29);
+    let idx_hi = _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31);
+    let (z0, z1, z2, z3) = (quad(0), quad(1), quad(2), quad(3));
+    let a_lo = _mm512_permutex2var_epi32(z0, idx_lo, z1);
+    let a_hi = _mm512_permutex2var_epi32(z0, idx_hi, z1);
+    let b_lo = _mm512_permutex2var_epi32(z2, idx_lo, z3);
+    let b_hi = _mm512_permutex2var_epi32(z2, idx_hi, z3);
+    [
+        _mm512_shuffle_i32x4::<0x44>(a_lo, b_lo),
+        _mm512_shuffle_i32x4::<0xEE>(a_lo, b_lo),
+        _mm512_shuffle_i32x4::<0x44>(a_hi, b_hi),
+        _mm512_shuffle_i32x4::<0xEE>(a_hi, b_hi),
+    ]
+}
+
+/// The four bytes at `off` of each row, as one lane each.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn gather_u32(p: &Panel, off: usize) -> __m512i {
+    assert!(off + 4 <= p.row_bytes, "gather inside the rows");
+    // SAFETY: `starts` is 64 readable bytes. Every lane reads 4 bytes at
+    // `w + starts[i] + off`, inside row i (checked above: off + 4 ≤ row_bytes) and so
+    // inside `w` (Panel::new checked the rows, and that these offsets fit in i32).
+    unsafe {
+        let starts = _mm512_loadu_si512(p.starts.as_ptr().cast());
+        let vindex = _mm512_add_epi32(starts, _mm512_set1_epi32(off as i32));
+        _mm512_i32gather_epi32::<1>(vindex, p.w.as_ptr().cast())
+    }
+}
+
+/// The low (`SHIFT` = 0) or high (`SHIFT` = 16) half of each lane as an f16, to `f32`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn halves_to_f32<const SHIFT: u32>(v: __m512i) -> __m512 {
+    _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<SHIFT>(v)))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn as_int(v: __m512) -> __m512i {
+    _mm512_castps_si512(v)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn as_float(v: __m512i) -> __m512 {
+    _mm512_castsi512_ps(v)
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn splat(x: u32) -> __m512i {
+    _mm512_set1_epi32(x as i32)
+}
+
+/// Broadcast of the little-endian dword at `off` of an activation block.
+#[inline(always)]
+fn act_dword<const N: usize>(block: &[u8; N], off: usize) -> i32 {
+    i32::from_le_bytes(*array_at(block, off))
+}
+
+// ---------------------------------------------------------------- packing
+
+/// Packs block `b` of a Q4_0 panel: `out[g]` (g < 8) holds values `4g..4g + 4` of each
+/// row, `out[8]` the row scales as `f32`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q4_0_block(p: &Panel, b: usize, out: &mut [__m512i; Q32_VECS]) {
+    let off = b * q4_0::BLOCK_BYTES;
+    let qs = transpose_16x4(p, off + q4_0::QS);
+    let low = splat(0x0f0f_0f0f);
+    for g in 0..4 {
+        out[g] = _mm512_and_si512(qs[g], low);
+        out[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(qs[g]), low);
+    }
+    out[8] = as_int(halves_to_f32::<0>(gather_u32(p, off)));
+}
+
+/// Packs block `b` of a Q8_0 panel: quants shifted to unsigned (`q + 128`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q8_0_block(p: &Panel, b: usize, out: &mut [__m512i; Q32_VECS]) {
+    let off = b * q8_0::BLOCK_BYTES;
+    let flip = splat(0x8080_8080);
+    let lo = transpose_16x4(p, off + q8_0::QS);
+    let hi = transpose_16x4(p, off + q8_0::QS + 16);
+    for g in 0..4 {
+        out[g] = _mm512_xor_si512(lo[g], flip);
+        out[g + 4] = _mm512_xor_si512(hi[g], flip);
+    }
+    out[8] = as_int(halves_to_f32::<0>(gather_u32(p, off)));
+}
+
+/// The Q4_K/Q5_K super-block header of each row: `d`, `dmin`, the eight scales as i32
+/// vectors and the eight mins as four vectors of i16 pairs `(m[2j], m[2j+1])`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_k4_header(p: &Panel, off: usize, out: &mut [__m512i]) {
+    let [dm, w0, w1, w2] = transpose_16x4(p, off);
+    let (low6, low4, low2) = (splat(0x3f3f_3f3f), splat(0x0f0f_0f0f), splat(0x0303_0303));
+    // unpack_k4_scales, lane-wise: four 6-bit scales per dword.
+    let sc_lo = _mm512_and_si512(w0, low6);
+    let sc_hi = _mm512_or_si512(
+        _mm512_and_si512(w2, low4),
+        _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w0), low2)),
+    );
+    let m_lo = _mm512_and_si512(w1, low6);
+    let m_hi = _mm512_or_si512(
+        _mm512_and_si512(_mm512_srli_epi32::<4>(w2), low4),
+        _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(w1), low2)),
+    );
+    let byte = splat(0xff);
+    for (k, v) in [sc_lo, sc_hi].into_iter().enumerate() {
+        out[64 + 4 * k] = _mm512_and_si512(v, byte);
+        out[64 + 4 * k + 1] = _mm512_and_si512(_mm512_srli_epi32::<8>(v), byte);
+        out[64 + 4 * k + 2] = _mm512_and_si512(_mm512_srli_epi32::<16>(v), byte);
+        out[64 + 4 * k + 3] = _mm512_srli_epi32::<24>(v);
+    }
+    // (m0, m1) and (m2, m3) from each mins dword: bytes 0,1 → words 0,1 etc.
+    let pair_lo = splat(0x0000_00ff);
+    let pair_hi = splat(0x00ff_0000);
+    for (k, v) in [m_lo, m_hi].into_iter().enumerate() {
+        let first = _mm512_or_si512(
+            _mm512_and_si512(v, pair_lo),
+            _mm512_and_si512(_mm512_slli_epi32::<8>(v), pair_hi),
+        );
+        let v2 = _mm512_srli_epi32::<16>(v);
+        let second = _mm512_or_si512(
+            _mm512_and_si512(v2, pair_lo),
+            _mm512_and_si512(_mm512_slli_epi32::<8>(v2), pair_hi),
+        );
+        out[72 + 2 * k] = first;
+        out[72 + 2 * k + 1] = second;
+    }
+    out[76] = as_int(halves_to_f32::<0>(dm));
+    out[77] = as_int(halves_to_f32::<16>(dm));
+}
+
+/// Packs super-block `sb` of a Q4_K panel: `out[G]` holds values `4G..4G + 4`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q4_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K4_VECS]) {
+    let off = sb * q4_k::BLOCK_BYTES;
+    pack_k4_header(p, off, out);
+    let low = splat(0x0f0f_0f0f);
+    for k in 0..8 {
+        // Dwords 4k..4k+4 of qs: chunk c = k / 2, bytes l = 16(k % 2) + 4j.
+        let q = transpose_16x4(p, off + q4_k::QS + 16 * k);
+        let (c, half) = (k / 2, k % 2);
+        for (j, v) in q.into_iter().enumerate() {
+            let g = 16 * c + 4 * half + j;
+            out[g] = _mm512_and_si512(v, low);
+            out[g + 8] = _mm512_and_si512(_mm512_srli_epi32::<4>(v), low);
+        }
+    }
+}
+
+/// Packs super-block `sb` of a Q5_K panel (as Q4_K, with the fifth bit from `qh`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q5_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K4_VECS]) {
+    let off = sb * q5_k::BLOCK_BYTES;
+    pack_k4_header(p, off, out);
+    let low = splat(0x0f0f_0f0f);
+    let bit = splat(0x0101_0101);
+    let qh_lo = transpose_16x4(p, off + q5_k::QH);
+    let qh_hi = transpose_16x4(p, off + q5_k::QH + 16);
+    let qh: [__m512i; 8] = std::array::from_fn(|j| if j < 4 { qh_lo[j] } else { qh_hi[j - 4] });
+    for k in 0..8 {
+        let q = transpose_16x4(p, off + q5_k::QS + 16 * k);
+        let (c, half) = (k / 2, k % 2);
+        for (j, v) in q.into_iter().enumerate() {
+            let l = 4 * half + j; // qh dword of these 4 values
+            let h = qh[l];
+            let h_lo = _mm512_and_si512(_mm512_srl_epi32(h, _mm_cvtsi32_si128(2 * c as i32)), bit);
+            let h_hi = _mm512_and_si512(_mm512_srl_epi32(h, _mm_cvtsi32_si128(2 * c as i32 + 1)), bit);
+            let g = 16 * c + l;
+            out[g] = _mm512_or_si512(_mm512_and_si512(v, low), _mm512_slli_epi32::<4>(h_lo));
+            out[g + 8] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi32::<4>(v), low),
+                _mm512_slli_epi32::<4>(h_hi),
+            );
+        }
+    }
+}
+
+/// Packs super-block `sb` of a Q6_K panel: unsigned 6-bit quants, the sixteen signed
+/// scales as i32 vectors, the same as eight vectors of i16 pairs, and `d`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q6_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K6_VECS]) {
+    let off = sb * q6_k::BLOCK_BYTES;
+    let low = splat(0x0f0f_0f0f);
+    let two = splat(0x0303_0303);
+    for half in 0..2 {
+        let mut ql = [_mm512_setzero_si512(); 16];
+        for k in 0..4 {
+            ql[4 * k..4 * k + 4].copy_from_slice(&transpose_16x4(p, off + q6_k::QL + 64 * half + 16 * k));
+        }
+        let mut qh = [_mm512_setzero_si512(); 8];
+        for k in 0..2 {
+            qh[4 * k..4 * k + 4].copy_from_slice(&transpose_16x4(p, off + q6_k::QH + 32 * half + 16 * k));
+        }
+        for j in 0..8 {
+            let (a, b, h) = (ql[j], ql[j + 8], qh[j]);
+            let high = |shifted: __m512i| _mm512_slli_epi32::<4>(_mm512_and_si512(shifted, two));
+            let base = 32 * half;
+            out[base + j] = _mm512_or_si512(_mm512_and_si512(a, low), high(h));
+            out[base + 8 + j] = _mm512_or_si512(_mm512_and_si512(b, low), high(_mm512_srli_epi32::<2>(h)));
+            out[base + 16 + j] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi32::<4>(a), low),
+                high(_mm512_srli_epi32::<4>(h)),
+            );
+            out[base + 24 + j] = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi32::<4>(b), low),
+                high(_mm512_srli_epi32::<6>(h)),
+            );
+        }
+    }
+    let sc = transpose_16x4(p, off + q6_k::SCALES);
+    let word = splat(0x0000_ffff);
+    for (k, v) in sc.into_iter().enumerate() {
+        out[64 + 4 * k] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(v));
+        out[64 + 4 * k + 1] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<16>(v));
+        out[64 + 4 * k + 2] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<8>(v));
+        out[64 + 4 * k + 3] = _mm512_srai_epi32::<24>(v);
+        // Words of `even`: sext(byte 0), sext(byte 2); of `odd`: sext(byte 1), sext(byte 3).
+        let even = _mm512_srai_epi16::<8>(_mm512_slli_epi16::<8>(v));
+        let odd = _mm512_srai_epi16::<8>(v);
+        out[80 + 2 * k] = _mm512_or_si512(_mm512_and_si512(even, word), _mm512_slli_epi32::<16>(odd));
+        out[80 + 2 * k + 1] = _mm512_or_si512(_mm512_srli_epi32::<16>(even), _mm512_andnot_si512(word, odd));
+    }
+    out[88] = as_int(halves_to_f32::<16>(gather_u32(p, off + q6_k::D - 2)));
+}
+
+/// Packs all `n_blocks` blocks of a panel of `block_bytes`-byte blocks into `out`
+/// ([`vecs_per_block`] vectors per block).
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (see
+/// [`crate::x86::has_avx512`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub fn pack_panel(block_bytes: usize, p: &Panel, n_blocks: usize, out: &mut [__m512i]) {
+    let per = vecs_per_block(block_bytes);
+    assert!(n_blocks * block_bytes <= p.row_bytes && out.len() >= n_blocks * per);
+    // Sixteen interleaved streams are more than the hardware prefetchers keep ahead of:
+    // ask for every cache line of every row PREFETCH_BYTES before it is needed.
+    let mut next_line = 0;
+    for (b, dst) in out.chunks_exact_mut(per).take(n_blocks).enumerate() {
+        while next_line < (b + 1) * block_bytes + PREFETCH_BYTES {
+            for row in &p.rows {
+                let at = row.as_ptr().wrapping_add(next_line);
+                // A prefetch is only a hint: it never faults, whatever the address (past
+                // the end of the row it just fetches an unrelated line).
+                _mm_prefetch::<_MM_HINT_T0>(at.cast());
+            }
+            next_line += 64;
+        }
+        match block_bytes {
+            q4_0::BLOCK_BYTES => pack_q4_0_block(p, b, dst.try_into().expect("block vectors")),
+            q8_0::BLOCK_BYTES => pack_q8_0_block(p, b, dst.try_into().expect("block vectors")),
+            q4_k::BLOCK_BYTES => pack_q4_k_block(p, b, dst.try_into().expect("block vectors")),
+            q5_k::BLOCK_BYTES => pack_q5_k_block(p, b, dst.try_into().expect("block vectors")),
+            q6_k::BLOCK_BYTES => pack_q6_k_block(p, b, dst.try_into().expect("block vectors")),
+            _ => unreachable!(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- compute
+
+/// Side data of a batch of Q8_0 activation rows: per block the scale as `f32` and
+/// `−offset·Σ a` (offset 8 for Q4_0 weights, 128 for Q8_0).
+pub struct Q8_0Side<'a> {
+    pub d: &'a [f32],
+    pub neg_offset_sum: &'a [i32],
+}
+
+/// Multiplies a packed Q4_0/Q8_0 panel with `T` activation rows (`acts[t]`, Q8_0
+/// bytes; `side_start[t]` is the index of their first block in `side`), returning the
+/// sixteen dot products of each row as lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn compute_q32<const T: usize>(
+    packed: &[__m512i],
+    n_blocks: usize,
+    acts: [&[u8]; T],
+    side: &Q8_0Side,
+    side_start: [usize; T],
+) -> [__m512; T] {
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (b, w) in packed.chunks_exact(Q32_VECS).take(n_blocks).enumerate() {
+        let w: &[__m512i; Q32_VECS] = w.try_into().expect("block vectors");
+        let dw = as_float(w[8]);
+        for t in 0..T {
+            let a: &[u8; q8_0::BLOCK_BYTES] = array_at(acts[t], b * q8_0::BLOCK_BYTES);
+            let s = side_start[t] + b;
+            // Two independent chains; integer addition makes the split exact.
+            let mut s0 = _mm512_set1_epi32(side.neg_offset_sum[s]);
+            let mut s1 = _mm512_setzero_si512();
+            for g in (0..8).step_by(2) {
+                s0 = _mm512_dpbusd_epi32(s0, w[g], _mm512_set1_epi32(act_dword(a, q8_0::QS + 4 * g)));
+                s1 = _mm512_dpbusd_epi32(s1, w[g + 1], _mm512_set1_epi32(act_dword(a, q8_0::QS + 4 * g + 4)));
+            }
+            let sumi = _mm512_add_epi32(s0, s1);
+            // sum = fma(sumi as f32, d_w * d_a, sum)
+            let d = _mm512_mul_ps(dw, _mm512_set1_ps(side.d[s]));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), d, acc[t]);
+        }
+    }
+    acc
+}
+
+/// Side data of a batch of Q8_K activation rows: per super-block the scale and four
+/// dwords of i16 pairs `(s[2j], s[2j + 1])`, where `s[sub]` is the sum of the 32
+/// activations of sub-block `sub` (for the Q4_K/Q5_K mins).
+pub struct Q8KSide<'a> {
+    pub d: &'a [f32],
+    pub sub_pairs: &'a [i32],
+}
+
+/// Multiplies a packed Q4_K/Q5_K panel with `T` Q8_K activation rows. Each sub-block's eight
+/// weight vectors are loaded once and used for all `T` rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn compute_k4<const T: usize>(
+    packed: &[__m512i],
+    n_blocks: usize,
+    acts: [&[u8]; T],
+    side: &Q8KSide,
+    side_start: [usize; T],
+) -> [__m512; T] {
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (sb, w) in packed.chunks_exact(K4_VECS).take(n_blocks).enumerate() {
+        let w: &[__m512i; K4_VECS] = w.try_into().expect("block vectors");
+        let a: [&[u8; q8_k::BLOCK_BYTES]; T] =
+            std::array::from_fn(|t| array_at(acts[t], sb * q8_k::BLOCK_BYTES));
+        let mut sumi = [_mm512_setzero_si512(); T];
+        for sub in 0..8 {
+            let ws: [__m512i; 8] = std::array::from_fn(|g| w[8 * sub + g]);
+            for t in 0..T {
+                let at = q8_k::QS + 32 * sub;
+                let mut p0 = _mm512_setzero_si512();
+                let mut p1 = _mm512_setzero_si512();
+                for g in (0..8).step_by(2) {
+                    p0 = _mm512_dpbusd_epi32(p0, ws[g], _mm512_set1_epi32(act_dword(a[t], at + 4 * g)));
+                    p1 = _mm512_dpbusd_epi32(
+                        p1,
+                        ws[g + 1],
+                        _mm512_set1_epi32(act_dword(a[t], at + 4 * g + 4)),
+                    );
+                }
+                sumi[t] =
+                    _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(p0, p1), w[64 + sub]));
+            }
+        }
+        for t in 0..T {
+            let s = side_start[t] + sb;
+            let mut summ = _mm512_setzero_si512();
+            for j in 0..4 {
+                summ = _mm512_dpwssd_epi32(summ, w[72 + j], _mm512_set1_epi32(side.sub_pairs[4 * s + j]));
+            }
+            // sum += (d_w·d_a)·sumi − (dmin_w·d_a)·summ
+            let da = _mm512_set1_ps(side.d[s]);
+            let d = _mm512_mul_ps(as_float(w[76]), da);
+            let dmin = _mm512_mul_ps(as_float(w[77]), da);
+            let block = _mm512_sub_ps(
+                _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi[t])),
+                _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(summ)),
+            );
+            acc[t] = _mm512_add_ps(acc[t], block);
+        }
+    }
+    acc
+}
+
+/// Multiplies a packed Q6_K panel with `T` Q8_K activation rows. Each sub-block's four
+/// weight vectors are loaded once and used for all `T` rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn compute_q6_k<const T: usize>(
+    packed: &[__m512i],
+    n_blocks: usize,
+    acts: [&[u8]; T],
+    side: &Q8KSide,
+    side_start: [usize; T],
+) -> [__m512; T] {
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (sb, w) in packed.chunks_exact(K6_VECS).take(n_blocks).enumerate() {
+        let w: &[__m512i; K6_VECS] = w.try_into().expect("block vectors");
+        let a: [&[u8; q8_k::BLOCK_BYTES]; T] =
+            std::array::from_fn(|t| array_at(acts[t], sb * q8_k::BLOCK_BYTES));
+        let mut sumi = [_mm512_setzero_si512(); T];
+        for sub in 0..16 {
+            let ws: [__m512i; 4] = std::array::from_fn(|g| w[4 * sub + g]);
+            let at = q8_k::QS + 16 * sub;
+            for t in 0..T {
+                let zero = _mm512_setzero_si512();
+                let mut p0 = _mm512_dpbusd_epi32(zero, ws[0], _mm512_set1_epi32(act_dword(a[t], at)));
+                let mut p1 = _mm512_dpbusd_epi32(zero, ws[1], _mm512_set1_epi32(act_dword(a[t], at + 4)));
+                p0 = _mm512_dpbusd_epi32(p0, ws[2], _mm512_set1_epi32(act_dword(a[t], at + 8)));
+                p1 = _mm512_dpbusd_epi32(p1, ws[3], _mm512_set1_epi32(act_dword(a[t], at + 12)));
+                sumi[t] =
+                    _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(p0, p1), w[64 + sub]));
+            }
+        }
+        for t in 0..T {
+            // The −32 offset: 32·Σ sc·bsum, with the Q8_K group sums as i16 pairs.
+            let mut off = _mm512_setzero_si512();
+            for j in 0..8 {
+                off = _mm512_dpwssd_epi32(
+                    off,
+                    w[80 + j],
+                    _mm512_set1_epi32(act_dword(a[t], q8_k::BSUMS + 4 * j)),
+                );
+            }
+            let sumi = _mm512_sub_epi32(sumi[t], _mm512_slli_epi32::<5>(off));
+            // sum += (d_w·d_a)·sumi
+            let d = _mm512_mul_ps(as_float(w[88]), _mm512_set1_ps(side.d[side_start[t] + sb]));
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi)));
+        }
+    }
+    acc
+}
+
+/// The activation side data a panel kernel needs.
+pub enum Side<'a> {
+    /// For Q4_0 and Q8_0 weights.
+    Q8_0(Q8_0Side<'a>),
+    /// For Q4_K, Q5_K and Q6_K weights.
+    Q8K(Q8KSide<'a>),
+}
+
+/// Multiplies a packed panel (see [`pack_panel`]) with `T` activation rows: lane `i` of
+/// result `t` is the dot product of panel row `i` with `acts[t]`, bit-identical to the
+/// scalar reference.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (see
+/// [`crate::x86::has_avx512`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub fn panel_dots<const T: usize>(
+    block_bytes: usize,
+    packed: &[__m512i],
+    n_blocks: usize,
+    acts: [&[u8]; T],
+    side: &Side,
+    side_start: [usize; T],
+) -> [[f32; PANEL_ROWS]; T] {
+    let acc = match (block_bytes, side) {
+        (q4_0::BLOCK_BYTES | q8_0::BLOCK_BYTES, Side::Q8_0(s)) => {
+            compute_q32::<T>(packed, n_blocks, acts, s, side_start)
+        }
+        (q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES, Side::Q8K(s)) => {
+            compute_k4::<T>(packed, n_blocks, acts, s, side_start)
+        }
+        (q6_k::BLOCK_BYTES, Side::Q8K(s)) => compute_q6_k::<T>(packed, n_blocks, acts, s, side_start),
+        _ => unreachable!("activation side data does not match the weight format"),
+    };
+    acc.map(|v| {
+        let mut out = [0.0f32; PANEL_ROWS];
+        // SAFETY: `out` is sixteen writable f32; `storeu` has no alignment requirement.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    })
+}

@@ -1,0 +1,32 @@
+//! `axpy` (the attention value sum): every instruction set gives the scalar result bit
+//! for bit (one fused multiply-add per element), for every length and extreme inputs.
+
+mod common;
+
+use quire_kernels::dispatch::Isa;
+use quire_kernels::{axpy_with, DType};
+
+#[test]
+fn simd_axpy_equals_scalar() {
+    let mut rng = common::rng(21);
+    for dtype in [DType::F32, DType::F16] {
+        for n in [1, 7, 8, 9, 15, 16, 17, 64, 128, 131] {
+            for (alpha, scale) in [(0.37f32, 1.0f32), (-3e4, 2.0), (1e-30, 6e4), (0.0, 1.0)] {
+                let x = common::quantize(dtype, &common::random_values(&mut rng, n, scale));
+                let y0 = common::random_values(&mut rng, n, 5.0);
+                let mut want = y0.clone();
+                axpy_with(Isa::Scalar, dtype, alpha, &x, &mut want).unwrap();
+                let xs = common::dequantize(dtype, &x, n);
+                for ((w, y), xv) in want.iter().zip(&y0).zip(&xs) {
+                    assert_eq!(w.to_bits(), alpha.mul_add(*xv, *y).to_bits());
+                }
+                for isa in [Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.is_supported()) {
+                    let mut got = y0.clone();
+                    axpy_with(isa, dtype, alpha, &x, &mut got).unwrap();
+                    let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{dtype} n={n} alpha={alpha} {isa}");
+                }
+            }
+        }
+    }
+}

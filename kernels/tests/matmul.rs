@@ -1,0 +1,160 @@
+//! Matrix products (`gemm`) against the scalar reference dot product, under every
+//! instruction set this CPU supports.
+//!
+//! Contract checked here: the AVX-512 panel kernels equal the *scalar* reference bit
+//! for bit for every quantized format; every other output of `gemm` equals one
+//! `vec_dot` of the same instruction set bit for bit; and results do not depend on the token range
+//! (batch) or on which rows a call covers (thread split).
+
+mod common;
+
+use quire_kernels::dispatch::{self, Isa};
+use quire_kernels::matmul::{gemm_with, has_panel_kernel};
+use quire_kernels::{formats, vec_dot_scalar, DType, QuantizedActs};
+use rand::rngs::StdRng;
+use rand::Rng;
+
+const WEIGHT_TYPES: [DType; 8] =
+    [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::F32, DType::F16, DType::BF16];
+
+fn isas() -> Vec<Isa> {
+    [Isa::Scalar, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.is_supported()).collect()
+}
+
+/// `rows` random weight rows of `k` values: quantized from random floats, or raw random
+/// bytes with valid scales (reaches every quant and scale code, including −128 in Q8_0).
+fn weights(rng: &mut StdRng, dtype: DType, rows: usize, k: usize, raw: bool, scale: f32) -> Vec<u8> {
+    if !raw || dtype.block_len() == 1 {
+        return common::quantize(dtype, &common::random_values(rng, rows * k, scale));
+    }
+    let mut w = common::random_bytes(rng, rows * dtype.row_bytes(k).unwrap());
+    let (d_at, dmin_at) = match dtype {
+        DType::Q8_0 | DType::Q4_0 => (0, None),
+        DType::Q4_K | DType::Q5_K => (0, Some(2)),
+        DType::Q6_K => (formats::q6_k::D, None),
+        _ => unreachable!(),
+    };
+    for block in w.chunks_exact_mut(dtype.block_bytes()) {
+        let d = rng.random_range(1e-4f32..1.0) * scale;
+        block[d_at..d_at + 2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        if let Some(at) = dmin_at {
+            let m = rng.random_range(0.0f32..1.0) * d;
+            block[at..at + 2].copy_from_slice(&half::f16::from_f32(m).to_le_bytes());
+        }
+    }
+    w
+}
+
+/// Checks `gemm` on one matrix and batch, for every instruction set, every token range
+/// split and a row split.
+fn check(what: &str, dtype: DType, k: usize, w: &[u8], x: &[f32]) {
+    let row_bytes = dtype.row_bytes(k).unwrap();
+    let rows = w.len() / row_bytes;
+    let n_tokens = x.len() / k;
+    let mut acts = QuantizedActs::new();
+    acts.quantize(dtype, k, x);
+    let scalar: Vec<f32> = (0..n_tokens)
+        .flat_map(|t| {
+            let a = acts.row(t).to_vec();
+            w.chunks_exact(row_bytes).map(move |wr| vec_dot_scalar(dtype, k, wr, &a)).collect::<Vec<_>>()
+        })
+        .collect();
+    for isa in isas() {
+        let mut out = vec![f32::NAN; rows * n_tokens];
+        gemm_with(isa, dtype, w, &acts, 0..n_tokens, &mut out).unwrap();
+        for (i, (&got, &want)) in out.iter().zip(&scalar).enumerate() {
+            let (t, r) = (i / rows, i % rows);
+            if has_panel_kernel(isa, dtype) || isa == Isa::Scalar {
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{what} {isa}: token {t} row {r}: {got} vs scalar {want}"
+                );
+            } else {
+                let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+                let single = dispatch::vec_dot_with(isa, dtype, k, wr, acts.row(t)).unwrap();
+                assert_eq!(got.to_bits(), single.to_bits(), "{what} {isa}: token {t} row {r} vs vec_dot");
+            }
+        }
+        // Any token range gives the same numbers (batch invariance).
+        for t in 0..n_tokens {
+            let mut one = vec![f32::NAN; rows];
+            gemm_with(isa, dtype, w, &acts, t..t + 1, &mut one).unwrap();
+            assert_eq!(
+                one.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                out[t * rows..(t + 1) * rows].iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{what} {isa}: token {t} alone"
+            );
+        }
+        // Any row split gives the same numbers (thread invariance).
+        if rows > 3 {
+            let split = rows / 3;
+            let mut tail = vec![f32::NAN; (rows - split) * n_tokens];
+            gemm_with(isa, dtype, &w[split * row_bytes..], &acts, 0..n_tokens, &mut tail).unwrap();
+            for t in 0..n_tokens {
+                assert_eq!(
+                    &tail[t * (rows - split)..(t + 1) * (rows - split)],
+                    &out[t * rows + split..(t + 1) * rows],
+                    "{what} {isa}: rows from {split}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_matches_scalar_on_random_matrices() {
+    let mut rng = common::rng(11);
+    for dtype in WEIGHT_TYPES {
+        let block = dtype.block_len().max(32);
+        // One block; a few blocks; the Qwen3-4B hidden size. Row counts around the panel size.
+        for (k, rows, tokens) in
+            [(block, 1, 1), (block, 17, 3), (4 * 256, 15, 5), (2560, 33, 9), (512, 16, 4)]
+        {
+            for raw in [false, true] {
+                for (ws, xs) in [(0.05f32, 1.0f32), (1.0, 40.0)] {
+                    let w = weights(&mut rng, dtype, rows, k, raw, ws);
+                    let x = common::random_values(&mut rng, tokens * k, xs);
+                    check(
+                        &format!("{dtype} k={k} rows={rows} tokens={tokens} raw={raw} scales {ws}/{xs}"),
+                        dtype,
+                        k,
+                        &w,
+                        &x,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_handles_zeros_and_extreme_scales() {
+    let mut rng = common::rng(12);
+    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+        let k = 512;
+        let rows = 20;
+        // All-zero weights and activations, huge and tiny activations, a zero token in a batch.
+        let zeros_w = vec![0u8; rows * dtype.row_bytes(k).unwrap()];
+        let x = common::random_values(&mut rng, 3 * k, 1.0);
+        check(&format!("{dtype} zero weights"), dtype, k, &zeros_w, &x);
+        let w = weights(&mut rng, dtype, rows, k, true, 1.0);
+        let mut x = common::random_values(&mut rng, 4 * k, 1e4);
+        x[k..2 * k].fill(0.0);
+        for v in &mut x[2 * k..3 * k] {
+            *v *= 1e-30;
+        }
+        check(&format!("{dtype} extreme activations"), dtype, k, &w, &x);
+        let w = weights(&mut rng, dtype, rows, k, true, 6e4);
+        check(&format!("{dtype} huge weight scales"), dtype, k, &w, &x);
+    }
+}
+
+#[test]
+#[should_panic(expected = "activations quantized for")]
+fn gemm_rejects_activations_of_another_format() {
+    let mut acts = QuantizedActs::new();
+    acts.quantize(DType::Q4_0, 32, &[0.5; 32]);
+    let mut out = [0.0f32; 1];
+    quire_kernels::gemm(DType::Q8_0, &[0u8; 34], &acts, 0..1, &mut out);
+}

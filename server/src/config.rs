@@ -1,0 +1,132 @@
+//! What `quire serve` is told on its command line, with the defaults the issue asks for.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable read for the API key when `--api-key` is not given, so the key need not appear in
+/// `ps` output or shell history.
+pub const API_KEY_ENV: &str = "QUIRE_API_KEY";
+
+/// Everything the server needs to start. Build it with [`ServerConfig::new`] and override fields.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Address to bind. Loopback by default: exposing a model to the network is a decision, not a default.
+    pub host: String,
+    /// TCP port; 0 picks a free one (tests read it back from [`crate::Server::local_addr`]).
+    pub port: u16,
+    /// The GGUF model file.
+    pub model_path: PathBuf,
+    /// Name reported by `/v1/models` and echoed in responses; defaults to the file stem.
+    pub model_name: String,
+    /// When set, every endpoint but `/health` (and the static page) requires `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// When set, CORS headers allow this origin (`*` or `https://host`); CORS is off otherwise.
+    pub cors: Option<String>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Per-request limit from submission to the last token; `None` = no limit.
+    pub timeout: Option<Duration>,
+    /// Concurrent generations (slots) sharing the model (`--parallel`).
+    pub n_slots: usize,
+    /// Requests allowed to wait for a slot before new ones get 429.
+    pub queue_capacity: usize,
+    /// Context per slot in tokens; `None` = 4096 or the model's trained context if smaller.
+    pub ctx: Option<usize>,
+    /// Compute threads (rayon's global pool); `None` = all cores.
+    pub threads: Option<usize>,
+    /// How long in-flight requests may run after SIGINT/SIGTERM before the server exits anyway.
+    pub shutdown_grace: Duration,
+    /// Interval of `: keep-alive` SSE comments while a stream waits for tokens (queue, long prefill), so
+    /// proxies and clients with idle timeouts keep the connection.
+    pub keepalive_interval: Duration,
+    /// Limit for receiving a request's headers and body, so a slow client cannot hold a connection forever.
+    pub read_timeout: Duration,
+    /// Open connections beyond this are closed right after accept: a flood cannot exhaust file descriptors.
+    pub max_connections: usize,
+}
+
+/// Default port, as llama.cpp's server and most local OpenAI-compatible servers use.
+pub const DEFAULT_PORT: u16 = 8080;
+/// Default body limit: 1 MiB holds a prompt far longer than any context we serve.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// Default `--parallel`: two slots suit one 4B instance on a small box.
+pub const DEFAULT_SLOTS: usize = 2;
+/// Default `--queue`.
+pub const DEFAULT_QUEUE: usize = 16;
+/// Default `--timeout` in seconds: long enough for a few thousand tokens from a 4B model on a small CPU.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+
+impl ServerConfig {
+    /// Defaults for serving `model_path`; the API key comes from `QUIRE_API_KEY` if set and non-empty.
+    pub fn new(model_path: impl Into<PathBuf>) -> ServerConfig {
+        let model_path = model_path.into();
+        ServerConfig {
+            host: "127.0.0.1".to_string(),
+            port: DEFAULT_PORT,
+            model_name: model_name_from_path(&model_path),
+            model_path,
+            api_key: std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty()),
+            cors: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            timeout: Some(Duration::from_secs(DEFAULT_TIMEOUT_SECS)),
+            n_slots: DEFAULT_SLOTS,
+            queue_capacity: DEFAULT_QUEUE,
+            ctx: None,
+            threads: None,
+            shutdown_grace: Duration::from_secs(30),
+            keepalive_interval: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(30),
+            max_connections: 512,
+        }
+    }
+
+    /// Refuse settings that cannot work, before anything is loaded.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.n_slots >= 1, "--parallel must be at least 1");
+        anyhow::ensure!(self.ctx != Some(0), "--ctx must be at least 1");
+        anyhow::ensure!(self.threads != Some(0), "--threads must be at least 1");
+        anyhow::ensure!(self.max_body_bytes >= 1024, "--max-body must be at least 1024 bytes");
+        anyhow::ensure!(
+            self.timeout != Some(Duration::ZERO),
+            "--timeout must be positive (omit it for none)"
+        );
+        anyhow::ensure!(self.max_connections >= 1, "max_connections must be at least 1");
+        anyhow::ensure!(!self.model_name.is_empty(), "the model name must not be empty");
+        if let Some(k) = &self.api_key {
+            anyhow::ensure!(!k.is_empty(), "--api-key must not be empty");
+        }
+        Ok(())
+    }
+}
+
+/// `models/Qwen3-4B-Q4_0.gguf` → `Qwen3-4B-Q4_0`: what a user would type as the model name.
+pub fn model_name_from_path(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "quire".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_name_is_the_file_stem() {
+        assert_eq!(model_name_from_path(Path::new("models/Qwen3-4B-Q4_0.gguf")), "Qwen3-4B-Q4_0");
+        assert_eq!(model_name_from_path(Path::new("")), "quire");
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let c = ServerConfig::new("m.gguf");
+        assert_eq!(c.host, "127.0.0.1");
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!((c.n_slots, c.queue_capacity), (2, 16));
+        assert!(c.cors.is_none());
+        c.validate().unwrap();
+        let bad = ServerConfig { n_slots: 0, ..c };
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,679 @@
+//! Routing, authentication, CORS, body limits and the endpoint handlers.
+//!
+//! Unknown model names: a request naming a model other than the one loaded is served anyway, with a
+//! warning in the log. There is exactly one model per server, and OpenAI clients and integrations
+//! routinely send a hard-coded name (`gpt-4o-mini`, an older file name); refusing them with 404 would break
+//! them for no benefit. `GET /v1/models/{id}` does answer 404 for other names, since that asks a question.
+//!
+//! Authentication: with `--api-key`, every endpoint requires `Authorization: Bearer KEY` except `/health`
+//! (load balancers probe it without credentials), CORS preflights (browsers never send credentials on
+//! them) and the static chat page at `/` (it holds no data; every API call it makes carries the key).
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use quire_engine::chat::RenderOptions;
+use quire_engine::generate::{Engine, GenerateParams};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::errors::{ApiError, ApiResult};
+use crate::metrics::Snapshot;
+use crate::openai::{self, PromptInput, ResponseMeta, UsageCounts};
+use crate::request_log::RequestLog;
+use crate::sse::{BoxError, ChatSse, CompletionSse, EventStream, PlainText, StreamFormat, StreamTiming};
+use crate::state::{unix_now, AppState, LoadState, Ready};
+use quire_engine::scheduler::{self, Event, SubmitError, Usage};
+
+/// Body type of every response.
+pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The embedded chat page (the web UI issue replaces this placeholder).
+const INDEX_HTML: &str = include_str!("../static/index.html");
+
+/// Where a request goes. The `endpoint` names double as log fields and metrics labels.
+#[derive(Clone, Debug, PartialEq)]
+enum Route {
+    Page,
+    Health,
+    Metrics,
+    Models,
+    Model(String),
+    Chat,
+    Completions,
+    Generate,
+    Stream,
+    Preflight,
+    WrongMethod(&'static str),
+    NotFound,
+}
+
+impl Route {
+    fn resolve(method: &Method, path: &str) -> Route {
+        let path = if path.len() > 1 { path.trim_end_matches('/') } else { path };
+        // Clients configured with a base URL without `/v1` call the bare paths; accept both.
+        let api = path.strip_prefix("/v1").filter(|p| p.starts_with('/')).unwrap_or(path);
+        let (route, allowed): (Route, &'static str) = match api {
+            "/" | "/index.html" => (Route::Page, "GET"),
+            "/health" => (Route::Health, "GET"),
+            "/metrics" => (Route::Metrics, "GET"),
+            "/models" => (Route::Models, "GET"),
+            p if p.starts_with("/models/") => (Route::Model(p["/models/".len()..].to_string()), "GET"),
+            "/chat/completions" => (Route::Chat, "POST"),
+            "/completions" => (Route::Completions, "POST"),
+            "/generate" => (Route::Generate, "POST"),
+            "/stream" => (Route::Stream, "GET, POST"),
+            _ => return Route::NotFound,
+        };
+        if method == Method::OPTIONS {
+            return Route::Preflight;
+        }
+        let ok = match allowed {
+            "GET" => method == Method::GET,
+            "POST" => method == Method::POST,
+            _ => method == Method::GET || method == Method::POST,
+        };
+        if ok {
+            route
+        } else {
+            Route::WrongMethod(allowed)
+        }
+    }
+
+    fn endpoint(&self) -> &'static str {
+        match self {
+            Route::Page => "/",
+            Route::Health => "/health",
+            Route::Metrics => "/metrics",
+            Route::Models => "/v1/models",
+            Route::Model(_) => "/v1/models/{id}",
+            Route::Chat => "/v1/chat/completions",
+            Route::Completions => "/v1/completions",
+            Route::Generate => "/generate",
+            Route::Stream => "/stream",
+            Route::Preflight => "OPTIONS",
+            Route::WrongMethod(_) | Route::NotFound => "other",
+        }
+    }
+
+    fn needs_auth(&self) -> bool {
+        !matches!(self, Route::Health | Route::Page | Route::Preflight)
+    }
+}
+
+/// Serve one request. Never fails: every error becomes an OpenAI-style error response.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<ResponseBody> {
+    let route = Route::resolve(req.method(), req.uri().path());
+    let log = RequestLog::new(
+        state.next_request_id(),
+        req.method().as_str(),
+        route.endpoint(),
+        state.metrics.clone(),
+    );
+    let mut resp = match dispatch(&state, &route, req, &log).await {
+        Ok(r) => r,
+        Err(e) => {
+            log.set_error(&e.message);
+            error_response(&e)
+        }
+    };
+    log.set_status(resp.status().as_u16());
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&log.id()) {
+        h.insert("x-request-id", v);
+    }
+    if let Some(origin) = &state.cfg.cors {
+        add_cors(h, origin);
+    }
+    resp
+}
+
+async fn dispatch(
+    state: &Arc<AppState>,
+    route: &Route,
+    req: Request<Incoming>,
+    log: &RequestLog,
+) -> ApiResult<Response<ResponseBody>> {
+    if route.needs_auth() {
+        check_auth(state.cfg.api_key.as_deref(), req.headers())?;
+    }
+    match route {
+        Route::Page => Ok(text_response(StatusCode::OK, "text/html; charset=utf-8", INDEX_HTML)),
+        Route::Health => Ok(health(state)),
+        Route::Metrics => Ok(metrics(state)),
+        Route::Models => {
+            Ok(json_response(StatusCode::OK, &json!({ "object": "list", "data": [model_card(state)] })))
+        }
+        Route::Model(id) if *id == state.cfg.model_name => {
+            Ok(json_response(StatusCode::OK, &model_card(state)))
+        }
+        Route::Model(id) => Err(ApiError::not_found(format!(
+            "model '{id}' does not exist; this server serves '{}'",
+            state.cfg.model_name
+        ))
+        .with_param("model")
+        .with_code("model_not_found")),
+        Route::Preflight => Ok(preflight(state, req.headers())),
+        Route::WrongMethod(allowed) => {
+            let mut resp =
+                error_response(&ApiError::method_not_allowed(req.method().as_str(), req.uri().path()));
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allowed));
+            Ok(resp)
+        }
+        Route::NotFound => {
+            Err(ApiError::not_found(format!("no such endpoint: {} {}", req.method(), req.uri().path())))
+        }
+        Route::Chat => {
+            let ready = state.ready()?;
+            let body = read_body(state, req).await?;
+            chat(state, ready, &body, log).await
+        }
+        Route::Completions => {
+            let ready = state.ready()?;
+            let body = read_body(state, req).await?;
+            completions(state, ready, &body, log).await
+        }
+        Route::Generate | Route::Stream => {
+            let ready = state.ready()?;
+            let map = if req.method() == Method::GET {
+                openai::query_to_object(req.uri().query().unwrap_or(""))?
+            } else {
+                openai::parse_json_object(&read_body(state, req).await?)?
+            };
+            simple(state, ready, &openai::parse_simple(&map)?, *route == Route::Stream, log).await
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Plumbing: responses, auth, CORS, body
+
+fn full(b: impl Into<Bytes>) -> ResponseBody {
+    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+fn text_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<ResponseBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<ResponseBody> {
+    text_response(status, "application/json", v.to_string())
+}
+
+/// The error as JSON, with `Retry-After` when it has one, and `Connection: close` when the request body
+/// may not have been read to its end (the connection cannot be reused then).
+pub fn error_response(e: &ApiError) -> Response<ResponseBody> {
+    let mut r = json_response(e.status, &e.to_json());
+    let h = r.headers_mut();
+    if let Some(s) = e.retry_after_secs {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    if e.status == StatusCode::UNAUTHORIZED {
+        h.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if matches!(e.status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// Bearer token check, in constant time so response timing does not leak how much of a guess was right.
+fn check_auth(key: Option<&str>, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(key) = key else { return Ok(()) };
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "missing API key: send it as 'Authorization: Bearer <key>' (this server was started with --api-key)",
+        ));
+    };
+    let token = value.to_str().ok().and_then(|v| {
+        let (scheme, rest) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    match token {
+        Some(t) if constant_time_eq(t.as_bytes(), key.as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized("invalid API key")),
+        None => Err(ApiError::unauthorized("the Authorization header must be 'Bearer <key>'")),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn add_cors(h: &mut HeaderMap, origin: &str) {
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, retry-after"),
+        );
+    }
+}
+
+/// `OPTIONS`: with `--cors`, a preflight answer allowing our methods and the headers the browser asked
+/// for; without it, just `Allow` (the browser then refuses the cross-origin call, as intended).
+fn preflight(state: &AppState, req_headers: &HeaderMap) -> Response<ResponseBody> {
+    let mut r = Response::new(full(Bytes::new()));
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(header::ALLOW, HeaderValue::from_static("GET, POST, OPTIONS"));
+    if state.cfg.cors.is_some() {
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, OPTIONS"));
+        let asked = req_headers.get(header::ACCESS_CONTROL_REQUEST_HEADERS).cloned();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            asked.unwrap_or_else(|| HeaderValue::from_static("authorization, content-type")),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    }
+    r
+}
+
+/// The request body, at most `--max-body` bytes, within the read timeout. An oversized body is drained up
+/// to four times the limit before the 413 goes out, so that clients which send the whole body before
+/// reading (curl, most libraries) see the answer instead of a connection reset.
+async fn read_body(state: &AppState, req: Request<Incoming>) -> ApiResult<Bytes> {
+    let limit = state.cfg.max_body_bytes;
+    let drain_limit = limit.saturating_mul(4);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > drain_limit as u64) {
+        return Err(ApiError::body_too_large(limit));
+    }
+    let read = async {
+        let mut body = req.into_body();
+        let mut buf = Vec::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| ApiError::bad_request(format!("error reading the request body: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                total = total.saturating_add(data.len());
+                if total <= limit {
+                    buf.extend_from_slice(&data);
+                } else if total > drain_limit {
+                    break;
+                }
+            }
+        }
+        if total > limit {
+            Err(ApiError::body_too_large(limit))
+        } else {
+            Ok(Bytes::from(buf))
+        }
+    };
+    tokio::time::timeout(state.cfg.read_timeout, read).await.map_err(|_| ApiError::request_timeout())?
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Informational endpoints
+
+fn health(state: &AppState) -> Response<ResponseBody> {
+    if state.is_shutting_down() {
+        return json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "shutting_down" }));
+    }
+    if state.scheduler_lost.load(std::sync::atomic::Ordering::Acquire) {
+        // Requests vanished inside the engine (its worker died): this process will not serve again; say
+        // so, so that a supervisor restarts it.
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "error", "message": "the scheduler stopped; restart the server" }),
+        );
+    }
+    match state.load_state() {
+        LoadState::Ready(_) => json_response(StatusCode::OK, &json!({ "status": "ok" })),
+        LoadState::Loading => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "loading" })),
+        LoadState::Failed(m) => {
+            json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "error", "message": m }))
+        }
+    }
+}
+
+fn metrics(state: &AppState) -> Response<ResponseBody> {
+    let text = state.metrics.render(&Snapshot {
+        model_name: &state.cfg.model_name,
+        loaded: matches!(state.load_state(), LoadState::Ready(_)),
+        scheduler: state.scheduler_stats().as_ref().map(Into::into),
+        queue_capacity: state.cfg.queue_capacity,
+        open_connections: state.open_connections.load(std::sync::atomic::Ordering::Relaxed),
+    });
+    text_response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text)
+}
+
+fn model_card(state: &AppState) -> Value {
+    let mut card = json!({
+        "id": state.cfg.model_name,
+        "object": "model",
+        "created": state.started_unix,
+        "owned_by": "quire",
+    });
+    if let LoadState::Ready(r) = state.load_state() {
+        card["context_length"] = json!(r.n_ctx);
+    }
+    card
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Generation
+
+/// See the module doc: any model name is served, with a warning.
+fn check_model(state: &AppState, requested: Option<&str>) {
+    if let Some(m) = requested {
+        if m != state.cfg.model_name {
+            tracing::warn!(
+                "request names model '{m}'; serving '{}', the only model here",
+                state.cfg.model_name
+            );
+        }
+    }
+}
+
+/// Render/tokenize off the async threads: a long prompt takes milliseconds of CPU. A panic in the engine
+/// becomes a 500, not a dead connection task.
+async fn tokenize<F>(ready: &Arc<Ready>, job: F) -> ApiResult<Vec<u32>>
+where
+    F: FnOnce(&Engine) -> ApiResult<Vec<u32>> + Send + 'static,
+{
+    let engine = ready.engine.clone();
+    tokio::task::spawn_blocking(move || job(&engine))
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenizer crashed: {e}")))?
+}
+
+fn chat_prompt(
+    ready: &Arc<Ready>,
+    messages: Vec<quire_engine::chat::Message>,
+    opts: RenderOptions,
+) -> impl std::future::Future<Output = ApiResult<Vec<u32>>> + '_ {
+    tokenize(ready, move |e| {
+        // The template raises on conversations it does not accept (e.g. a tool reply with no call): the
+        // client's input, so a 400.
+        e.chat_tokens(&messages, &opts).map_err(|err| {
+            ApiError::invalid_param("messages", format!("cannot apply the chat template: {err:#}"))
+        })
+    })
+}
+
+fn text_prompt(
+    ready: &Arc<Ready>,
+    text: String,
+) -> impl std::future::Future<Output = ApiResult<Vec<u32>>> + '_ {
+    tokenize(ready, move |e| {
+        e.tokenizer.encode(&text).map_err(|err| ApiError::internal(format!("cannot tokenize: {err:#}")))
+    })
+}
+
+/// Hand a prompt to the scheduler; events arrive on the returned channel.
+fn submit(
+    ready: &Ready,
+    prompt: Vec<u32>,
+    params: GenerateParams,
+    prompt_param: &str,
+    log: &RequestLog,
+) -> ApiResult<UnboundedReceiver<Event>> {
+    if prompt.is_empty() {
+        return Err(ApiError::invalid_param(prompt_param, "the prompt is empty after tokenization"));
+    }
+    if prompt.len() >= ready.n_ctx {
+        return Err(ApiError::context_length(prompt_param, prompt.len(), ready.n_ctx));
+    }
+    log.set_prompt_tokens(prompt.len());
+    let (tx, rx) = unbounded_channel();
+    let request = scheduler::Request {
+        prompt,
+        params,
+        // `--timeout` is enforced on this side, by dropping the receiver (the same path as a client that
+        // leaves), not through the scheduler's `deadline`: the engine's worker currently panics when a
+        // deadline expires on the only active slot (it then runs a step with an empty batch).
+        deadline: None,
+        // Runs on the scheduler's thread. A failed send means the receiver (response body or waiting
+        // handler) is gone, i.e. the client left: stop generating.
+        on_event: Box::new(move |ev| {
+            if tx.send(ev).is_ok() {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        }),
+    };
+    ready.scheduler.submit(request).map_err(|e| match e {
+        SubmitError::QueueFull { capacity } => ApiError::queue_full(capacity),
+        SubmitError::PromptTooLong { prompt_tokens, n_ctx } => {
+            ApiError::context_length(prompt_param, prompt_tokens, n_ctx)
+        }
+        SubmitError::Invalid(m) => ApiError::bad_request(m),
+        SubmitError::ShuttingDown => ApiError::shutting_down(),
+    })?;
+    Ok(rx)
+}
+
+/// When a request submitted now must be over (`--timeout`).
+fn deadline(state: &AppState) -> Option<tokio::time::Instant> {
+    state.cfg.timeout.map(|t| tokio::time::Instant::now() + t)
+}
+
+/// Wait for a whole generation (non-streaming responses).
+async fn collect(
+    state: &AppState,
+    rx: UnboundedReceiver<Event>,
+    log: &RequestLog,
+) -> ApiResult<(String, Usage)> {
+    let wait = collect_events(state, rx, log);
+    match deadline(state) {
+        // On timeout the receiver is dropped with `wait`: the scheduler cancels at its next event.
+        Some(at) => {
+            tokio::time::timeout_at(at, wait).await.unwrap_or_else(|_| Err(ApiError::timeout(&state.cfg)))
+        }
+        None => wait.await,
+    }
+}
+
+async fn collect_events(
+    state: &AppState,
+    mut rx: UnboundedReceiver<Event>,
+    log: &RequestLog,
+) -> ApiResult<(String, Usage)> {
+    let mut text = String::new();
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Text(t) => {
+                log.first_token();
+                text.push_str(&t);
+            }
+            Event::Done(u) => {
+                log.set_usage(
+                    u.prompt_tokens,
+                    u.cached_tokens,
+                    u.completion_tokens,
+                    openai::finish_reason(u.finish),
+                );
+                return Ok((text, u));
+            }
+            Event::Failed(m) => return Err(ApiError::generation_failed(&m)),
+        }
+    }
+    state.scheduler_lost.store(true, std::sync::atomic::Ordering::Release);
+    Err(ApiError::internal("the scheduler dropped the request before it finished"))
+}
+
+fn usage_counts(u: &Usage) -> UsageCounts {
+    UsageCounts {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        cached_tokens: u.cached_tokens,
+    }
+}
+
+fn stream_response<F: StreamFormat>(
+    state: &AppState,
+    rx: UnboundedReceiver<Event>,
+    format: F,
+    content_type: &'static str,
+    log: &RequestLog,
+) -> Response<ResponseBody> {
+    let timing = StreamTiming {
+        keepalive_every: state.cfg.keepalive_interval,
+        deadline: deadline(state),
+        timeout_error: ApiError::timeout(&state.cfg),
+    };
+    let body = EventStream::new(rx, format, timing, log.clone(), state.scheduler_lost.clone());
+    let mut r = Response::new(body.boxed_unsync());
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Tell nginx-style proxies not to buffer the stream.
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+async fn chat(
+    state: &AppState,
+    ready: Arc<Ready>,
+    body: &[u8],
+    log: &RequestLog,
+) -> ApiResult<Response<ResponseBody>> {
+    let req = openai::parse_chat(&openai::parse_json_object(body)?)?;
+    check_model(state, req.model.as_deref());
+    let prompt = chat_prompt(&ready, req.messages, req.render).await?;
+    let params = req.sampling.to_params(prompt.len(), ready.n_ctx);
+    let rx = submit(&ready, prompt, params, "messages", log)?;
+    let meta = ResponseMeta {
+        id: format!("chatcmpl-{}", log.id()),
+        created: unix_now(),
+        model: state.cfg.model_name.clone(),
+    };
+    if req.stream {
+        let format = ChatSse { meta, include_usage: req.include_usage };
+        return Ok(stream_response(state, rx, format, "text/event-stream", log));
+    }
+    let (text, usage) = collect(state, rx, log).await?;
+    let v = openai::chat_completion(&meta, &text, openai::finish_reason(usage.finish), &usage_counts(&usage));
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+async fn completions(
+    state: &AppState,
+    ready: Arc<Ready>,
+    body: &[u8],
+    log: &RequestLog,
+) -> ApiResult<Response<ResponseBody>> {
+    let req = openai::parse_completion(&openai::parse_json_object(body)?)?;
+    check_model(state, req.model.as_deref());
+    let prompt = match req.prompt {
+        PromptInput::Text(t) => text_prompt(&ready, t).await?,
+        PromptInput::Tokens(ids) => {
+            // Out-of-range ids would index past the embedding table on the scheduler thread.
+            let vocab = ready.engine.model.config.vocab_size;
+            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ApiError::invalid_param(
+                    "prompt",
+                    format!("token id {bad} is outside the vocabulary (size {vocab})"),
+                ));
+            }
+            ids
+        }
+    };
+    let params = req.sampling.to_params(prompt.len(), ready.n_ctx);
+    let rx = submit(&ready, prompt, params, "prompt", log)?;
+    let meta = ResponseMeta {
+        id: format!("cmpl-{}", log.id()),
+        created: unix_now(),
+        model: state.cfg.model_name.clone(),
+    };
+    if req.stream {
+        let format = CompletionSse { meta, include_usage: req.include_usage };
+        return Ok(stream_response(state, rx, format, "text/event-stream", log));
+    }
+    let (text, usage) = collect(state, rx, log).await?;
+    let v = openai::text_completion(&meta, &text, openai::finish_reason(usage.finish), &usage_counts(&usage));
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+/// `/generate` → `{"result": text, "finish_reason", "usage"}`; `/stream` → the text as a chunked plain-text body.
+async fn simple(
+    state: &AppState,
+    ready: Arc<Ready>,
+    req: &openai::SimpleRequest,
+    stream: bool,
+    log: &RequestLog,
+) -> ApiResult<Response<ResponseBody>> {
+    let prompt = if req.raw {
+        text_prompt(&ready, req.prompt.clone()).await?
+    } else {
+        let opts = RenderOptions { add_generation_prompt: true, ..Default::default() };
+        chat_prompt(&ready, req.messages(), opts).await.map_err(|e| e.with_param("prompt"))?
+    };
+    let params = req.sampling.to_params(prompt.len(), ready.n_ctx);
+    let rx = submit(&ready, prompt, params, "prompt", log)?;
+    if stream {
+        return Ok(stream_response(state, rx, PlainText, "text/plain; charset=utf-8", log));
+    }
+    let (text, usage) = collect(state, rx, log).await?;
+    let v = json!({
+        "result": text,
+        "finish_reason": openai::finish_reason(usage.finish),
+        "usage": usage_counts(&usage).to_json(),
+    });
+    Ok(json_response(StatusCode::OK, &v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let r = |m: Method, p: &str| Route::resolve(&m, p);
+        assert_eq!(r(Method::POST, "/v1/chat/completions"), Route::Chat);
+        assert_eq!(r(Method::POST, "/chat/completions"), Route::Chat);
+        assert_eq!(r(Method::POST, "/v1/completions/"), Route::Completions);
+        assert_eq!(r(Method::GET, "/v1/models"), Route::Models);
+        assert_eq!(r(Method::GET, "/v1/models/abc"), Route::Model("abc".into()));
+        assert_eq!(r(Method::GET, "/"), Route::Page);
+        assert_eq!(r(Method::GET, "/stream"), Route::Stream);
+        assert_eq!(r(Method::POST, "/stream"), Route::Stream);
+        assert_eq!(r(Method::GET, "/v1/chat/completions"), Route::WrongMethod("POST"));
+        assert_eq!(r(Method::DELETE, "/health"), Route::WrongMethod("GET"));
+        assert_eq!(r(Method::OPTIONS, "/v1/chat/completions"), Route::Preflight);
+        assert_eq!(r(Method::GET, "/v1"), Route::NotFound);
+        assert_eq!(r(Method::GET, "/etc/passwd"), Route::NotFound);
+        assert!(!Route::Health.needs_auth() && Route::Metrics.needs_auth() && Route::NotFound.needs_auth());
+    }
+
+    #[test]
+    fn bearer_auth() {
+        let mut h = HeaderMap::new();
+        assert!(check_auth(None, &h).is_ok());
+        assert_eq!(check_auth(Some("k1"), &h).unwrap_err().status, StatusCode::UNAUTHORIZED);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k2"));
+        assert!(check_auth(Some("k1"), &h).unwrap_err().message.contains("invalid"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer  k1 "));
+        assert!(check_auth(Some("k1"), &h).is_ok());
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic k1"));
+        assert!(check_auth(Some("k1"), &h).is_err());
+        assert!(
+            constant_time_eq(b"abc", b"abc")
+                && !constant_time_eq(b"abc", b"abd")
+                && !constant_time_eq(b"ab", b"abc")
+        );
+    }
+}

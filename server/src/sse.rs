@@ -1,0 +1,345 @@
+//! Streaming responses: a hyper body fed by the scheduler's events, formatted as OpenAI's server-sent
+//! events (chat and completions) or as plain text (`/stream`).
+//!
+//! The body itself owns the receiving end of the event channel. When the client disconnects, hyper drops
+//! the body, the channel closes, the scheduler's next `send` fails and its callback returns `Break`, which
+//! cancels the request and frees the slot. Keep-alive comments come from a timer polled by the same body,
+//! so a stream needs no task of its own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, SizeHint};
+use serde_json::{json, Value};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use crate::errors::ApiError;
+use crate::openai::{fingerprint, finish_reason, ResponseMeta, UsageCounts};
+use crate::request_log::RequestLog;
+use quire_engine::scheduler::{Event, Usage};
+
+/// Error type of response bodies: returning one from a body aborts the connection, which is how a plain
+/// text stream tells its client that it did not end normally.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The SSE comment sent while waiting; clients ignore lines starting with `:`.
+pub const KEEPALIVE: &[u8] = b": keep-alive\n\n";
+
+/// `data: <json>\n\n`.
+pub fn data_line(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// The stream terminator OpenAI clients wait for.
+pub const DONE_LINE: &str = "data: [DONE]\n\n";
+
+/// How a stream's events become bytes.
+pub trait StreamFormat: Send + Unpin + 'static {
+    /// Bytes sent before any token (the chat role delta).
+    fn start(&mut self) -> Option<Bytes> {
+        None
+    }
+    /// One piece of generated text.
+    fn text(&mut self, piece: &str) -> Bytes;
+    /// The end: final chunk, usage, terminator (`None` = nothing more to send).
+    fn done(&mut self, usage: &Usage) -> Option<Bytes>;
+    /// Generation failed after the response started: an error event, or `Err` to abort the connection.
+    fn failed(&mut self, error: &ApiError) -> Result<Bytes, BoxError>;
+    /// Whether `: keep-alive` comments may be interleaved.
+    fn keepalive(&self) -> bool {
+        false
+    }
+}
+
+fn usage_counts(u: &Usage) -> UsageCounts {
+    UsageCounts {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        cached_tokens: u.cached_tokens,
+    }
+}
+
+/// `chat.completion.chunk` events.
+pub struct ChatSse {
+    pub meta: ResponseMeta,
+    pub include_usage: bool,
+}
+
+impl ChatSse {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        let mut v = json!({
+            "id": self.meta.id,
+            "object": "chat.completion.chunk",
+            "created": self.meta.created,
+            "model": self.meta.model,
+            "system_fingerprint": fingerprint(),
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        });
+        if self.include_usage {
+            // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+}
+
+impl StreamFormat for ChatSse {
+    fn start(&mut self) -> Option<Bytes> {
+        Some(data_line(&self.chunk(json!({"role": "assistant", "content": ""}), None)).into())
+    }
+
+    fn text(&mut self, piece: &str) -> Bytes {
+        data_line(&self.chunk(json!({ "content": piece }), None)).into()
+    }
+
+    fn done(&mut self, usage: &Usage) -> Option<Bytes> {
+        let mut out = data_line(&self.chunk(json!({}), Some(finish_reason(usage.finish))));
+        if self.include_usage {
+            let mut last = self.chunk(json!({}), None);
+            last["choices"] = json!([]);
+            last["usage"] = usage_counts(usage).to_json();
+            out.push_str(&data_line(&last));
+        }
+        out.push_str(DONE_LINE);
+        Some(out.into())
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Result<Bytes, BoxError> {
+        Ok(format!("{}{DONE_LINE}", data_line(&error.to_json())).into())
+    }
+
+    fn keepalive(&self) -> bool {
+        true
+    }
+}
+
+/// `text_completion` events.
+pub struct CompletionSse {
+    pub meta: ResponseMeta,
+    pub include_usage: bool,
+}
+
+impl CompletionSse {
+    fn chunk(&self, text: &str, finish: Option<&str>) -> Value {
+        let mut v = json!({
+            "id": self.meta.id,
+            "object": "text_completion",
+            "created": self.meta.created,
+            "model": self.meta.model,
+            "system_fingerprint": fingerprint(),
+            "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
+        });
+        if self.include_usage {
+            v["usage"] = Value::Null;
+        }
+        v
+    }
+}
+
+impl StreamFormat for CompletionSse {
+    fn text(&mut self, piece: &str) -> Bytes {
+        data_line(&self.chunk(piece, None)).into()
+    }
+
+    fn done(&mut self, usage: &Usage) -> Option<Bytes> {
+        let mut out = data_line(&self.chunk("", Some(finish_reason(usage.finish))));
+        if self.include_usage {
+            let mut last = self.chunk("", None);
+            last["choices"] = json!([]);
+            last["usage"] = usage_counts(usage).to_json();
+            out.push_str(&data_line(&last));
+        }
+        out.push_str(DONE_LINE);
+        Some(out.into())
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Result<Bytes, BoxError> {
+        Ok(format!("{}{DONE_LINE}", data_line(&error.to_json())).into())
+    }
+
+    fn keepalive(&self) -> bool {
+        true
+    }
+}
+
+/// `/stream`: the text itself, chunk by chunk. A failure aborts the connection (the chunked encoding is
+/// left unterminated), because plain text has no way to carry an error after the 200.
+pub struct PlainText;
+
+impl StreamFormat for PlainText {
+    fn text(&mut self, piece: &str) -> Bytes {
+        Bytes::copy_from_slice(piece.as_bytes())
+    }
+
+    fn done(&mut self, _usage: &Usage) -> Option<Bytes> {
+        None
+    }
+
+    fn failed(&mut self, error: &ApiError) -> Result<Bytes, BoxError> {
+        Err(Box::new(error.clone()))
+    }
+}
+
+/// Timing of a stream besides its events.
+#[derive(Clone, Debug)]
+pub struct StreamTiming {
+    /// Interval of keep-alive comments (for formats that allow them).
+    pub keepalive_every: Duration,
+    /// `--timeout`: at this instant the stream ends with `timeout_error` and the request is cancelled.
+    pub deadline: Option<Instant>,
+    pub timeout_error: ApiError,
+}
+
+/// A streaming response body driven by scheduler events.
+pub struct EventStream<F: StreamFormat> {
+    rx: UnboundedReceiver<Event>,
+    format: F,
+    started: bool,
+    finished: bool,
+    keepalive: Option<Interval>,
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    timeout_error: ApiError,
+    log: RequestLog,
+    /// Set when the event channel closes without a final event: the scheduler lost the request.
+    lost: Arc<AtomicBool>,
+}
+
+impl<F: StreamFormat> EventStream<F> {
+    pub fn new(
+        rx: UnboundedReceiver<Event>,
+        format: F,
+        timing: StreamTiming,
+        log: RequestLog,
+        lost: Arc<AtomicBool>,
+    ) -> Self {
+        let every = timing.keepalive_every;
+        let keepalive = format.keepalive().then(|| {
+            let mut iv = tokio::time::interval_at(Instant::now() + every, every);
+            iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            iv
+        });
+        let deadline = timing.deadline.map(|t| Box::pin(tokio::time::sleep_until(t)));
+        let timeout_error = timing.timeout_error;
+        EventStream {
+            rx,
+            format,
+            started: false,
+            finished: false,
+            keepalive,
+            deadline,
+            timeout_error,
+            log,
+            lost,
+        }
+    }
+
+    fn data(&mut self, b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(iv) = &mut self.keepalive {
+            iv.reset();
+        }
+        Poll::Ready(Some(Ok(Frame::data(b))))
+    }
+
+    fn fail(&mut self, error: ApiError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.finished = true;
+        tracing::warn!(id = %self.log.id(), "generation failed mid-stream: {}", error.message);
+        self.log.set_status(error.status.as_u16());
+        self.log.set_error(&error.message);
+        match self.format.failed(&error) {
+            Ok(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+}
+
+impl<F: StreamFormat> Body for EventStream<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if !this.started {
+            this.started = true;
+            if let Some(b) = this.format.start() {
+                return this.data(b);
+            }
+        }
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        loop {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(Event::Text(piece))) => {
+                    if piece.is_empty() {
+                        continue;
+                    }
+                    this.log.first_token();
+                    let b = this.format.text(&piece);
+                    return this.data(b);
+                }
+                Poll::Ready(Some(Event::Done(usage))) => {
+                    this.finished = true;
+                    this.log.set_usage(
+                        usage.prompt_tokens,
+                        usage.cached_tokens,
+                        usage.completion_tokens,
+                        finish_reason(usage.finish),
+                    );
+                    return match this.format.done(&usage) {
+                        Some(b) => this.data(b),
+                        None => Poll::Ready(None),
+                    };
+                }
+                Poll::Ready(Some(Event::Failed(message))) => {
+                    return this.fail(ApiError::generation_failed(&message));
+                }
+                Poll::Ready(None) => {
+                    this.lost.store(true, Ordering::Release);
+                    return this
+                        .fail(ApiError::internal("the scheduler dropped the request before it finished"));
+                }
+                Poll::Pending => {
+                    if let Some(d) = &mut this.deadline {
+                        if d.as_mut().poll(cx).is_ready() {
+                            // Closing the channel makes the scheduler's next send fail: it cancels.
+                            this.rx.close();
+                            let e = this.timeout_error.clone();
+                            return this.fail(e);
+                        }
+                    }
+                    if let Some(iv) = &mut this.keepalive {
+                        if iv.poll_tick(cx).is_ready() {
+                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEPALIVE)))));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.started && self.finished
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl<F: StreamFormat> Drop for EventStream<F> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.log.client_closed();
+        }
+    }
+}

@@ -1,0 +1,100 @@
+"""The official `openai` Python package against a running `quire serve`, unmodified.
+
+Usage: python openai_client.py PORT [MODEL_NAME]
+Streams a chat completion and a completion (with usage), checks that each streamed text equals the
+non-streamed greedy text, lists the models, and checks that a bad request raises BadRequestError.
+Prints a closing 'N passed, N failed' line; exits non-zero on any failure.
+"""
+
+import os
+import sys
+
+import openai
+
+port = int(sys.argv[1])
+client = openai.OpenAI(
+    base_url=f"http://127.0.0.1:{port}/v1",
+    api_key=os.environ.get("QUIRE_API_KEY") or "no-key",
+    timeout=120,
+    max_retries=0,
+)
+passed = failed = 0
+
+
+def check(name, fn):
+    global passed, failed
+    try:
+        fn()
+        passed += 1
+        print(f"ok   {name}")
+    except Exception as e:  # report every failure, keep going
+        failed += 1
+        print(f"FAIL {name}: {e!r}")
+
+
+model = sys.argv[2] if len(sys.argv) > 2 else client.models.list().data[0].id
+messages = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Write one sentence about the sea."},
+]
+
+
+def models():
+    ids = [m.id for m in client.models.list().data]
+    assert model in ids, ids
+
+
+def chat_stream():
+    full = client.chat.completions.create(model=model, messages=messages, max_tokens=32, temperature=0)
+    want = full.choices[0].message.content
+    assert full.usage.completion_tokens > 0
+    parts, finish, usage, roles = [], None, None, []
+    stream = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=32, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            if c.delta.role:
+                roles.append(c.delta.role)
+            if c.delta.content:
+                parts.append(c.delta.content)
+            if c.finish_reason:
+                finish = c.finish_reason
+    assert roles == ["assistant"], roles
+    assert finish in ("stop", "length"), finish
+    assert usage is not None and usage.completion_tokens == full.usage.completion_tokens, usage
+    assert "".join(parts) == want, ("".join(parts), want)
+
+
+def completion_stream():
+    prompt = "def fibonacci(n):"
+    full = client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0)
+    want = full.choices[0].text
+    parts, finish = [], None
+    for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=24, temperature=0, stream=True):
+        for c in chunk.choices:
+            parts.append(c.text)
+            if c.finish_reason:
+                finish = c.finish_reason
+    assert finish in ("stop", "length"), finish
+    assert "".join(parts) == want, ("".join(parts), want)
+
+
+def bad_request():
+    try:
+        client.chat.completions.create(model=model, messages=messages, temperature=5)
+    except openai.BadRequestError as e:
+        assert e.body and e.body.get("param") == "temperature", e.body
+        return
+    raise AssertionError("temperature=5 was accepted")
+
+
+check("models.list", models)
+check("chat.completions stream == non-stream", chat_stream)
+check("completions stream == non-stream", completion_stream)
+check("bad request -> BadRequestError", bad_request)
+print(f"openai-client: {passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)

@@ -1,0 +1,174 @@
+//! `quire bench`: prompt-processing and generation speed, like llama.cpp's `llama-bench`.
+//!
+//! `ppN`: one forward pass over N prompt tokens from an empty cache (logits for the last one only);
+//! `tgN`: N single-token steps from an empty cache. Tokens are fixed pseudo-random ids, so runs are
+//! reproducible. One short warm-up of each precedes the timed repetitions (as llama-bench does). Also reports
+//! the load time (file in page cache or not, as it is) and the peak resident memory of the whole run.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use quire_engine::generate::Engine;
+use quire_engine::kv_cache::{KvCache, KvType};
+use quire_engine::memory::{human_bytes, peak_rss_bytes};
+use quire_engine::model::{Logits, Model, RunState};
+use quire_engine::threads::{self, parse_cpu_list};
+
+/// Benchmark prompt processing and generation on a model file.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Path to a GGUF model file.
+    #[arg(short = 'm', long = "model")]
+    pub model: PathBuf,
+    /// Prompt tokens processed in one batch (0 = skip the pp test).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Tokens generated one at a time (0 = skip the tg test).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Timed repetitions of each test.
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    pub repetitions: usize,
+    /// Worker threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Pin the workers to these cores, e.g. `0,2-3` (default: all usable cores).
+    #[arg(long = "cpu-list")]
+    pub cpu_list: Option<String>,
+    /// KV cache element type: f16 or f32.
+    #[arg(long = "kv-type", default_value = "f16")]
+    pub kv_type: KvType,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Mean and sample standard deviation.
+fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (mean, var.sqrt())
+}
+
+/// Reproducible token ids below `vocab` (a simple LCG; the content does not matter for speed).
+fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Seconds for one forward pass over `n` prompt tokens from an empty cache.
+fn time_prompt(model: &Model, state: &mut RunState, kv: &mut KvCache, n: usize, seed: u64) -> Result<f64> {
+    let ids = tokens(n, model.config.vocab_size, seed);
+    kv.clear();
+    let t = Instant::now();
+    model.forward(state, kv, &ids, 0, Logits::Last)?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Seconds for `n` single-token forward passes from an empty cache.
+fn time_gen(model: &Model, state: &mut RunState, kv: &mut KvCache, n: usize, seed: u64) -> Result<f64> {
+    let ids = tokens(n, model.config.vocab_size, seed);
+    kv.clear();
+    let t = Instant::now();
+    for (pos, &id) in ids.iter().enumerate() {
+        model.forward(state, kv, &[id], pos, Logits::Last)?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.repetitions == 0 {
+        bail!("--repetitions must be at least 1");
+    }
+    let cpu_list = args.cpu_list.as_deref().map(parse_cpu_list).transpose()?;
+    let threads = threads::init(args.threads, cpu_list.as_deref())?;
+    let t0 = Instant::now();
+    let engine = Engine::load(&args.model)?;
+    let load_secs = t0.elapsed().as_secs_f64();
+    let model = &engine.model;
+    let c = &model.config;
+
+    let n_ctx = (args.n_prompt + args.n_gen).max(1);
+    let mut kv = KvCache::with_type(c, n_ctx, args.kv_type)?;
+    let mut state = RunState::new();
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    if args.n_prompt > 0 {
+        time_prompt(model, &mut state, &mut kv, args.n_prompt.min(32), 0)?; // warm-up
+        for r in 0..args.repetitions {
+            let secs = time_prompt(model, &mut state, &mut kv, args.n_prompt, r as u64 + 1)?;
+            pp.push(args.n_prompt as f64 / secs);
+        }
+    }
+    if args.n_gen > 0 {
+        time_gen(model, &mut state, &mut kv, 1, 0)?; // warm-up
+        for r in 0..args.repetitions {
+            let secs = time_gen(model, &mut state, &mut kv, args.n_gen, r as u64 + 100)?;
+            tg.push(args.n_gen as f64 / secs);
+        }
+    }
+    let peak_rss = peak_rss_bytes().unwrap_or(0);
+    let file_bytes = model.file.file_len();
+    let name = format!("{} {} {}", c.arch.name(), model.n_params(), dominant_type(model));
+
+    if args.json {
+        let (pp_mean, pp_sd) = if pp.is_empty() { (0.0, 0.0) } else { mean_sd(&pp) };
+        let (tg_mean, tg_sd) = if tg.is_empty() { (0.0, 0.0) } else { mean_sd(&tg) };
+        let out = serde_json::json!({
+            "model": args.model.display().to_string(),
+            "model_name": name,
+            "file_bytes": file_bytes,
+            "threads": threads,
+            "kv_type": args.kv_type.name(),
+            "n_prompt": args.n_prompt,
+            "n_gen": args.n_gen,
+            "repetitions": args.repetitions,
+            "pp_tps": pp_mean,
+            "pp_tps_sd": pp_sd,
+            "pp_samples": pp,
+            "tg_tps": tg_mean,
+            "tg_tps_sd": tg_sd,
+            "tg_samples": tg,
+            "load_secs": load_secs,
+            "peak_rss_bytes": peak_rss,
+        });
+        println!("{out}");
+        return Ok(());
+    }
+    println!("| model | size | threads | kv | test | t/s |");
+    println!("|---|---:|---:|---|---|---:|");
+    let size = human_bytes(file_bytes);
+    for (test, samples) in [(format!("pp{}", args.n_prompt), &pp), (format!("tg{}", args.n_gen), &tg)] {
+        if samples.is_empty() {
+            continue;
+        }
+        let (mean, sd) = mean_sd(samples);
+        println!("| {name} | {size} | {threads} | {} | {test} | {mean:.2} ± {sd:.2} |", args.kv_type);
+    }
+    println!();
+    println!(
+        "load {:.2} s | peak RSS {} (file {} + KV cache {}) | {} repetitions",
+        load_secs,
+        human_bytes(peak_rss),
+        size,
+        human_bytes(kv.bytes()),
+        args.repetitions
+    );
+    Ok(())
+}
+
+/// The type holding most weight bytes ("Q4_0", "Q4_K", ...), for the model column.
+fn dominant_type(model: &Model) -> String {
+    let mut bytes: std::collections::BTreeMap<&str, usize> = Default::default();
+    for t in model.file.tensors() {
+        *bytes.entry(t.dtype.name()).or_default() += t.n_bytes();
+    }
+    bytes.into_iter().max_by_key(|&(_, b)| b).map(|(n, _)| n.to_string()).unwrap_or_default()
+}
