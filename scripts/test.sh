@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: fetch the real Qwen2.5-Coder model (cached after the first run), then run every test of
 # the workspace in release mode, real-model tests included (QUIRE_REQUIRE_REAL=1 turns their skip into a
-# failure). Extra arguments go to `cargo test`.
+# failure), then the server end to end (CLI vs API, the official openai client). Extra arguments go to
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="${QUIRE_SHARED:-$(pwd)/../shared}"
@@ -17,3 +18,10 @@ fi
 export QUIRE_REAL_MODEL QUIRE_REQUIRE_REAL=1
 echo "test.sh: real model at $QUIRE_REAL_MODEL" >&2
 cargo test --release --workspace "$@"
+
+# End to end through the HTTP server on the real model.
+cargo build --release --quiet
+echo "test.sh: server vs CLI on the real model" >&2
+bash scripts/test-api-matches-run.sh "$QUIRE_REAL_MODEL"
+echo "test.sh: the official openai Python client against quire serve" >&2
+bash scripts/test-openai-client.sh "$QUIRE_REAL_MODEL"
