@@ -98,7 +98,8 @@ start_server() {
   local name="$1" model="$2" port
   port="$(free_port)"
   log "starting quire serve ($name model) on 127.0.0.1:$port, log in $OUT/server-$name.log"
-  "$QUIRE" serve -m "$model" --host 127.0.0.1 --port "$port" >"$OUT/server-$name.log" 2>&1 &
+  # No API key: the tests talk to the API without one.
+  env -u QUIRE_API_KEY "$QUIRE" serve -m "$model" --host 127.0.0.1 --port "$port" >"$OUT/server-$name.log" 2>&1 &
   PIDS+=("$!")
   printf -v "URL_$name" 'http://127.0.0.1:%s/' "$port"
 }

@@ -336,7 +336,7 @@
       body.textContent = m.content;
     } else {
       MD.renderInto(body, m.content, { streaming: live, labels: { copy: t("copy"), copyCode: t("copyCode") } });
-      if (live) body.append(h("span", { class: "cursor", "aria-hidden": "true" }));
+      if (live) cursorHost(body).append(h("span", { class: "cursor", "aria-hidden": "true" }));
       if (m.status === "error") {
         body.append(h("div", { class: "msg-error", role: "alert", text: `${t("errorPrefix")} ${m.error || ""}` }));
       }
@@ -364,6 +364,18 @@
           onclick: regenerate,
         }, icon("refresh")));
       }
+    }
+  }
+
+  // Where the blinking cursor goes while a reply streams: at the end of the text being written, which may
+  // be deep inside a list item or a code block, not below them.
+  function cursorHost(body) {
+    let host = body;
+    for (;;) {
+      let last = host.lastChild;
+      while (last && last.nodeType === Node.TEXT_NODE && !last.textContent.trim()) last = last.previousSibling;
+      if (!last || last.nodeType !== Node.ELEMENT_NODE || /^(TABLE|HR|BR|INPUT|IMG)$/.test(last.tagName)) return host;
+      host = last;
     }
   }
 

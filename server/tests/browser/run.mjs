@@ -490,7 +490,8 @@ test("real model: a fenced code block renders highlighted, with a working copy b
   await sendMessage(page,
     "Write a Python function is_palindrome(s) that ignores case and spaces. Reply with the code in a fenced " +
     "code block, without a docstring, then one short sentence on how it works.");
-  await page.waitForSelector(".msg.assistant .code-block", { timeout: 120000 });
+  // Highlighted while it streams: a keyword is coloured before the answer ends.
+  await page.waitForSelector(".msg.assistant.streaming .code-block .hljs-keyword", { timeout: 120000 });
   await shot(page, "10-real-streaming-code");
   await waitIdle(page, 180000);
   const info = await page.evaluate(() => {
