@@ -88,3 +88,23 @@ fn errors_are_clear_and_not_panics() {
     let out = quire(&["run", "-m", &tiny("f32"), "-p", "x", "--temp=-1"]);
     assert_eq!(out.status.code(), Some(1), "negative temperature must be refused");
 }
+
+#[test]
+fn chat_keeps_history_and_reuses_its_cache() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_quire"))
+        .args(["chat", "-m", &tiny("q8_0"), "-n", "6", "--temp", "0"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"Hello there\nAnd again\n/exit\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let err = text(&out.stderr);
+    let turns: Vec<&str> = err.lines().filter(|l| l.contains("prompt: ")).collect();
+    assert_eq!(turns.len(), 2, "two turns answered:\n{err}");
+    assert!(turns[0].contains("(0 cached)"), "{}", turns[0]);
+    assert!(!turns[1].contains("(0 cached)"), "the second turn reuses the first turn's KV: {}", turns[1]);
+}
