@@ -48,8 +48,11 @@ secs="$(echo "$wall" | awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + 
 rss_kb="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$LOG")"
 rss_mb="$(awk -v k="$rss_kb" 'BEGIN { printf "%.0f", k / 1024 }')"
 cpu="$(sed -n 's/.*Percent of CPU this job got: //p' "$LOG")"
+user="$(sed -n 's/.*User time (seconds): //p' "$LOG")"
+sys="$(sed -n 's/.*System time (seconds): //p' "$LOG")"
+cpu_secs="$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.1f", u + s }')"
 size="$(du -h --apparent-size "$OUT" | cut -f1)"
-echo "convert bench: ${secs} s wall, peak RSS ${rss_mb} MiB, CPU ${cpu}, output ${size}" >&2
+echo "convert bench: ${secs} s wall, ${cpu_secs} CPU-seconds (${cpu}), peak RSS ${rss_mb} MiB, output ${size}" >&2
 
 echo "convert bench: checking that quire serves the file ..." >&2
 RUN_OUT="$("$QUIRE" run -m "$OUT" -p hi -n 8 --temp 0 -c 512 2>&1)" || { echo "$RUN_OUT" >&2; exit 1; }
@@ -70,8 +73,10 @@ if [ "$WRITE" = 1 ]; then
         echo
         echo "| path | wall time | peak RSS | steps |"
         echo "|---|---|---|---|"
-        echo "| quire convert | **${secs} s** (CPU ${cpu}) | **${rss_mb} MiB** | 1 |"
+        echo "| quire convert | **${secs} s** (${cpu_secs} CPU-seconds, ${cpu} of one core) | **${rss_mb} MiB** | 1 |"
         echo "| llama.cpp \`convert_hf_to_gguf.py\` → f16, then \`llama-quantize\` q4_0 (reference, same box kind) | 80 s | 3.3 GB | 2 |"
+        echo
+        echo "CPU-seconds do not depend on the load: on an idle box the wall time is about half of them (2 cores)."
         echo
         echo "Output ${size}; \`quire run -m … -p hi -n 8\` serves it: ${RUN_STATS:-(no stats line)}"
     } >>benches/RESULTS.md
