@@ -122,6 +122,14 @@ lines = [
 text = "\n".join(lines)
 print(text)
 if write == "1":
-    with open(results, "a") as f:
-        f.write("\n" + text)
+    # New tables go just above the marker line of the speed section (so other sections of the file stay
+    # where they are); without the marker they are appended.
+    marker = "<!-- bench-vs-llamacpp: new tables go above this line -->"
+    body = open(results).read() if os.path.exists(results) else ""
+    if marker in body:
+        body = body.replace(marker, text + "\n" + marker, 1)
+    else:
+        body += "\n" + text
+    with open(results, "w") as f:
+        f.write(body)
 PY

@@ -5,7 +5,7 @@
 //! `if let`s in the attention block (QKV bias for Qwen2, per-head Q/K RMSNorm for Qwen3).
 
 use anyhow::{bail, Context, Result};
-use quire_kernels::{axpy, dequantize_row, vec_dot, DType};
+use quire_kernels::{axpy_rows, dequantize_row, dot_rows, DType};
 use rayon::prelude::*;
 
 use crate::config::{Arch, Config};
@@ -278,9 +278,8 @@ impl Model {
 }
 
 /// Attention for `q.len() / q_dim` new positions starting at `pos`, written to `out` (same shape as q).
-/// One rayon task per (position, head): the scores against every visible cached key (the kernels' dot
-/// product on the cache's element type), a softmax, then the probability-weighted sum of the values (the
-/// kernels' axpy). Each task reads only its query and the cache, so the result depends neither on the thread
+/// One rayon task per (position, head): the scores against every visible cached key (the kernels' `dot_rows`
+/// on the cache's element type), a softmax, then the probability-weighted sum of the values (`axpy_rows`). Each task reads only its query and the cache, so the result depends neither on the thread
 /// count nor on which other tokens share the batch.
 fn attention(c: &Config, kv: &KvCache, layer: usize, pos: usize, q: &[f32], out: &mut [f32]) {
     let hd = c.head_dim;
@@ -293,13 +292,15 @@ fn attention(c: &Config, kv: &KvCache, layer: usize, pos: usize, q: &[f32], out:
     out.par_chunks_mut(hd).zip(q.par_chunks(hd)).enumerate().for_each(|(i, (o, qh))| {
         let (b, h) = (i / c.n_heads, i % c.n_heads);
         let head = (h / group) * hd;
-        // this head's slice of position t in the cache
-        let at = |t: usize| (t * kv_dim + head) * es..(t * kv_dim + head + hd) * es;
+        // this head's slices of positions 0..=pos+b in the cache, one row per position
+        let stride = kv_dim * es;
+        let (keys, values) = (&keys[head * es..], &values[head * es..]);
         ATTENTION_SCRATCH.with_borrow_mut(|(q_bytes, probs)| {
             q_bytes.clear();
             q_bytes.extend(qh.iter().flat_map(|v| v.to_le_bytes()));
             probs.clear();
-            probs.extend((0..=pos + b).map(|t| vec_dot(dtype, hd, &keys[at(t)], q_bytes) * scale));
+            probs.resize(pos + b + 1, 0.0);
+            dot_rows(dtype, q_bytes, keys, stride, scale, probs);
             let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0f32;
             for p in probs.iter_mut() {
@@ -307,9 +308,7 @@ fn attention(c: &Config, kv: &KvCache, layer: usize, pos: usize, q: &[f32], out:
                 sum += *p;
             }
             o.fill(0.0);
-            for (t, &p) in probs.iter().enumerate() {
-                axpy(dtype, p, &values[at(t)], o);
-            }
+            axpy_rows(dtype, probs, values, stride, o);
             let inv = 1.0 / sum;
             o.iter_mut().for_each(|v| *v *= inv);
         });

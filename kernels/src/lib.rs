@@ -215,6 +215,70 @@ pub fn axpy_with(isa: dispatch::Isa, dtype: DType, alpha: f32, x: &[u8], y: &mut
     Some(())
 }
 
+/// Checks that `n` rows of `row_bytes` bytes at a stride of `stride` bytes fit in `rows`.
+fn check_rows(n: usize, row_bytes: usize, stride: usize, rows: &[u8]) {
+    if n > 0 {
+        let need = (n - 1).checked_mul(stride).and_then(|x| x.checked_add(row_bytes));
+        assert!(
+            need.is_some_and(|need| need <= rows.len()),
+            "{n} rows of {row_bytes} bytes at stride {stride} do not fit in {}",
+            rows.len()
+        );
+    }
+}
+
+/// Attention scores: `out[t] = scale · dot(row t, q)` for `t` in `0..out.len()`, where row `t`
+/// holds `q.len() / 4` values of `dtype` (F32 or F16) at byte `t·stride` of `rows` and `q` is
+/// `f32` little-endian bytes. Each score equals [`vec_dot`] of the same row times `scale`;
+/// lengths are checked once for all rows.
+///
+/// # Panics
+/// If `dtype` is not F32 or F16 or the rows do not fit in `rows`.
+pub fn dot_rows(dtype: DType, q: &[u8], rows: &[u8], stride: usize, scale: f32, out: &mut [f32]) {
+    assert!(matches!(dtype, DType::F32 | DType::F16), "dot_rows supports F32 and F16, not {dtype}");
+    let n_values = q.len() / 4;
+    let row_bytes = n_values * dtype.block_bytes();
+    check_rows(out.len(), row_bytes, stride, rows);
+    match dispatch::isa() {
+        #[cfg(target_arch = "x86_64")]
+        dispatch::Isa::Avx2 | dispatch::Isa::Avx512 => {
+            // SAFETY: the process instruction set is supported, and both require AVX2, FMA
+            // and F16C, the features this kernel is compiled for.
+            unsafe { x86::avx2::dot_rows(dtype == DType::F16, q, rows, stride, scale, out) }
+        }
+        _ => {
+            for (t, o) in out.iter_mut().enumerate() {
+                *o = vec_dot(dtype, n_values, &rows[t * stride..t * stride + row_bytes], q) * scale;
+            }
+        }
+    }
+}
+
+/// Attention output: `y = fma(p[t], row t, y)` for `t` in order, where row `t` holds
+/// `y.len()` values of `dtype` (F32 or F16) at byte `t·stride` of `rows`. Equals calling
+/// [`axpy`] row after row; lengths are checked once for all rows.
+///
+/// # Panics
+/// If `dtype` is not F32 or F16 or the rows do not fit in `rows`.
+pub fn axpy_rows(dtype: DType, p: &[f32], rows: &[u8], stride: usize, y: &mut [f32]) {
+    assert!(matches!(dtype, DType::F32 | DType::F16), "axpy_rows supports F32 and F16, not {dtype}");
+    let row_bytes = y.len() * dtype.block_bytes();
+    check_rows(p.len(), row_bytes, stride, rows);
+    match dispatch::isa() {
+        #[cfg(target_arch = "x86_64")]
+        dispatch::Isa::Avx2 | dispatch::Isa::Avx512 => {
+            // SAFETY: the process instruction set is supported, and both require AVX2, FMA
+            // and F16C, the features this kernel is compiled for.
+            unsafe { x86::avx2::axpy_rows(dtype == DType::F16, p, rows, stride, y) }
+        }
+        _ => {
+            for (t, &pt) in p.iter().enumerate() {
+                axpy(dtype, pt, &rows[t * stride..t * stride + row_bytes], y);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,7 +187,7 @@ thread_local! {
 
 /// Tokens per tile of the panel kernels.
 #[cfg(target_arch = "x86_64")]
-const TILE: usize = 4;
+const TILE: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
 fn gemm_avx512(

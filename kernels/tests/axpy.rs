@@ -30,3 +30,32 @@ fn simd_axpy_equals_scalar() {
         }
     }
 }
+
+/// The strided row helpers of attention equal one `vec_dot` / `axpy` per row, bit for bit.
+#[test]
+fn row_helpers_equal_one_call_per_row() {
+    use quire_kernels::{axpy, axpy_rows, dot_rows, vec_dot};
+    let mut rng = common::rng(22);
+    for dtype in [DType::F32, DType::F16] {
+        for (hd, n, pad) in [(128usize, 37usize, 3usize), (64, 1, 0), (8, 5, 1)] {
+            let es = dtype.block_bytes();
+            let stride = (hd + pad) * es;
+            let rows = common::quantize(dtype, &common::random_values(&mut rng, n * (hd + pad), 3.0));
+            let q: Vec<u8> =
+                common::random_values(&mut rng, hd, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut scores = vec![0.0f32; n];
+            dot_rows(dtype, &q, &rows, stride, 0.125, &mut scores);
+            for (t, s) in scores.iter().enumerate() {
+                let want = vec_dot(dtype, hd, &rows[t * stride..t * stride + hd * es], &q) * 0.125;
+                assert_eq!(s.to_bits(), want.to_bits(), "{dtype} hd={hd} row {t}");
+            }
+            let mut y = common::random_values(&mut rng, hd, 1.0);
+            let mut want = y.clone();
+            axpy_rows(dtype, &scores, &rows, stride, &mut y);
+            for (t, &p) in scores.iter().enumerate() {
+                axpy(dtype, p, &rows[t * stride..t * stride + hd * es], &mut want);
+            }
+            assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype} hd={hd}");
+        }
+    }
+}

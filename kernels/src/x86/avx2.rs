@@ -5,10 +5,10 @@
 //! the format offsets (−8 for Q4_0, −32 for Q6_K) are subtracted as a second `maddubs`
 //! of the activations, never by signed tricks that overflow. Q8_0×Q8_0 widens to `i16`.
 //!
-//! K-quant kernels reduce each super-block to exact `i32` sums and combine them with
-//! the same float code as the scalar reference, so they match it bit for bit. Q4_0 and
-//! Q8_0 accumulate `d·sumi` in eight `f32` lanes (ggml's AVX2 order) and F32/F16/BF16 in
-//! 32 lanes; those differ from the scalar reference only by summation order.
+//! Quantized kernels reduce each block (super-block for the K-quants) to exact `i32` sums
+//! and combine them with the same float code as the scalar reference, so they match it
+//! bit for bit. F32/F16/BF16 accumulate in 32 lanes and differ from the scalar reference
+//! only by summation order.
 //!
 //! Every function is safe to call from code compiled with the same features; callers
 //! without them (only [`crate::dispatch`]) must check the CPU first. Memory accesses go
@@ -116,6 +116,7 @@ fn mul_offset_pairs(u: __m256i, a: __m256i, offset: __m256i) -> __m256i {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_f32(w: &[u8], act: &[u8]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -144,6 +145,7 @@ pub fn dot_f32(w: &[u8], act: &[u8]) -> f32 {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_f16_f32(w: &[u8], act: &[u8]) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -209,7 +211,9 @@ pub fn dot_bf16_f32(w: &[u8], act: &[u8]) -> f32 {
 // ---------------------------------------------------------------- 32-value blocks
 
 /// Q4_0·Q8_0: nibbles unpacked to 32 unsigned bytes, `Σ (q − 8)·a` as
-/// `maddubs(q, a) − maddubs(8, a)`, then `d_w·d_a·sumi` into eight `f32` lanes.
+/// `maddubs(q, a) − maddubs(8, a)`, reduced to the block's exact `i32`, then
+/// `sum = fma(sumi, d_w·d_a, sum)` block after block: the scalar reference's order, so the
+/// result is bit-identical to it.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
@@ -218,38 +222,30 @@ pub fn dot_q4_0_q8_0(w: &[u8], act: &[u8]) -> f32 {
     let low_nibbles = _mm256_set1_epi8(0x0f);
     let eight = _mm256_set1_epi8(8);
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut blocks = w.chunks_exact(18).zip(act.chunks_exact(34));
-    let block = |wb: &[u8], ab: &[u8]| {
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.chunks_exact(18).zip(act.chunks_exact(34)) {
         let wb: &[u8; 18] = array_at(wb, 0);
         let ab: &[u8; 34] = array_at(ab, 0);
         let d = f16_to_f32(array_at(wb, 0)) * f16_to_f32(array_at(ab, 0));
         let packed = load_128(array_at(wb, 2));
         let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low_nibbles);
         let pairs = mul_offset_pairs(q, load_256(array_at(ab, 2)), eight);
-        (d, _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)))
-    };
-    // Two independent accumulators hide the FMA latency.
-    while let Some((w0, a0)) = blocks.next() {
-        let (d, s) = block(w0, a0);
-        acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc[0]);
-        let Some((w1, a1)) = blocks.next() else { break };
-        let (d, s) = block(w1, a1);
-        acc[1] = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc[1]);
+        let sumi = hsum_i32(_mm256_madd_epi16(pairs, ones));
+        sum = (sumi as f32).mul_add(d, sum);
     }
-    hsum_f32(_mm256_add_ps(acc[0], acc[1]))
+    sum
 }
 
 /// Q8_0·Q8_0: both operands sign-extended to `i16` and multiplied with `madd` (exact for
-/// all bytes, including −128·−128), then `d_w·d_a·sumi` into eight `f32` lanes.
+/// all bytes, including −128·−128), reduced to the block's exact `i32`, then
+/// `sum = fma(sumi, d_w·d_a, sum)`: bit-identical to the scalar reference.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q8_0_q8_0(w: &[u8], act: &[u8]) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); 2];
-    let mut blocks = w.chunks_exact(34).zip(act.chunks_exact(34));
-    let block = |wb: &[u8], ab: &[u8]| {
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.chunks_exact(34).zip(act.chunks_exact(34)) {
         let wb: &[u8; 34] = array_at(wb, 0);
         let ab: &[u8; 34] = array_at(ab, 0);
         let d = f16_to_f32(array_at(wb, 0)) * f16_to_f32(array_at(ab, 0));
@@ -257,17 +253,10 @@ pub fn dot_q8_0_q8_0(w: &[u8], act: &[u8]) -> f32 {
         let x_hi = _mm256_cvtepi8_epi16(load_128(array_at(wb, 18)));
         let y_lo = _mm256_cvtepi8_epi16(load_128(array_at(ab, 2)));
         let y_hi = _mm256_cvtepi8_epi16(load_128(array_at(ab, 18)));
-        let sumi = _mm256_add_epi32(_mm256_madd_epi16(x_lo, y_lo), _mm256_madd_epi16(x_hi, y_hi));
-        (d, _mm256_cvtepi32_ps(sumi))
-    };
-    while let Some((w0, a0)) = blocks.next() {
-        let (d, s) = block(w0, a0);
-        acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc[0]);
-        let Some((w1, a1)) = blocks.next() else { break };
-        let (d, s) = block(w1, a1);
-        acc[1] = _mm256_fmadd_ps(_mm256_set1_ps(d), s, acc[1]);
+        let sumi = hsum_i32(_mm256_add_epi32(_mm256_madd_epi16(x_lo, y_lo), _mm256_madd_epi16(x_hi, y_hi)));
+        sum = (sumi as f32).mul_add(d, sum);
     }
-    hsum_f32(_mm256_add_ps(acc[0], acc[1]))
+    sum
 }
 
 // ---------------------------------------------------------------- K-quants
@@ -588,6 +577,7 @@ fn array_at_mut<const N: usize>(bytes: &mut [u8], off: usize) -> &mut [u8; N] {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn axpy_f32(alpha: f32, x: &[u8], y: &mut [f32]) {
     let a = _mm256_set1_ps(alpha);
@@ -613,6 +603,7 @@ pub fn axpy_f32(alpha: f32, x: &[u8], y: &mut [f32]) {
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn axpy_f16(alpha: f32, x: &[u8], y: &mut [f32]) {
     let a = _mm256_set1_ps(alpha);
@@ -631,5 +622,41 @@ pub fn axpy_f16(alpha: f32, x: &[u8], y: &mut [f32]) {
     }
     for (xb, yv) in x_tail.chunks_exact(2).zip(y_iter.into_remainder()) {
         *yv = alpha.mul_add(f16_to_f32(array_at(xb, 0)), *yv);
+    }
+}
+
+// ---------------------------------------------------------------- attention rows
+
+/// `out[t] = scale · dot(rows[t], q)` where row `t` is the `q.len() / 4` values of `dtype`
+/// (F32 or F16) at byte `t·stride`: [`dot_f32`] / [`dot_f16_f32`] per row, without a
+/// dispatch per row. Lengths are checked by the caller.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_rows(f16: bool, q: &[u8], rows: &[u8], stride: usize, scale: f32, out: &mut [f32]) {
+    let row_bytes = q.len() / if f16 { 2 } else { 1 };
+    for (t, o) in out.iter_mut().enumerate() {
+        let row = &rows[t * stride..t * stride + row_bytes];
+        *o = if f16 { dot_f16_f32(row, q) } else { dot_f32(row, q) } * scale;
+    }
+}
+
+/// `y = fma(p[t], rows[t], y)` for t in order, where row `t` is the `y.len()` values of
+/// `dtype` at byte `t·stride`: [`axpy_f32`] / [`axpy_f16`] per row, without a dispatch per
+/// row. Lengths are checked by the caller.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn axpy_rows(f16: bool, p: &[f32], rows: &[u8], stride: usize, y: &mut [f32]) {
+    let row_bytes = y.len() * if f16 { 2 } else { 4 };
+    for (t, &pt) in p.iter().enumerate() {
+        let row = &rows[t * stride..t * stride + row_bytes];
+        if f16 {
+            axpy_f16(pt, row, y)
+        } else {
+            axpy_f32(pt, row, y)
+        }
     }
 }

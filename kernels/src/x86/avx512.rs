@@ -358,6 +358,48 @@ pub fn pack_panel(block_bytes: usize, p: &Panel, n_blocks: usize, out: &mut [__m
 
 // ---------------------------------------------------------------- compute
 
+/// Runs `$body` for `$t` = 0, 1, … up to `$n − 1` (at most 8), written out so that arrays
+/// indexed by `$t` get constant indices and stay in registers (LLVM does not fully unroll
+/// these loops by itself).
+macro_rules! for_each_token {
+    ($n:expr, |$t:ident| $body:block) => {{
+        let n: usize = $n;
+        debug_assert!(n <= 8);
+        if 0 < n {
+            let $t = 0usize;
+            $body
+        }
+        if 1 < n {
+            let $t = 1usize;
+            $body
+        }
+        if 2 < n {
+            let $t = 2usize;
+            $body
+        }
+        if 3 < n {
+            let $t = 3usize;
+            $body
+        }
+        if 4 < n {
+            let $t = 4usize;
+            $body
+        }
+        if 5 < n {
+            let $t = 5usize;
+            $body
+        }
+        if 6 < n {
+            let $t = 6usize;
+            $body
+        }
+        if 7 < n {
+            let $t = 7usize;
+            $body
+        }
+    }};
+}
+
 /// Side data of a batch of Q8_0 activation rows: per block the scale as `f32` and
 /// `−offset·Σ a` (offset 8 for Q4_0 weights, 128 for Q8_0).
 pub struct Q8_0Side<'a> {
@@ -381,7 +423,7 @@ fn compute_q32<const T: usize>(
     for (b, w) in packed.chunks_exact(Q32_VECS).take(n_blocks).enumerate() {
         let w: &[__m512i; Q32_VECS] = w.try_into().expect("block vectors");
         let dw = as_float(w[8]);
-        for t in 0..T {
+        for_each_token!(T, |t| {
             let a: &[u8; q8_0::BLOCK_BYTES] = array_at(acts[t], b * q8_0::BLOCK_BYTES);
             let s = side_start[t] + b;
             // Two independent chains; integer addition makes the split exact.
@@ -395,7 +437,7 @@ fn compute_q32<const T: usize>(
             // sum = fma(sumi as f32, d_w * d_a, sum)
             let d = _mm512_mul_ps(dw, _mm512_set1_ps(side.d[s]));
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), d, acc[t]);
-        }
+        });
     }
     acc
 }
@@ -427,7 +469,7 @@ fn compute_k4<const T: usize>(
         let mut sumi = [_mm512_setzero_si512(); T];
         for sub in 0..8 {
             let ws: [__m512i; 8] = std::array::from_fn(|g| w[8 * sub + g]);
-            for t in 0..T {
+            for_each_token!(T, |t| {
                 let at = q8_k::QS + 32 * sub;
                 let mut p0 = _mm512_setzero_si512();
                 let mut p1 = _mm512_setzero_si512();
@@ -441,9 +483,9 @@ fn compute_k4<const T: usize>(
                 }
                 sumi[t] =
                     _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(p0, p1), w[64 + sub]));
-            }
+            });
         }
-        for t in 0..T {
+        for_each_token!(T, |t| {
             let s = side_start[t] + sb;
             let mut summ = _mm512_setzero_si512();
             for j in 0..4 {
@@ -458,7 +500,7 @@ fn compute_k4<const T: usize>(
                 _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(summ)),
             );
             acc[t] = _mm512_add_ps(acc[t], block);
-        }
+        });
     }
     acc
 }
@@ -483,7 +525,7 @@ fn compute_q6_k<const T: usize>(
         for sub in 0..16 {
             let ws: [__m512i; 4] = std::array::from_fn(|g| w[4 * sub + g]);
             let at = q8_k::QS + 16 * sub;
-            for t in 0..T {
+            for_each_token!(T, |t| {
                 let zero = _mm512_setzero_si512();
                 let mut p0 = _mm512_dpbusd_epi32(zero, ws[0], _mm512_set1_epi32(act_dword(a[t], at)));
                 let mut p1 = _mm512_dpbusd_epi32(zero, ws[1], _mm512_set1_epi32(act_dword(a[t], at + 4)));
@@ -491,9 +533,9 @@ fn compute_q6_k<const T: usize>(
                 p1 = _mm512_dpbusd_epi32(p1, ws[3], _mm512_set1_epi32(act_dword(a[t], at + 12)));
                 sumi[t] =
                     _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(p0, p1), w[64 + sub]));
-            }
+            });
         }
-        for t in 0..T {
+        for_each_token!(T, |t| {
             // The −32 offset: 32·Σ sc·bsum, with the Q8_K group sums as i16 pairs.
             let mut off = _mm512_setzero_si512();
             for j in 0..8 {
@@ -507,7 +549,7 @@ fn compute_q6_k<const T: usize>(
             // sum += (d_w·d_a)·sumi
             let d = _mm512_mul_ps(as_float(w[88]), _mm512_set1_ps(side.d[side_start[t] + sb]));
             acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi)));
-        }
+        });
     }
     acc
 }
