@@ -110,7 +110,7 @@ lines = [
     f"### {os.path.basename(model)} ({size:.2f} GB), {date}",
     "",
     f"Machine: {cpu}, {os.cpu_count()} cores, {threads} threads. Runs alternate quire / llama.cpp, {reps} rounds.",
-    f"quire: `{qcmd}`; llama.cpp (llama-cpp-python 0.3.36 vendor, CPU, native): `{lcmd}`.",
+    f"quire: `{qcmd}`; llama.cpp (llama-cpp-python 0.3.36 vendor, CPU, AVX-512, no AMX): `{lcmd}`.",
     "",
     "| test | quire | llama.cpp | quire / llama.cpp |",
     "|---|---|---|---|",
