@@ -4,8 +4,9 @@
 //! one (for testing and benchmarking); a forced set the CPU lacks falls back to the best
 //! supported one with a warning on stderr, never to a crash.
 //!
-//! [`Isa::Avx512`] currently runs the AVX2 kernels: the AVX-512 kernels are a later
-//! issue, and dispatch already tells the two apart so they can slot in here.
+//! [`Isa::Avx512`] runs the VNNI panel kernels in [`crate::matmul`] for the quantized
+//! formats; single dot products, float formats and the activation quantizers use the AVX2
+//! kernels there too.
 
 use std::sync::OnceLock;
 
@@ -18,7 +19,7 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C kernels ([`crate::x86::avx2`]).
     Avx2,
-    /// AVX-512 (F/BW/VL/VNNI); runs the AVX2 kernels for now.
+    /// AVX-512 (F/BW/VL/VNNI): panel kernels for matrix products, AVX2 for the rest.
     Avx512,
 }
 

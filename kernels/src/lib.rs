@@ -150,8 +150,8 @@ fn check_dot(dtype: DType, n: usize, w: &[u8], act: &[u8]) {
 /// values already in `dtype.vec_dot_type()` format (F32 activations as little-endian
 /// `f32` bytes), using the process instruction set ([`dispatch::isa`]).
 ///
-/// Integer parts are exact; the result differs from [`vec_dot_scalar`] only by float
-/// summation order (not at all for the K types).
+/// Quantized formats give exactly [`vec_dot_scalar`]'s result (exact integer parts, the
+/// same float operations); F32/F16/BF16 differ from it only by float summation order.
 ///
 /// # Panics
 /// If `n` is not a multiple of the block length or a slice length does not match `n`.
