@@ -19,6 +19,17 @@ export QUIRE_REAL_MODEL QUIRE_REQUIRE_REAL=1
 echo "test.sh: real model at $QUIRE_REAL_MODEL" >&2
 cargo test --release --workspace "$@"
 
+# The same correctness tests with each instruction set forced (the default run above uses the best one this
+# CPU has): the kernels, the tiny model against the reference logits, determinism and batching; the
+# real-model goldens once more on AVX2 (the scalar path is too slow for a 1.5B model in CI).
+for isa in scalar avx2; do
+  echo "test.sh: kernels and engine tests with QUIRE_ISA=$isa (real-model tests skipped)" >&2
+  QUIRE_ISA="$isa" QUIRE_REQUIRE_REAL=0 QUIRE_REAL_MODEL=/nonexistent \
+    cargo test --release -p quire-kernels -p quire-engine "$@"
+done
+echo "test.sh: real-model goldens with QUIRE_ISA=avx2" >&2
+QUIRE_ISA=avx2 cargo test --release -p quire-engine --test real_model goldens_match_llamacpp "$@"
+
 # End to end through the HTTP server on the real model.
 cargo build --release --quiet
 echo "test.sh: server vs CLI on the real model" >&2

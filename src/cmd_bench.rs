@@ -12,7 +12,7 @@ use anyhow::{bail, Result};
 use quire_engine::generate::Engine;
 use quire_engine::kv_cache::{KvCache, KvType};
 use quire_engine::memory::{human_bytes, peak_rss_bytes};
-use quire_engine::model::{Logits, Model, RunState};
+use quire_engine::model::{Logits, Model, RunState, SeqBatch};
 use quire_engine::threads::{self, parse_cpu_list};
 
 /// Benchmark prompt processing and generation on a model file.
@@ -36,9 +36,13 @@ pub struct BenchArgs {
     /// Pin the workers to these cores, e.g. `0,2-3` (default: all usable cores).
     #[arg(long = "cpu-list")]
     pub cpu_list: Option<String>,
-    /// KV cache element type: f16 or f32.
+    /// KV cache element type: f16, q8_0 or f32.
     #[arg(long = "kv-type", default_value = "f16")]
     pub kv_type: KvType,
+    /// Sequences decoded together in the tg test (continuous batching, as `quire serve --parallel N`
+    /// does): each step runs one token of every sequence in one pass. Reports the aggregate tokens/s.
+    #[arg(long, default_value_t = 1)]
+    pub streams: usize,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -72,13 +76,20 @@ fn time_prompt(model: &Model, state: &mut RunState, kv: &mut KvCache, n: usize, 
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// Seconds for `n` single-token forward passes from an empty cache.
-fn time_gen(model: &Model, state: &mut RunState, kv: &mut KvCache, n: usize, seed: u64) -> Result<f64> {
-    let ids = tokens(n, model.config.vocab_size, seed);
-    kv.clear();
+/// Seconds for `n` decode steps from empty caches, each step one token of every sequence (one cache each)
+/// in one forward pass.
+fn time_gen(model: &Model, state: &mut RunState, kvs: &mut [KvCache], n: usize, seed: u64) -> Result<f64> {
+    let ids: Vec<Vec<u32>> =
+        (0..kvs.len()).map(|s| tokens(n, model.config.vocab_size, seed + 1000 * s as u64)).collect();
+    kvs.iter_mut().for_each(KvCache::clear);
     let t = Instant::now();
-    for (pos, &id) in ids.iter().enumerate() {
-        model.forward(state, kv, &[id], pos, Logits::Last)?;
+    for step in 0..n {
+        let mut batch: Vec<SeqBatch> = kvs
+            .iter_mut()
+            .zip(&ids)
+            .map(|(kv, ids)| SeqBatch { kv, tokens: &ids[step..step + 1], want: Logits::Last })
+            .collect();
+        model.forward_multi(state, &mut batch)?;
     }
     Ok(t.elapsed().as_secs_f64())
 }
@@ -86,6 +97,9 @@ fn time_gen(model: &Model, state: &mut RunState, kv: &mut KvCache, n: usize, see
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.repetitions == 0 {
         bail!("--repetitions must be at least 1");
+    }
+    if args.streams == 0 {
+        bail!("--streams must be at least 1");
     }
     let cpu_list = args.cpu_list.as_deref().map(parse_cpu_list).transpose()?;
     let threads = threads::init(args.threads, cpu_list.as_deref())?;
@@ -96,22 +110,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let c = &model.config;
 
     let n_ctx = (args.n_prompt + args.n_gen).max(1);
-    let mut kv = KvCache::with_type(c, n_ctx, args.kv_type)?;
+    // one cache per stream; the pp test uses the first
+    let mut kvs =
+        (0..args.streams).map(|_| KvCache::with_type(c, n_ctx, args.kv_type)).collect::<Result<Vec<_>>>()?;
     let mut state = RunState::new();
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     if args.n_prompt > 0 {
-        time_prompt(model, &mut state, &mut kv, args.n_prompt.min(32), 0)?; // warm-up
+        time_prompt(model, &mut state, &mut kvs[0], args.n_prompt.min(32), 0)?; // warm-up
         for r in 0..args.repetitions {
-            let secs = time_prompt(model, &mut state, &mut kv, args.n_prompt, r as u64 + 1)?;
+            let secs = time_prompt(model, &mut state, &mut kvs[0], args.n_prompt, r as u64 + 1)?;
             pp.push(args.n_prompt as f64 / secs);
         }
     }
     if args.n_gen > 0 {
-        time_gen(model, &mut state, &mut kv, 1, 0)?; // warm-up
+        time_gen(model, &mut state, &mut kvs, 1, 0)?; // warm-up
         for r in 0..args.repetitions {
-            let secs = time_gen(model, &mut state, &mut kv, args.n_gen, r as u64 + 100)?;
-            tg.push(args.n_gen as f64 / secs);
+            let secs = time_gen(model, &mut state, &mut kvs, args.n_gen, r as u64 + 100)?;
+            tg.push((args.n_gen * args.streams) as f64 / secs);
         }
     }
     let peak_rss = peak_rss_bytes().unwrap_or(0);
@@ -129,6 +145,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "kv_type": args.kv_type.name(),
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
+            "streams": args.streams,
             "repetitions": args.repetitions,
             "pp_tps": pp_mean,
             "pp_tps_sd": pp_sd,
@@ -145,7 +162,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     println!("| model | size | threads | kv | test | t/s |");
     println!("|---|---:|---:|---|---|---:|");
     let size = human_bytes(file_bytes);
-    for (test, samples) in [(format!("pp{}", args.n_prompt), &pp), (format!("tg{}", args.n_gen), &tg)] {
+    let tg_name = match args.streams {
+        1 => format!("tg{}", args.n_gen),
+        s => format!("tg{} x{s} streams", args.n_gen),
+    };
+    for (test, samples) in [(format!("pp{}", args.n_prompt), &pp), (tg_name, &tg)] {
         if samples.is_empty() {
             continue;
         }
@@ -158,7 +179,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         load_secs,
         human_bytes(peak_rss),
         size,
-        human_bytes(kv.bytes()),
+        human_bytes(kvs.iter().map(KvCache::bytes).sum()),
         args.repetitions
     );
     Ok(())

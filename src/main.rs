@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{Engine, GenerateParams, GenerationStats, Session, DEFAULT_BATCH};
 use quire_engine::gguf::GgufFile;
+use quire_engine::kv_cache::KvType;
 use quire_engine::memory::{human_bytes, MemoryPlan};
 use quire_engine::sampler::SamplerConfig;
 
@@ -54,12 +55,18 @@ struct ModelArgs {
     /// Path to a GGUF model file.
     #[arg(short = 'm', long = "model")]
     model: PathBuf,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: one per physical core, or per listed core).
     #[arg(short = 't', long)]
     threads: Option<usize>,
+    /// Pin the workers to these CPUs, e.g. `0,2-3` (default: one per physical core).
+    #[arg(long = "cpu-list")]
+    cpu_list: Option<String>,
     /// Context size in tokens (default: 4096, or the model's trained context if smaller).
     #[arg(short = 'c', long = "ctx")]
     ctx: Option<usize>,
+    /// KV cache element type: f16 (default), q8_0 (half the memory of f16) or f32 (exact).
+    #[arg(long = "kv-type", default_value = "f16")]
+    kv_type: KvType,
 }
 
 /// Sampling options shared by `run` and `chat`.
@@ -138,6 +145,9 @@ struct InfoArgs {
     /// Context size for the memory estimate.
     #[arg(short = 'c', long = "ctx", default_value_t = 4096)]
     ctx: usize,
+    /// KV cache element type for the memory estimate: f16, q8_0 or f32.
+    #[arg(long = "kv-type", default_value = "f16")]
+    kv_type: KvType,
     /// List every tensor.
     #[arg(long)]
     tensors: bool,
@@ -173,34 +183,28 @@ fn main() {
     }
 }
 
-/// Size the global thread pool once, before any parallel work.
-fn init_threads(threads: Option<usize>) -> Result<()> {
-    if let Some(n) = threads {
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("cannot start the thread pool")?;
-    }
+/// Start the pinned worker pool once, before any parallel work.
+fn init_threads(args: &ModelArgs) -> Result<()> {
+    let cpu_list = args.cpu_list.as_deref().map(quire_engine::threads::parse_cpu_list).transpose()?;
+    quire_engine::threads::init(args.threads, cpu_list.as_deref())?;
     Ok(())
 }
 
 /// Load the model, print how long it took, and check the memory it will need at this context size.
 fn load(args: &ModelArgs) -> Result<(Engine, usize)> {
-    init_threads(args.threads)?;
+    init_threads(args)?;
     let t0 = Instant::now();
-    let engine = Engine::load(&args.model)?;
+    let mut engine = Engine::load(&args.model)?;
+    engine.kv_type = args.kv_type;
     let c = &engine.model.config;
     let n_ctx = args.ctx.unwrap_or_else(|| c.ctx_train.min(4096));
     if n_ctx == 0 {
         bail!("--ctx must be at least 1");
     }
-    let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH);
+    let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH, engine.kv_type);
     plan.check_available()?;
     eprintln!(
-        "loaded {} ({}, {} layers, {} params in {}) in {:.2} s; context {n_ctx} tokens, KV cache {}",
+        "loaded {} ({}, {} layers, {} params in {}) in {:.2} s; context {n_ctx} tokens, KV cache {} ({}), {} threads",
         args.model.display(),
         c.arch.name(),
         c.n_layers,
@@ -208,6 +212,8 @@ fn load(args: &ModelArgs) -> Result<(Engine, usize)> {
         human_bytes(plan.weights_mapped),
         t0.elapsed().as_secs_f64(),
         human_bytes(plan.kv_cache),
+        engine.kv_type,
+        rayon::current_num_threads(),
     );
     Ok((engine, n_ctx))
 }
@@ -396,12 +402,13 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         c.rms_eps,
         c.ctx_train
     );
-    let plan = MemoryPlan::new(&model, a.ctx, DEFAULT_BATCH);
+    let plan = MemoryPlan::new(&model, a.ctx, DEFAULT_BATCH, a.kv_type);
     println!(
-        "memory at context {}: weights {} (memory-mapped) + KV cache {} (f32) + scratch {} = {}",
+        "memory at context {}: weights {} (memory-mapped) + KV cache {} ({}) + scratch {} = {}",
         a.ctx,
         human_bytes(plan.weights_mapped),
         human_bytes(plan.kv_cache),
+        a.kv_type,
         human_bytes(plan.scratch),
         human_bytes(plan.total())
     );

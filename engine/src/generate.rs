@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::chat::{ChatTemplate, Message, RenderOptions};
 use crate::gguf::GgufFile;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvType};
 use crate::model::{Logits, Model, RunState};
 use crate::sampler::{Sampler, SamplerConfig, StopMatcher};
 use crate::tokenizer::{StreamDecoder, Tokenizer, VocabSpec};
@@ -22,6 +22,9 @@ pub struct Engine {
     pub model: Model,
     pub tokenizer: Tokenizer,
     pub template: ChatTemplate,
+    /// Element type of every KV cache this engine allocates (sessions, scheduler slots, perplexity):
+    /// f16 unless set (`--kv-type`).
+    pub kv_type: KvType,
 }
 
 impl Engine {
@@ -46,7 +49,7 @@ impl Engine {
                 model.config.vocab_size
             );
         }
-        Ok(Engine { model, tokenizer, template })
+        Ok(Engine { model, tokenizer, template, kv_type: KvType::default() })
     }
 
     /// Render a conversation with the model's chat template and tokenize it.
@@ -129,7 +132,7 @@ pub struct Session<'e> {
 
 impl<'e> Session<'e> {
     pub fn new(engine: &'e Engine, n_ctx: usize) -> Result<Session<'e>> {
-        let kv = KvCache::new(&engine.model.config, n_ctx)?;
+        let kv = KvCache::with_type(&engine.model.config, n_ctx, engine.kv_type)?;
         Ok(Session { engine, kv, state: RunState::new(), tokens: Vec::new(), n_batch: DEFAULT_BATCH })
     }
 

@@ -2,8 +2,9 @@
 //!
 //! Layout per layer: `[capacity][kv_dim]` elements of the cache type, keys and values in separate arrays, so
 //! one position's heads are contiguous and attention walks memory forward. Elements are stored as
-//! little-endian bytes of f16 (the default, half the memory of f32, what llama.cpp uses) or f32 (exact, for
-//! reference tests), so attention runs the kernels crate's dot and axpy kernels on them directly.
+//! little-endian bytes of f16 (the default, half the memory of f32, what llama.cpp uses), q8_0 (blocks of 32
+//! int8 values with one f16 scale: 34 bytes per 32 values, about half of f16) or f32 (exact, for reference
+//! tests). Attention reads f16 and f32 rows in place and converts q8_0 rows chunk by chunk.
 
 use anyhow::{bail, Result};
 use quire_kernels::{quantize_row, DType};
@@ -18,14 +19,17 @@ pub enum KvType {
     F16,
     /// Single precision: the keys and values exactly as computed.
     F32,
+    /// llama.cpp's Q8_0 blocks (32 values, one f16 scale each): 1.06 bytes per value, half of f16.
+    Q8_0,
 }
 
 impl KvType {
-    /// The name accepted by `--kv-type`: "f16" or "f32".
+    /// The name accepted by `--kv-type`: "f16", "q8_0" or "f32".
     pub fn name(self) -> &'static str {
         match self {
             KvType::F16 => "f16",
             KvType::F32 => "f32",
+            KvType::Q8_0 => "q8_0",
         }
     }
 
@@ -34,7 +38,8 @@ impl KvType {
         match s.trim().to_ascii_lowercase().as_str() {
             "f16" => Ok(KvType::F16),
             "f32" => Ok(KvType::F32),
-            other => bail!("unknown KV cache type {other:?} (expected f16 or f32)"),
+            "q8_0" | "q8" => Ok(KvType::Q8_0),
+            other => bail!("unknown KV cache type {other:?} (expected f16, q8_0 or f32)"),
         }
     }
 
@@ -43,12 +48,14 @@ impl KvType {
         match self {
             KvType::F16 => DType::F16,
             KvType::F32 => DType::F32,
+            KvType::Q8_0 => DType::Q8_0,
         }
     }
 
-    /// Bytes per element.
-    pub fn bytes(self) -> usize {
-        self.dtype().block_bytes()
+    /// Bytes for `n` values (`n` a multiple of 32 for q8_0: whole heads always are).
+    pub fn bytes_for(self, n: usize) -> usize {
+        let d = self.dtype();
+        n.div_ceil(d.block_len()) * d.block_bytes()
     }
 }
 
@@ -83,7 +90,7 @@ impl KvCache {
 
     /// Bytes a cache of `n_ctx` positions of `kv_type` needs for this model.
     pub fn bytes_needed_for(c: &Config, n_ctx: usize, kv_type: KvType) -> usize {
-        2 * c.n_layers * n_ctx * c.kv_dim() * kv_type.bytes()
+        2 * c.n_layers * n_ctx * kv_type.bytes_for(c.kv_dim())
     }
 
     /// Allocate an f16 cache for `n_ctx` positions. Fails (instead of aborting) when the allocation is refused.
@@ -97,7 +104,11 @@ impl KvCache {
         if n_ctx == 0 {
             bail!("context size must be at least 1");
         }
-        let n = c.n_layers * n_ctx * c.kv_dim() * kv_type.bytes();
+        let block = kv_type.dtype().block_len();
+        if !c.head_dim.is_multiple_of(block) {
+            bail!("a {kv_type} KV cache needs a head size that is a multiple of {block}, not {}", c.head_dim);
+        }
+        let n = c.n_layers * n_ctx * kv_type.bytes_for(c.kv_dim());
         let alloc = |n: usize| -> Result<Vec<u8>> {
             let mut v = Vec::new();
             if v.try_reserve_exact(n).is_err() {
@@ -145,8 +156,13 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Bytes of one position's keys (or values): all KV heads.
+    pub(crate) fn row_bytes(&self) -> usize {
+        self.kv_type.bytes_for(self.kv_dim)
+    }
+
     fn layer_range(&self, layer: usize) -> std::ops::Range<usize> {
-        let per_layer = self.capacity * self.kv_dim * self.kv_type.bytes();
+        let per_layer = self.capacity * self.row_bytes();
         layer * per_layer..(layer + 1) * per_layer
     }
 
@@ -154,11 +170,11 @@ impl KvCache {
     /// cache type.
     pub(crate) fn write(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         debug_assert!(layer < self.n_layers);
-        let es = self.kv_type.bytes();
-        let start = self.layer_range(layer).start + pos * self.kv_dim * es;
+        let start = self.layer_range(layer).start + pos * self.row_bytes();
+        let len = self.kv_type.bytes_for(k.len());
         let dtype = self.kv_type.dtype();
-        quantize_row(dtype, k, &mut self.keys[start..start + k.len() * es]);
-        quantize_row(dtype, v, &mut self.values[start..start + v.len() * es]);
+        quantize_row(dtype, k, &mut self.keys[start..start + len]);
+        quantize_row(dtype, v, &mut self.values[start..start + len]);
     }
 
     /// Mark `n` more positions as filled (after every layer has written them).
@@ -166,11 +182,11 @@ impl KvCache {
         self.len += n;
     }
 
-    /// All key slots of a layer, `[capacity][kv_dim]` elements of [`KvCache::kv_type`], as bytes.
+    /// All key slots of a layer, `capacity` rows of [`KvCache::row_bytes`], as bytes.
     pub(crate) fn keys(&self, layer: usize) -> &[u8] {
         &self.keys[self.layer_range(layer)]
     }
-    /// All value slots of a layer, `[capacity][kv_dim]` elements of [`KvCache::kv_type`], as bytes.
+    /// All value slots of a layer, `capacity` rows of [`KvCache::row_bytes`], as bytes.
     pub(crate) fn values(&self, layer: usize) -> &[u8] {
         &self.values[self.layer_range(layer)]
     }
@@ -182,14 +198,15 @@ mod tests {
 
     #[test]
     fn kv_type_names_round_trip() {
-        for t in [KvType::F16, KvType::F32] {
+        for t in [KvType::F16, KvType::F32, KvType::Q8_0] {
             assert_eq!(KvType::parse(t.name()).unwrap(), t);
             assert_eq!(t.to_string().parse::<KvType>().unwrap(), t);
         }
         assert_eq!(KvType::parse(" F16 ").unwrap(), KvType::F16);
         assert!(KvType::parse("q4").is_err());
         assert_eq!(KvType::default(), KvType::F16);
-        assert_eq!(KvType::F16.bytes(), 2);
-        assert_eq!(KvType::F32.bytes(), 4);
+        assert_eq!(KvType::F16.bytes_for(128), 256);
+        assert_eq!(KvType::F32.bytes_for(128), 512);
+        assert_eq!(KvType::Q8_0.bytes_for(128), 136);
     }
 }

@@ -1,6 +1,7 @@
 //! Quire's engine: GGUF loading, the Qwen3/Qwen2 model, KV cache, tokenizer, chat template, sampler and
 //! the generation loop. It knows nothing of HTTP; the server and the CLI drive it.
 
+pub mod attention;
 pub mod chat;
 pub mod config;
 pub mod convert;

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvType};
 use crate::model::Model;
 
 /// Memory a model needs at a given context size, in bytes.
@@ -18,10 +18,10 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    pub fn new(model: &Model, n_ctx: usize, n_batch: usize) -> MemoryPlan {
+    pub fn new(model: &Model, n_ctx: usize, n_batch: usize, kv_type: KvType) -> MemoryPlan {
         MemoryPlan {
             weights_mapped: model.file.file_len(),
-            kv_cache: KvCache::bytes_needed(&model.config, n_ctx),
+            kv_cache: KvCache::bytes_needed_for(&model.config, n_ctx, kv_type),
             scratch: model.scratch_bytes(n_batch),
         }
     }

@@ -5,9 +5,9 @@
 //! `if let`s in the attention block (QKV bias for Qwen2, per-head Q/K RMSNorm for Qwen3).
 
 use anyhow::{bail, Context, Result};
-use quire_kernels::{axpy_rows, dequantize_row, dot_rows, DType};
-use rayon::prelude::*;
+use quire_kernels::{dequantize_row, DType};
 
+use crate::attention::attention;
 use crate::config::{Arch, Config};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
@@ -210,7 +210,7 @@ impl Model {
                 let kv_rows = span.start * kv_dim..span.end * kv_dim;
                 sq.kv.write(l, pos, &s.k[kv_rows.clone()], &s.v[kv_rows]);
                 let q_rows = span.start * q_dim..span.end * q_dim;
-                attention(c, sq.kv, l, pos, &s.q[q_rows.clone()], &mut s.att[q_rows]);
+                attention(c, sq.kv, l, pos, &s.q[q_rows.clone()], &mut s.att[q_rows], &mut s.att_tmp);
             }
 
             // output projection and residual
@@ -277,50 +277,6 @@ impl Model {
     }
 }
 
-/// Attention for `q.len() / q_dim` new positions starting at `pos`, written to `out` (same shape as q).
-/// One rayon task per (position, head): the scores against every visible cached key (the kernels' `dot_rows`
-/// on the cache's element type), a softmax, then the probability-weighted sum of the values (`axpy_rows`). Each task reads only its query and the cache, so the result depends neither on the thread
-/// count nor on which other tokens share the batch.
-fn attention(c: &Config, kv: &KvCache, layer: usize, pos: usize, q: &[f32], out: &mut [f32]) {
-    let hd = c.head_dim;
-    let group = c.n_heads / c.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
-    let dtype = kv.kv_type().dtype();
-    let es = dtype.block_bytes();
-    let (keys, values) = (kv.keys(layer), kv.values(layer));
-    let kv_dim = c.kv_dim();
-    out.par_chunks_mut(hd).zip(q.par_chunks(hd)).enumerate().for_each(|(i, (o, qh))| {
-        let (b, h) = (i / c.n_heads, i % c.n_heads);
-        let head = (h / group) * hd;
-        // this head's slices of positions 0..=pos+b in the cache, one row per position
-        let stride = kv_dim * es;
-        let (keys, values) = (&keys[head * es..], &values[head * es..]);
-        ATTENTION_SCRATCH.with_borrow_mut(|(q_bytes, probs)| {
-            q_bytes.clear();
-            q_bytes.extend(qh.iter().flat_map(|v| v.to_le_bytes()));
-            probs.clear();
-            probs.resize(pos + b + 1, 0.0);
-            dot_rows(dtype, q_bytes, keys, stride, scale, probs);
-            let max = probs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for p in probs.iter_mut() {
-                *p = (*p - max).exp();
-                sum += *p;
-            }
-            o.fill(0.0);
-            axpy_rows(dtype, probs, values, stride, o);
-            let inv = 1.0 / sum;
-            o.iter_mut().for_each(|v| *v *= inv);
-        });
-    });
-}
-
-thread_local! {
-    /// Per-thread attention scratch: the query head as f32 bytes, and the scores/probabilities of one head.
-    static ATTENTION_SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<f32>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
-}
-
 /// Every scratch buffer of the forward pass, sized for a batch of up to `capacity` tokens and reused.
 #[derive(Default)]
 pub struct RunState {
@@ -332,8 +288,9 @@ pub struct RunState {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
-    /// Attention output, `[n][q_dim]`.
+    /// Attention output, `[n][q_dim]`, and the same values task by task before they are scattered there.
     att: Vec<f32>,
+    att_tmp: Vec<f32>,
     /// MLP gate and up, `[n][ffn_dim]`.
     hb: Vec<f32>,
     hb2: Vec<f32>,
@@ -351,7 +308,7 @@ impl RunState {
     }
 
     fn floats_for(c: &Config, n: usize) -> usize {
-        n * (2 * c.dim + 2 * c.q_dim() + 2 * c.kv_dim() + 2 * c.ffn_dim)
+        n * (2 * c.dim + 3 * c.q_dim() + 2 * c.kv_dim() + 2 * c.ffn_dim)
     }
 
     /// Grow the buffers to hold a batch of `n` tokens (never shrinks).
@@ -366,6 +323,7 @@ impl RunState {
         self.k.resize(n * c.kv_dim(), 0.0);
         self.v.resize(n * c.kv_dim(), 0.0);
         self.att.resize(n * c.q_dim(), 0.0);
+        self.att_tmp.resize(n * c.q_dim(), 0.0);
         self.hb.resize(n * c.ffn_dim, 0.0);
         self.hb2.resize(n * c.ffn_dim, 0.0);
     }

@@ -36,7 +36,7 @@ pub fn perplexity(
     }
     let model = &engine.model;
     let vocab = model.config.vocab_size;
-    let mut kv = KvCache::new(&model.config, n_ctx)?;
+    let mut kv = KvCache::with_type(&model.config, n_ctx, engine.kv_type)?;
     let mut state = RunState::new();
     let first_scored = n_ctx / 2;
     let (mut nll, mut count) = (0.0f64, 0usize);

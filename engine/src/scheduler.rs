@@ -125,9 +125,10 @@ impl Scheduler {
         anyhow::ensure!(cfg.n_slots >= 1, "at least one slot is needed");
         anyhow::ensure!(cfg.n_ctx >= 1, "the context must hold at least one token");
         let cfg = SchedulerConfig { n_batch: cfg.n_batch.max(cfg.n_slots), ..cfg };
-        MemoryPlan::new(&engine.model, cfg.n_ctx * cfg.n_slots, cfg.n_batch).check_available()?;
+        MemoryPlan::new(&engine.model, cfg.n_ctx * cfg.n_slots, cfg.n_batch, engine.kv_type)
+            .check_available()?;
         let caches = (0..cfg.n_slots)
-            .map(|_| KvCache::new(&engine.model.config, cfg.n_ctx))
+            .map(|_| KvCache::with_type(&engine.model.config, cfg.n_ctx, engine.kv_type))
             .collect::<Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             stats: Mutex::new(SchedulerStats {

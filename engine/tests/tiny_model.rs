@@ -10,9 +10,14 @@ use quire_engine::ops::argmax;
 
 const PROMPTS: [&str; 5] = ["single_token", "english", "chinese", "chatml", "long_random"];
 
-/// All-position logits for a prompt, fed in batches of `batch` tokens.
+/// All-position logits for a prompt, fed in batches of `batch` tokens (f32 KV cache).
 fn run_prompt(model: &Model, ids: &[u32], batch: usize) -> Vec<f32> {
-    let mut kv = KvCache::with_type(&model.config, 512, KvType::F32).unwrap();
+    run_prompt_kv(model, ids, batch, KvType::F32)
+}
+
+/// All-position logits for a prompt, fed in batches of `batch` tokens, with a `kv_type` cache.
+fn run_prompt_kv(model: &Model, ids: &[u32], batch: usize, kv_type: KvType) -> Vec<f32> {
+    let mut kv = KvCache::with_type(&model.config, 512, kv_type).unwrap();
     let mut st = RunState::new();
     let mut all = Vec::new();
     for (i, chunk) in ids.chunks(batch).enumerate() {
@@ -73,42 +78,58 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
     ids(v)
 }
 
-/// Every quantized or half-precision file: no further from the reference than llama.cpp itself (+10%).
+/// Every quantized or half-precision file: no further from the reference than llama.cpp itself (+10%),
+/// with each KV cache type. llama.cpp's bounds were measured with its default f16 cache; a q8_0 cache
+/// rounds keys and values to 8 bits, which on these random weights moves the logits by about 0.08, more
+/// than the f16/bf16 files' bounds (0.01/0.04) but well inside the bound of 8-bit weights, so a q8_0 cache
+/// is held to the larger of the file's bound and the q8_0 file's.
 #[test]
 fn every_tensor_type_is_as_close_as_llamacpp() {
     let reference = read_json("tiny-qwen3/reference.json");
     let bounds = read_json("tiny-qwen3-llamacpp-error.json");
+    let bound_of = |ty: &str| bounds[ty]["max_abs_diff_vs_ref"].as_f64().unwrap() as f32 * 1.1;
     for ty in ["f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"] {
         let model = Model::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
         let vocab = model.config.vocab_size;
-        let mut worst = 0.0f32;
-        for name in PROMPTS {
-            let p = &reference["prompts"][name];
-            let ids = ids(&p["ids"]);
-            let logits = run_prompt(&model, &ids, 512);
-            let last = &logits[(ids.len() - 1) * vocab..];
-            worst = worst.max(max_abs_diff(last, &floats(&p["last_logits"])));
+        for kv_type in [KvType::F32, KvType::F16, KvType::Q8_0] {
+            let mut worst = 0.0f32;
+            for name in PROMPTS {
+                let p = &reference["prompts"][name];
+                let ids = ids(&p["ids"]);
+                let logits = run_prompt_kv(&model, &ids, 512, kv_type);
+                let last = &logits[(ids.len() - 1) * vocab..];
+                worst = worst.max(max_abs_diff(last, &floats(&p["last_logits"])));
+            }
+            let bound = match kv_type {
+                KvType::Q8_0 => bound_of(ty).max(bound_of("q8_0")),
+                _ => bound_of(ty),
+            };
+            eprintln!(
+                "{ty}, {kv_type} KV: max |logit - reference| = {worst:.5} (llama.cpp + 10%: {bound:.5})"
+            );
+            assert!(
+                worst <= bound,
+                "{ty}, {kv_type} KV: max abs logit error {worst} exceeds llama.cpp's {bound}"
+            );
         }
-        let bound = bounds[ty]["max_abs_diff_vs_ref"].as_f64().unwrap() as f32 * 1.1;
-        eprintln!("{ty}: max |logit - reference| = {worst:.5} (llama.cpp + 10%: {bound:.5})");
-        assert!(worst <= bound, "{ty}: max abs logit error {worst} exceeds llama.cpp's {bound}");
     }
 }
 
-/// Batching must not change the numbers: a prompt fed whole, in pieces, or one token at a time gives the
-/// bit-identical last logits (every output is one dot product over the same quantized row either way).
+/// Batching must not change the numbers: a prompt fed whole, in pieces, or one token at a time gives
+/// bit-identical logits at every position, with every KV cache type (every output is one dot product over
+/// the same quantized row either way, and attention depends only on the query and the cache).
 #[test]
 fn batch_size_does_not_change_logits() {
     let reference = read_json("tiny-qwen3/reference.json");
     let model = Model::open(fixture("tiny-qwen3-q4_0.gguf")).unwrap();
-    let vocab = model.config.vocab_size;
-    let ids = ids(&reference["prompts"]["english"]["ids"]);
-    let whole = run_prompt(&model, &ids, 512);
-    for batch in [1, 7, 16] {
-        let pieces = run_prompt(&model, &ids, batch);
-        let a = &whole[(ids.len() - 1) * vocab..];
-        let b = &pieces[(ids.len() - 1) * vocab..];
-        assert_eq!(a, b, "batch {batch} changes the logits");
+    // 300 tokens: several key chunks and query blocks of the attention
+    let ids = ids(&reference["prompts"]["long_random"]["ids"]);
+    for kv_type in [KvType::F32, KvType::F16, KvType::Q8_0] {
+        let whole = run_prompt_kv(&model, &ids, 512, kv_type);
+        for batch in [1, 7, 16, 17] {
+            let pieces = run_prompt_kv(&model, &ids, batch, kv_type);
+            assert_eq!(whole, pieces, "batch {batch} changes the logits ({kv_type} KV)");
+        }
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::config::{self, ServerConfig};
+use quire_engine::kv_cache::KvType;
 
 /// `quire serve`: flags and their defaults.
 #[derive(Args, Clone, Debug)]
@@ -29,9 +30,15 @@ pub struct ServeArgs {
     /// Context per slot in tokens (default: 4096, or the model's trained context if smaller).
     #[arg(short = 'c', long = "ctx")]
     pub ctx: Option<usize>,
-    /// Compute threads (default: all cores).
+    /// Compute threads (default: one per physical core, or per listed core).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Pin the workers to these CPUs, e.g. `0,2-3` (default: one per physical core).
+    #[arg(long = "cpu-list")]
+    pub cpu_list: Option<String>,
+    /// KV cache element type: f16 (default), q8_0 (half the memory of f16) or f32.
+    #[arg(long = "kv-type", default_value = "f16")]
+    pub kv_type: KvType,
     /// Require `Authorization: Bearer KEY` on every endpoint but /health (or set QUIRE_API_KEY).
     #[arg(long, env = config::API_KEY_ENV, hide_env_values = true)]
     pub api_key: Option<String>,
@@ -59,6 +66,8 @@ impl ServeArgs {
         cfg.queue_capacity = self.queue;
         cfg.ctx = self.ctx;
         cfg.threads = self.threads;
+        cfg.cpu_list = self.cpu_list.clone();
+        cfg.kv_type = self.kv_type;
         // clap already read QUIRE_API_KEY into `api_key`; an empty value means "no key".
         cfg.api_key = self.api_key.clone().filter(|k| !k.is_empty());
         cfg.cors = self.cors.clone();

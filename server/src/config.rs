@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use quire_engine::kv_cache::KvType;
+
 /// Environment variable read for the API key when `--api-key` is not given, so the key need not appear in
 /// `ps` output or shell history.
 pub const API_KEY_ENV: &str = "QUIRE_API_KEY";
@@ -32,8 +34,12 @@ pub struct ServerConfig {
     pub queue_capacity: usize,
     /// Context per slot in tokens; `None` = 4096 or the model's trained context if smaller.
     pub ctx: Option<usize>,
-    /// Compute threads (rayon's global pool); `None` = all cores.
+    /// Compute threads (the pinned worker pool); `None` = one per physical core.
     pub threads: Option<usize>,
+    /// CPUs to pin the workers to, as `0,2-3` (`--cpu-list`); `None` = one per physical core.
+    pub cpu_list: Option<String>,
+    /// Element type of the slots' KV caches (`--kv-type`).
+    pub kv_type: KvType,
     /// How long in-flight requests may run after SIGINT/SIGTERM before the server exits anyway.
     pub shutdown_grace: Duration,
     /// Interval of `: keep-alive` SSE comments while a stream waits for tokens (queue, long prefill), so
@@ -73,6 +79,8 @@ impl ServerConfig {
             queue_capacity: DEFAULT_QUEUE,
             ctx: None,
             threads: None,
+            cpu_list: None,
+            kv_type: KvType::default(),
             shutdown_grace: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
@@ -85,6 +93,9 @@ impl ServerConfig {
         anyhow::ensure!(self.n_slots >= 1, "--parallel must be at least 1");
         anyhow::ensure!(self.ctx != Some(0), "--ctx must be at least 1");
         anyhow::ensure!(self.threads != Some(0), "--threads must be at least 1");
+        if let Some(list) = &self.cpu_list {
+            quire_engine::threads::parse_cpu_list(list)?;
+        }
         anyhow::ensure!(self.max_body_bytes >= 1024, "--max-body must be at least 1024 bytes");
         anyhow::ensure!(
             self.timeout != Some(Duration::ZERO),

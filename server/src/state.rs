@@ -122,27 +122,26 @@ impl AppState {
     }
 }
 
-/// Size rayon's global pool once. A second server in the same process (tests) finds it built already,
-/// which is fine unless it asked for a different size.
-fn init_threads(threads: Option<usize>) {
-    if let Some(n) = threads {
-        if rayon::ThreadPoolBuilder::new().num_threads(n).build_global().is_err()
-            && rayon::current_num_threads() != n
-        {
-            tracing::warn!(
-                "--threads {n} ignored: the thread pool already runs {} threads",
-                rayon::current_num_threads()
-            );
+/// Start the pinned worker pool once. A second server in the same process (tests) finds it running
+/// already, which is fine unless it asked for a different size.
+fn init_threads(threads: Option<usize>, cpu_list: Option<&[usize]>) -> anyhow::Result<()> {
+    let plan = quire_engine::threads::PoolPlan::new(threads, cpu_list)?;
+    if let Err(e) = plan.start() {
+        if threads.is_some_and(|n| n != rayon::current_num_threads()) || cpu_list.is_some() {
+            tracing::warn!("--threads/--cpu-list ignored: {e:#}");
         }
     }
+    Ok(())
 }
 
 /// Load the model and start the scheduler (blocking; runs on a blocking thread).
 pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
-    init_threads(cfg.threads);
+    let cpu_list = cfg.cpu_list.as_deref().map(quire_engine::threads::parse_cpu_list).transpose()?;
+    init_threads(cfg.threads, cpu_list.as_deref())?;
     let t0 = Instant::now();
-    let engine =
+    let mut engine =
         Engine::load(&cfg.model_path).with_context(|| format!("cannot load {}", cfg.model_path.display()))?;
+    engine.kv_type = cfg.kv_type;
     let c = &engine.model.config;
     let n_ctx = cfg.ctx.unwrap_or_else(|| c.ctx_train.min(4096)).max(1);
     if n_ctx > c.ctx_train {
@@ -152,7 +151,7 @@ pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
         );
     }
     // For the log line only: the scheduler itself refuses (with numbers) when the slots' caches do not fit.
-    let plan = MemoryPlan::new(&engine.model, n_ctx * cfg.n_slots, DEFAULT_BATCH);
+    let plan = MemoryPlan::new(&engine.model, n_ctx * cfg.n_slots, DEFAULT_BATCH, engine.kv_type);
     let engine = Arc::new(engine);
     let scheduler = Scheduler::new(
         engine.clone(),
@@ -164,12 +163,14 @@ pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
         },
     )?;
     tracing::info!(
-        "loaded {} in {:.2} s: {} slots x {n_ctx} tokens of context, KV cache {}, queue {}",
+        "loaded {} in {:.2} s: {} slots x {n_ctx} tokens of context, KV cache {} ({}), queue {}, {} threads",
         cfg.model_path.display(),
         t0.elapsed().as_secs_f64(),
         cfg.n_slots,
         human_bytes(plan.kv_cache),
-        cfg.queue_capacity
+        engine.kv_type,
+        cfg.queue_capacity,
+        rayon::current_num_threads()
     );
     Ok(Ready { engine, scheduler, n_ctx })
 }

@@ -1,0 +1,187 @@
+//! Causal grouped-query attention over one sequence's KV cache.
+//!
+//! Work is split into tasks of (KV head, block of query positions): the `group` query heads that share a
+//! KV head and up to [`QUERY_BLOCK`] consecutive positions. A task walks the visible keys in chunks of
+//! [`KEY_CHUNK`] positions, so each chunk of keys (and later of values) is brought into cache once and used
+//! by every query of the task, instead of once per query head and position. For each query:
+//! scores = q·k / √head_dim against every visible key, softmax, then the probability-weighted sum of the
+//! values; f16 and f32 caches are read in place by the kernels crate's row kernels, q8_0 chunks are
+//! converted to f32 first.
+//!
+//! Every query's result depends only on its own vector and the cache: its scores are one dot product per key,
+//! its softmax runs over its own visible keys, and its values are accumulated key by key in position order
+//! (chunks start at multiples of [`KEY_CHUNK`] whatever the batch looks like). So a token gets bit-identical
+//! attention inside a prompt batch and alone, and for any thread count.
+
+use quire_kernels::{axpy_rows, dequantize_row, dot_rows, DType};
+use rayon::prelude::*;
+
+use crate::config::Config;
+use crate::kv_cache::{KvCache, KvType};
+
+/// Query positions per task (times `group` query heads).
+const QUERY_BLOCK: usize = 16;
+/// Keys (and values) per chunk: 64 positions of one head are 16 KiB of f16, 32 KiB as f32.
+const KEY_CHUNK: usize = 64;
+
+/// Attention for `q.len() / q_dim` new positions starting at `pos` (their keys and values are already in
+/// `kv`), written to `out` (same shape as `q`: `[n][n_heads * head_dim]`). `tmp` is scratch.
+pub fn attention(
+    c: &Config,
+    kv: &KvCache,
+    layer: usize,
+    pos: usize,
+    q: &[f32],
+    out: &mut [f32],
+    tmp: &mut Vec<f32>,
+) {
+    let q_dim = c.q_dim();
+    let n = q.len() / q_dim;
+    let group_width = c.n_heads / c.n_kv_heads * c.head_dim;
+    // Tasks write `[kv head][position][group * head_dim]`, scattered into `out` afterwards.
+    tmp.resize(n * q_dim, 0.0);
+    tmp.par_chunks_mut(n * group_width)
+        .enumerate()
+        .flat_map(|(kv_head, seg)| {
+            seg.par_chunks_mut(QUERY_BLOCK * group_width).enumerate().map(move |(blk, o)| (kv_head, blk, o))
+        })
+        .for_each(|(kv_head, blk, o)| {
+            let b0 = blk * QUERY_BLOCK;
+            head_block(c, kv, layer, pos, q, kv_head, b0..b0 + o.len() / group_width, o);
+        });
+    for (b, row) in out.chunks_exact_mut(q_dim).enumerate() {
+        for (h, dst) in row.chunks_exact_mut(group_width).enumerate() {
+            let src = (h * n + b) * group_width;
+            dst.copy_from_slice(&tmp[src..src + group_width]);
+        }
+    }
+}
+
+/// One task: query heads `kv_head * group ..` at batch positions `rows`, into `out`
+/// (`[rows.len()][group * head_dim]`).
+#[allow(clippy::too_many_arguments)]
+fn head_block(
+    c: &Config,
+    kv: &KvCache,
+    layer: usize,
+    pos: usize,
+    q: &[f32],
+    kv_head: usize,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let hd = c.head_dim;
+    let group = c.n_heads / c.n_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let kv_type = kv.kv_type();
+    let stride = kv.row_bytes();
+    let head_offset = kv_type.bytes_for(kv_head * hd);
+    let (keys, values) = (&kv.keys(layer)[head_offset..], &kv.values(layer)[head_offset..]);
+    // Query i of the task: position rows.start + i / group, head kv_head * group + i % group. It sees keys
+    // 0..visible(i).
+    let nq = rows.len() * group;
+    let visible = |i: usize| pos + rows.start + i / group + 1;
+    let n_keys = visible(nq - 1);
+
+    TASK_SCRATCH.with_borrow_mut(|s| {
+        s.queries.clear();
+        for b in rows.clone() {
+            let qrow = &q[b * c.q_dim() + kv_head * group * hd..][..group * hd];
+            s.queries.extend(qrow.iter().flat_map(|v| v.to_le_bytes()));
+        }
+        s.scores.resize(nq * n_keys, 0.0);
+
+        // scores, chunk by chunk of keys
+        for start in (0..n_keys).step_by(KEY_CHUNK) {
+            let len = KEY_CHUNK.min(n_keys - start);
+            let (dtype, chunk, chunk_stride) =
+                load_chunk(kv_type, &keys[start * stride..], stride, len, hd, &mut s.chunk, &mut s.row);
+            for i in 0..nq {
+                let m = visible(i).saturating_sub(start).min(len);
+                if m == 0 {
+                    continue;
+                }
+                let qi = &s.queries[i * hd * 4..(i + 1) * hd * 4];
+                let row = &mut s.scores[i * n_keys + start..i * n_keys + start + m];
+                dot_rows(dtype, qi, chunk, chunk_stride, scale, row);
+            }
+        }
+
+        // softmax of each query over its own visible keys (unnormalized; divided at the end)
+        s.inv.resize(nq, 0.0);
+        for i in 0..nq {
+            let p = &mut s.scores[i * n_keys..i * n_keys + visible(i)];
+            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for v in p.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            s.inv[i] = 1.0 / sum;
+        }
+
+        // probability-weighted values, chunk by chunk
+        out.fill(0.0);
+        for start in (0..n_keys).step_by(KEY_CHUNK) {
+            let len = KEY_CHUNK.min(n_keys - start);
+            let (dtype, chunk, chunk_stride) =
+                load_chunk(kv_type, &values[start * stride..], stride, len, hd, &mut s.chunk, &mut s.row);
+            for i in 0..nq {
+                let m = visible(i).saturating_sub(start).min(len);
+                if m == 0 {
+                    continue;
+                }
+                let p = &s.scores[i * n_keys + start..i * n_keys + start + m];
+                axpy_rows(dtype, p, chunk, chunk_stride, &mut out[i * hd..(i + 1) * hd]);
+            }
+        }
+        for (i, o) in out.chunks_exact_mut(hd).enumerate() {
+            let inv = s.inv[i];
+            o.iter_mut().for_each(|v| *v *= inv);
+        }
+    });
+}
+
+/// `len` rows of one head (`hd` values at the start of each `stride`-byte row of `src`) in a format the row
+/// kernels read: f16 and f32 in place, q8_0 converted to f32 into `buf`. Returns (format, bytes, stride).
+fn load_chunk<'a>(
+    kv_type: KvType,
+    src: &'a [u8],
+    stride: usize,
+    len: usize,
+    hd: usize,
+    buf: &'a mut Vec<u8>,
+    row: &mut Vec<f32>,
+) -> (DType, &'a [u8], usize) {
+    match kv_type {
+        KvType::F16 | KvType::F32 => (kv_type.dtype(), src, stride),
+        KvType::Q8_0 => {
+            let head_bytes = kv_type.bytes_for(hd);
+            row.resize(hd, 0.0);
+            buf.clear();
+            for t in 0..len {
+                dequantize_row(DType::Q8_0, &src[t * stride..t * stride + head_bytes], row);
+                buf.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+            }
+            (DType::F32, &buf[..], hd * 4)
+        }
+    }
+}
+
+/// Per-thread scratch of one task.
+#[derive(Default)]
+struct TaskScratch {
+    /// The task's query vectors as f32 bytes, `[nq][head_dim]`.
+    queries: Vec<u8>,
+    /// Scores, then probabilities, `[nq][n_keys]`.
+    scores: Vec<f32>,
+    /// 1 / softmax denominator of each query.
+    inv: Vec<f32>,
+    /// A q8_0 chunk converted to f32 bytes, and one row of it as f32.
+    chunk: Vec<u8>,
+    row: Vec<f32>,
+}
+
+thread_local! {
+    static TASK_SCRATCH: std::cell::RefCell<TaskScratch> = std::cell::RefCell::new(TaskScratch::default());
+}
