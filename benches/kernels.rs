@@ -35,7 +35,7 @@ fn quantized(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
 
 fn matrix(dtype: DType, rows: usize, cols: usize) -> Matrix {
     let bytes = rows * dtype.row_bytes(cols).unwrap();
-    Matrix { name: format!("bench {dtype}"), dtype, rows, cols, range: 0..bytes }
+    Matrix { name: format!("bench {dtype}"), dtype, rows, cols, range: 0..bytes, packed: None }
 }
 
 /// Plain sequential reads with all threads: the ceiling for decode on this machine.

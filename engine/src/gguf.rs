@@ -150,6 +150,27 @@ impl GgufFile {
         let _ = self.map.advise(memmap2::Advice::WillNeed);
     }
 
+    /// Drop this process's mapping of the whole pages inside `range` (a tensor copied elsewhere, e.g.
+    /// prepacked), so they stop counting in its resident memory. The file's pages stay in the page cache
+    /// for other readers, and the kernel may reclaim them. Reading the range again later is still
+    /// correct (the pages fault back in from the file), only slower. Best effort: errors are ignored.
+    pub fn release_pages(&self, range: Range<usize>) {
+        const PAGE: usize = 4096;
+        let start = range.start.next_multiple_of(PAGE);
+        let end = range.end.min(self.map.len()) / PAGE * PAGE;
+        if start >= end {
+            return;
+        }
+        // SAFETY: the map is a read-only shared mapping of a file (`Mmap::map`). MADV_DONTNEED on such a
+        // mapping only drops the page-table entries: the next access faults the same bytes back in from the
+        // file, so every `&[u8]` view stays valid and keeps its contents (the UB memmap2 warns about concerns
+        // private and anonymous mappings, whose contents MADV_DONTNEED discards). `start` is page-aligned
+        // relative to the map (which is page-aligned), so memmap2 releases no byte outside `range`.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+
     /// Metadata string, if present and a string.
     pub fn get_str(&self, key: &str) -> Option<&str> {
         self.metadata.get(key).and_then(Value::as_str)

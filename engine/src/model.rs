@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Context, Result};
 use quire_kernels::{dequantize_row, DType};
+use rayon::prelude::*;
 
 use crate::attention::attention;
 use crate::config::{Arch, Config};
@@ -62,12 +63,18 @@ pub enum Logits {
 }
 
 impl Model {
-    /// Find and check every tensor of a Qwen2/Qwen3 model in an open GGUF file.
+    /// Find and check every tensor of a Qwen2/Qwen3 model in an open GGUF file, and prepack the matrices
+    /// the kernels have a prepacked layout for (unless `QUIRE_PREPACK=0`).
     pub fn load(file: GgufFile) -> Result<Model> {
+        Model::load_with(file, std::env::var("QUIRE_PREPACK").as_deref() != Ok("0"))
+    }
+
+    /// [`Model::load`], prepacking or not as told.
+    pub fn load_with(file: GgufFile, prepack_weights: bool) -> Result<Model> {
         let config = Config::from_gguf(&file)?;
         let c = &config;
         let token_embd = matrix(&file, "token_embd.weight", c.dim, c.vocab_size)?;
-        let output = match file.tensor_info("output.weight") {
+        let mut output = match file.tensor_info("output.weight") {
             Some(_) => matrix(&file, "output.weight", c.dim, c.vocab_size)?,
             None => token_embd.clone(),
         };
@@ -104,6 +111,18 @@ impl Model {
                 w_down: matrix(&file, &name("ffn_down.weight"), c.ffn_dim, c.dim)?,
             });
         }
+        if prepack_weights {
+            for layer in &mut layers {
+                let Layer { wq, wk, wv, wo, w_gate, w_up, w_down, .. } = layer;
+                for m in [wq, wk, wv, wo, w_gate, w_up, w_down] {
+                    prepack(&file, m)?;
+                }
+            }
+            // a tied output head is also the embedding table, whose rows are read in the file's layout
+            if file.tensor_info("output.weight").is_some() {
+                prepack(&file, &mut output)?;
+            }
+        }
         let inv_freq = ops::rope_inv_freq(c.head_dim, c.rope_base);
         Ok(Model { config, file, token_embd, layers, output_norm, output, inv_freq })
     }
@@ -114,8 +133,12 @@ impl Model {
         Model::load(file)
     }
 
-    fn w(&self, m: &Matrix) -> &[u8] {
-        self.file.bytes(m.range.clone())
+    /// A matrix's bytes: its prepacked copy, or its range of the mapped file.
+    fn w<'a>(&'a self, m: &'a Matrix) -> &'a [u8] {
+        match &m.packed {
+            Some(p) => p,
+            None => self.file.bytes(m.range.clone()),
+        }
     }
 
     /// Run `tokens` (at positions `kv.len()..`) through the model, appending their keys and values to
@@ -261,6 +284,13 @@ impl Model {
         Ok(&s.logits)
     }
 
+    /// How many matrices are held prepacked (0 where the CPU or the formats have no prepacked layout).
+    pub fn n_prepacked(&self) -> usize {
+        let layers =
+            self.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+        layers.chain([&self.output]).filter(|m| m.packed.is_some()).count()
+    }
+
     /// Parameter count of every tensor in the file, as "1.54B" / "4.02B" / "2.1M".
     pub fn n_params(&self) -> String {
         let n: usize = self.file.tensors().iter().map(|t| t.n_elements()).sum();
@@ -347,7 +377,31 @@ fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Matri
             file.path().display()
         );
     }
-    Ok(Matrix { name: name.to_string(), dtype: t.dtype, rows, cols, range: t.range.clone() })
+    Ok(Matrix { name: name.to_string(), dtype: t.dtype, rows, cols, range: t.range.clone(), packed: None })
+}
+
+/// Rewrites a Q4_0/Q8_0 matrix into the kernels' prepacked layout where this CPU has the panel kernels
+/// (AVX-512), in parallel, then releases the file's pages of the original, so resident memory stays one
+/// copy of the weights. Decoding several sequences at once spends half its time transposing weight
+/// panels without this; prepacked, the transposition is done once here. Elsewhere (other formats, other
+/// CPUs, `QUIRE_PREPACK=0`) the matrix stays in the file's layout: results are the same bits either way.
+fn prepack(file: &GgufFile, m: &mut Matrix) -> Result<()> {
+    if !quire_kernels::can_prepack(m.dtype, m.rows) {
+        return Ok(());
+    }
+    let src = file.bytes(m.range.clone());
+    // Zeroed allocations come straight from the kernel as untouched pages, so they are faulted in (and
+    // cleared) by the parallel writers below rather than by a serial memset here. Resident memory stays
+    // one copy of the weights: each matrix's file pages are released once it is copied.
+    let mut dst = vec![0u8; src.len()];
+    // 64 panels of 16 rows per task
+    let chunk = 64 * quire_kernels::matmul::PANEL_ROWS * m.row_bytes();
+    dst.par_chunks_mut(chunk)
+        .zip(src.par_chunks(chunk))
+        .for_each(|(d, s)| quire_kernels::prepack(m.dtype, m.cols, s, d));
+    file.release_pages(m.range.clone());
+    m.packed = Some(std::sync::Arc::new(dst));
+    Ok(())
 }
 
 /// A 1-D weight of length `len`, dequantized to f32.

@@ -5,10 +5,11 @@
 //! Every output element is one dot product computed by one thread, so results are bit-identical for any
 //! thread count.
 
-use quire_kernels::{gemm, DType, QuantizedActs};
+use quire_kernels::{gemm, gemm_prepacked, DType, QuantizedActs};
 use rayon::prelude::*;
 
-/// A weight matrix inside the mapped file: `rows` rows of `cols` values in `dtype`, row-major.
+/// A weight matrix: `rows` rows of `cols` values in `dtype`, row-major, at `range` of the mapped file, or
+/// rewritten once at load into the kernels' prepacked layout (same size; see `quire_kernels::prepack`).
 #[derive(Clone, Debug)]
 pub struct Matrix {
     pub name: String,
@@ -16,6 +17,8 @@ pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
     pub range: std::ops::Range<usize>,
+    /// The prepacked copy, when there is one (the file's pages of `range` are then released).
+    pub packed: Option<std::sync::Arc<Vec<u8>>>,
 }
 
 impl Matrix {
@@ -51,6 +54,7 @@ pub fn matmul(w: &Matrix, w_bytes: &[u8], x: &[f32], out: &mut [f32], scratch: &
 
     scratch.acts.quantize(w.dtype, w.cols, x);
     let acts = &scratch.acts;
+    let gemm = if w.packed.is_some() { gemm_prepacked } else { gemm };
     let row_bytes = w.row_bytes();
     let threads = rayon::current_num_threads().max(1);
 

@@ -166,3 +166,29 @@ fn quantized_files_track_llamacpp_logits() {
         assert!(worst <= 0.3, "{ty}: logits differ from llama.cpp's by {worst}");
     }
 }
+
+/// Prepacked Q4_0/Q8_0 weights (AVX-512 machines) give the same logits, bit for bit, as the file's layout.
+#[test]
+fn prepacked_weights_give_identical_logits() {
+    let reference = read_json("tiny-qwen3/reference.json");
+    let ids = ids(&reference["prompts"]["long_random"]["ids"]);
+    for ty in ["q4_0", "q8_0"] {
+        let open = |prepack| {
+            let file = quire_engine::gguf::GgufFile::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
+            Model::load_with(file, prepack).unwrap()
+        };
+        let (packed, plain) = (open(true), open(false));
+        assert_eq!(plain.n_prepacked(), 0);
+        let dtype = if ty == "q4_0" { quire_kernels::DType::Q4_0 } else { quire_kernels::DType::Q8_0 };
+        if quire_kernels::can_prepack(dtype, 16) {
+            assert_eq!(packed.n_prepacked(), 7 * packed.config.n_layers, "{ty}: every layer matrix");
+        }
+        for batch in [1, 5, 512] {
+            assert_eq!(
+                run_prompt(&packed, &ids, batch),
+                run_prompt(&plain, &ids, batch),
+                "{ty}, batch {batch}"
+            );
+        }
+    }
+}

@@ -40,7 +40,7 @@ pub mod formats;
 pub mod matmul;
 pub mod x86;
 
-pub use matmul::{gemm, QuantizedActs};
+pub use matmul::{can_prepack, gemm, gemm_prepacked, prepack, QuantizedActs};
 
 use formats::{check_row, format};
 

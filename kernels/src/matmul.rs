@@ -148,6 +148,77 @@ pub fn has_panel_kernel(isa: Isa, wtype: DType) -> bool {
     isa == Isa::Avx512 && matches!(wtype, DType::Q4_0 | DType::Q8_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K)
 }
 
+/// Whether a `wtype` matrix of `n_rows` rows can be stored prepacked ([`prepack`]) for the
+/// process instruction set: Q4_0 and Q8_0 on AVX-512, whole panels of sixteen rows.
+pub fn can_prepack(wtype: DType, n_rows: usize) -> bool {
+    n_rows > 0
+        && n_rows.is_multiple_of(PANEL_ROWS)
+        && has_panel_kernel(dispatch::isa(), wtype)
+        && matches!(wtype, DType::Q4_0 | DType::Q8_0)
+}
+
+/// Rows per panel of the panel kernels (and of the prepacked layout).
+pub const PANEL_ROWS: usize = 16;
+
+/// Rewrites `w` (whole panels of sixteen `wtype` rows of `k` values) into the prepacked layout
+/// in `out`, which has the same length: per panel, per block, the quants already transposed
+/// for the panel kernels and the sixteen scales, so [`gemm_prepacked`] skips the
+/// transposition that [`gemm`] does for every panel it reads. Decoding a few sequences at
+/// once is dominated by that transposition; prepacked, it costs a few loads. Callers may
+/// convert any whole-panel slice of a matrix independently (in parallel).
+///
+/// # Panics
+/// If [`can_prepack`] is false for these rows, or the lengths do not match.
+pub fn prepack(wtype: DType, k: usize, w: &[u8], out: &mut [u8]) {
+    let row_bytes = wtype.row_bytes(k).expect("whole blocks");
+    assert!(w.len().is_multiple_of(row_bytes) && out.len() == w.len(), "prepack lengths");
+    let n_rows = w.len() / row_bytes;
+    assert!(can_prepack(wtype, n_rows), "{wtype} x {n_rows} rows cannot be prepacked here");
+    #[cfg(target_arch = "x86_64")]
+    {
+        let panel_bytes = PANEL_ROWS * row_bytes;
+        for (r, dst) in out.chunks_exact_mut(panel_bytes).enumerate() {
+            let panel = crate::x86::avx512::Panel::new(w, row_bytes, r * PANEL_ROWS, PANEL_ROWS);
+            // SAFETY: `can_prepack` holds, so the process instruction set is AVX-512 (F/BW/VL/
+            // VNNI, with AVX2, FMA and F16C), which this CPU supports.
+            unsafe {
+                crate::x86::avx512::prepack_panel(wtype.block_bytes(), &panel, k / wtype.block_len(), dst)
+            };
+        }
+    }
+}
+
+/// [`gemm`] for a matrix stored by [`prepack`]: the same results, bit for bit.
+///
+/// # Panics
+/// As [`gemm`], and if [`can_prepack`] is false for this matrix.
+pub fn gemm_prepacked(wtype: DType, w: &[u8], acts: &QuantizedActs, tokens: Range<usize>, out: &mut [f32]) {
+    let (n_rows, tokens) = check_gemm(wtype, w, acts, tokens, out);
+    assert!(can_prepack(wtype, n_rows), "{wtype} x {n_rows} rows is not a prepacked matrix");
+    if tokens.is_empty() {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    gemm_avx512(wtype, acts.k, w, n_rows, acts, tokens, out, true);
+}
+
+/// Checks the arguments of a matrix product; returns the number of weight rows.
+fn check_gemm(
+    wtype: DType,
+    w: &[u8],
+    acts: &QuantizedActs,
+    tokens: Range<usize>,
+    out: &[f32],
+) -> (usize, Range<usize>) {
+    assert_eq!(acts.wtype, Some(wtype), "activations quantized for {:?}, weights are {wtype}", acts.wtype);
+    let row_bytes = wtype.row_bytes(acts.k).expect("checked when quantizing");
+    assert!(w.len().is_multiple_of(row_bytes), "{wtype}: {} bytes are not rows of {row_bytes}", w.len());
+    let n_rows = w.len() / row_bytes;
+    assert!(tokens.start <= tokens.end && tokens.end <= acts.n_tokens, "tokens {tokens:?} out of range");
+    assert_eq!(out.len(), tokens.len() * n_rows, "output length");
+    (n_rows, tokens)
+}
+
 fn gemm_checked(
     isa: Isa,
     wtype: DType,
@@ -156,19 +227,15 @@ fn gemm_checked(
     tokens: Range<usize>,
     out: &mut [f32],
 ) {
-    assert_eq!(acts.wtype, Some(wtype), "activations quantized for {:?}, weights are {wtype}", acts.wtype);
+    let (n_rows, tokens) = check_gemm(wtype, w, acts, tokens, out);
     let k = acts.k;
     let row_bytes = wtype.row_bytes(k).expect("checked when quantizing");
-    assert!(w.len().is_multiple_of(row_bytes), "{wtype}: {} bytes are not rows of {row_bytes}", w.len());
-    let n_rows = w.len() / row_bytes;
-    assert!(tokens.start <= tokens.end && tokens.end <= acts.n_tokens, "tokens {tokens:?} out of range");
-    assert_eq!(out.len(), tokens.len() * n_rows, "output length");
     if tokens.is_empty() || n_rows == 0 {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if has_panel_kernel(isa, wtype) {
-        gemm_avx512(wtype, k, w, n_rows, acts, tokens, out);
+        gemm_avx512(wtype, k, w, n_rows, acts, tokens, out, false);
         return;
     }
     for (t, out_t) in tokens.zip(out.chunks_exact_mut(n_rows)) {
@@ -189,7 +256,9 @@ thread_local! {
 #[cfg(target_arch = "x86_64")]
 const TILE: usize = 8;
 
+/// The panel kernels: `w` in the file's layout, or in [`prepack`]'s when `prepacked`.
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
 fn gemm_avx512(
     wtype: DType,
     k: usize,
@@ -198,8 +267,9 @@ fn gemm_avx512(
     acts: &QuantizedActs,
     tokens: Range<usize>,
     out: &mut [f32],
+    prepacked: bool,
 ) {
-    use crate::x86::avx512::{self, Panel, Q8KSide, Q8_0Side, Side, PANEL_ROWS};
+    use crate::x86::avx512::{self, Panel, Q8KSide, Q8_0Side, Side};
     let block_bytes = wtype.block_bytes();
     let n_blocks = k / wtype.block_len();
     let row_bytes = n_blocks * block_bytes;
@@ -212,10 +282,17 @@ fn gemm_avx512(
         packed.resize(n_blocks * avx512::vecs_per_block(block_bytes), zero_vector());
         for r0 in (0..n_rows).step_by(PANEL_ROWS) {
             let n = PANEL_ROWS.min(n_rows - r0);
-            let panel = Panel::new(w, row_bytes, r0, n);
-            // SAFETY: only reached when `has_panel_kernel(isa, wtype)` holds for a supported
-            // `isa`, i.e. the CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
-            unsafe { avx512::pack_panel(block_bytes, &panel, n_blocks, packed) };
+            if prepacked {
+                let src = &w[r0 * row_bytes..(r0 + PANEL_ROWS) * row_bytes];
+                // SAFETY: only reached when `can_prepack` holds: the process instruction set
+                // is AVX-512 (F/BW/VL/VNNI, with AVX2, FMA and F16C).
+                unsafe { avx512::pack_prepacked_panel(block_bytes, src, n_blocks, packed) };
+            } else {
+                let panel = Panel::new(w, row_bytes, r0, n);
+                // SAFETY: only reached when `has_panel_kernel(isa, wtype)` holds for a supported
+                // `isa`, i.e. the CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
+                unsafe { avx512::pack_panel(block_bytes, &panel, n_blocks, packed) };
+            }
             let mut put = |t: usize, lanes: &[f32; PANEL_ROWS]| {
                 let at = (t - t0) * n_rows + r0;
                 out[at..at + n].copy_from_slice(&lanes[..n]);
@@ -232,19 +309,30 @@ fn gemm_avx512(
                 }
                 t += TILE;
             }
-            for t in t..tokens.end {
-                // SAFETY: as for `pack_panel` above.
-                let res = unsafe {
-                    avx512::panel_dots::<1>(
-                        block_bytes,
-                        packed,
-                        n_blocks,
-                        [acts.row(t)],
-                        &side,
-                        [t * n_blocks],
-                    )
-                };
-                put(t, &res[0]);
+            // The last tokens (fewer than a tile: all of them when decoding a few streams) in one
+            // pass over the panel, so its weights are loaded once for all of them.
+            macro_rules! tail {
+                ($n:literal) => {{
+                    let rows: [&[u8]; $n] = std::array::from_fn(|i| acts.row(t + i));
+                    let starts = std::array::from_fn(|i| (t + i) * n_blocks);
+                    // SAFETY: as for `pack_panel` above.
+                    let res = unsafe {
+                        avx512::panel_dots::<$n>(block_bytes, packed, n_blocks, rows, &side, starts)
+                    };
+                    for (i, lanes) in res.iter().enumerate() {
+                        put(t + i, lanes);
+                    }
+                }};
+            }
+            match tokens.end - t {
+                0 => {}
+                1 => tail!(1),
+                2 => tail!(2),
+                3 => tail!(3),
+                4 => tail!(4),
+                5 => tail!(5),
+                6 => tail!(6),
+                _ => tail!(7),
             }
         }
     });

@@ -158,3 +158,64 @@ fn gemm_rejects_activations_of_another_format() {
     let mut out = [0.0f32; 1];
     quire_kernels::gemm(DType::Q8_0, &[0u8; 34], &acts, 0..1, &mut out);
 }
+
+/// Prepacked Q4_0/Q8_0 matrices (AVX-512 only: elsewhere `can_prepack` is false and the engine keeps the
+/// file's layout) give the scalar reference's bits, for whole batches, single tokens, every tail size of
+/// the token tiles and a whole-panel row split.
+#[test]
+fn prepacked_gemm_equals_scalar() {
+    let mut rng = common::rng(13);
+    let mut checked = 0;
+    for dtype in [DType::Q4_0, DType::Q8_0] {
+        for (k, rows, tokens) in [(32, 16, 1), (512, 32, 4), (2560, 48, 13), (96, 16, 7)] {
+            if !quire_kernels::can_prepack(dtype, rows) {
+                continue;
+            }
+            for (raw, ws, xs) in [(false, 0.05f32, 1.0f32), (true, 1.0, 40.0), (true, 6e4, 1e4)] {
+                let what = format!("{dtype} k={k} rows={rows} tokens={tokens} raw={raw} scales {ws}/{xs}");
+                let w = weights(&mut rng, dtype, rows, k, raw, ws);
+                let mut x = common::random_values(&mut rng, tokens * k, xs);
+                x[..k].fill(0.0);
+                let row_bytes = dtype.row_bytes(k).unwrap();
+                let mut packed = vec![0u8; w.len()];
+                quire_kernels::prepack(dtype, k, &w, &mut packed);
+                assert_ne!(packed, w, "{what}: the layout changed");
+                let mut acts = QuantizedActs::new();
+                acts.quantize(dtype, k, &x);
+                let mut out = vec![f32::NAN; rows * tokens];
+                quire_kernels::gemm_prepacked(dtype, &packed, &acts, 0..tokens, &mut out);
+                for (i, got) in out.iter().enumerate() {
+                    let (t, r) = (i / rows, i % rows);
+                    let want = vec_dot_scalar(dtype, k, &w[r * row_bytes..(r + 1) * row_bytes], acts.row(t));
+                    assert_eq!(got.to_bits(), want.to_bits(), "{what}: token {t} row {r}: {got} vs {want}");
+                }
+                for t in 0..tokens {
+                    let mut one = vec![f32::NAN; rows];
+                    quire_kernels::gemm_prepacked(dtype, &packed, &acts, t..t + 1, &mut one);
+                    assert_eq!(one, out[t * rows..(t + 1) * rows], "{what}: token {t} alone");
+                }
+                // the second panel on its own (how threads split rows)
+                if rows >= 32 {
+                    let mut tail = vec![f32::NAN; (rows - 16) * tokens];
+                    quire_kernels::gemm_prepacked(
+                        dtype,
+                        &packed[16 * row_bytes..],
+                        &acts,
+                        0..tokens,
+                        &mut tail,
+                    );
+                    for t in 0..tokens {
+                        assert_eq!(
+                            tail[t * (rows - 16)..(t + 1) * (rows - 16)],
+                            out[t * rows + 16..(t + 1) * rows]
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    if dispatch::isa() == Isa::Avx512 {
+        assert_eq!(checked, 24, "every shape ran on this AVX-512 machine");
+    }
+}
