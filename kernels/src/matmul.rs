@@ -282,12 +282,15 @@ fn gemm_avx512(
         packed.resize(n_blocks * avx512::vecs_per_block(block_bytes), zero_vector());
         for r0 in (0..n_rows).step_by(PANEL_ROWS) {
             let n = PANEL_ROWS.min(n_rows - r0);
-            if prepacked {
-                let src = &w[r0 * row_bytes..(r0 + PANEL_ROWS) * row_bytes];
-                // SAFETY: only reached when `can_prepack` holds: the process instruction set
-                // is AVX-512 (F/BW/VL/VNNI, with AVX2, FMA and F16C).
+            // A prepacked panel is read in place by a batch of at most one tile (decoding); a larger
+            // batch unpacks it into scratch once, as a panel in the file's layout is always packed.
+            let src = &w[r0 * row_bytes..(r0 + n) * row_bytes];
+            let in_place = prepacked && tokens.len() <= TILE;
+            if prepacked && !in_place {
+                // SAFETY: `can_prepack` held when the matrix was prepacked: the process
+                // instruction set is AVX-512 (F/BW/VL/VNNI, with AVX2, FMA and F16C).
                 unsafe { avx512::pack_prepacked_panel(block_bytes, src, n_blocks, packed) };
-            } else {
+            } else if !prepacked {
                 let panel = Panel::new(w, row_bytes, r0, n);
                 // SAFETY: only reached when `has_panel_kernel(isa, wtype)` holds for a supported
                 // `isa`, i.e. the CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
@@ -297,42 +300,47 @@ fn gemm_avx512(
                 let at = (t - t0) * n_rows + r0;
                 out[at..at + n].copy_from_slice(&lanes[..n]);
             };
+            // `$n` tokens from `$t` against this panel.
+            macro_rules! dots {
+                ($n:literal, $t:expr) => {{
+                    let rows: [&[u8]; $n] = std::array::from_fn(|i| acts.row($t + i));
+                    let starts = std::array::from_fn(|i| ($t + i) * n_blocks);
+                    // SAFETY: as for `pack_panel` above (and `can_prepack` held when the
+                    // matrix was prepacked, which also requires AVX-512).
+                    let res = unsafe {
+                        match (&side, in_place) {
+                            (Side::Q8_0(s), true) => avx512::panel_dots_prepacked::<$n>(
+                                block_bytes,
+                                src,
+                                n_blocks,
+                                rows,
+                                s,
+                                starts,
+                            ),
+                            _ => avx512::panel_dots::<$n>(block_bytes, packed, n_blocks, rows, &side, starts),
+                        }
+                    };
+                    for (i, lanes) in res.iter().enumerate() {
+                        put($t + i, lanes);
+                    }
+                }};
+            }
             let mut t = tokens.start;
             while t + TILE <= tokens.end {
-                let rows: [&[u8]; TILE] = std::array::from_fn(|i| acts.row(t + i));
-                let starts = std::array::from_fn(|i| (t + i) * n_blocks);
-                // SAFETY: as for `pack_panel` above.
-                let res =
-                    unsafe { avx512::panel_dots::<TILE>(block_bytes, packed, n_blocks, rows, &side, starts) };
-                for (i, lanes) in res.iter().enumerate() {
-                    put(t + i, lanes);
-                }
+                dots!(8, t);
                 t += TILE;
             }
             // The last tokens (fewer than a tile: all of them when decoding a few streams) in one
             // pass over the panel, so its weights are loaded once for all of them.
-            macro_rules! tail {
-                ($n:literal) => {{
-                    let rows: [&[u8]; $n] = std::array::from_fn(|i| acts.row(t + i));
-                    let starts = std::array::from_fn(|i| (t + i) * n_blocks);
-                    // SAFETY: as for `pack_panel` above.
-                    let res = unsafe {
-                        avx512::panel_dots::<$n>(block_bytes, packed, n_blocks, rows, &side, starts)
-                    };
-                    for (i, lanes) in res.iter().enumerate() {
-                        put(t + i, lanes);
-                    }
-                }};
-            }
             match tokens.end - t {
                 0 => {}
-                1 => tail!(1),
-                2 => tail!(2),
-                3 => tail!(3),
-                4 => tail!(4),
-                5 => tail!(5),
-                6 => tail!(6),
-                _ => tail!(7),
+                1 => dots!(1, t),
+                2 => dots!(2, t),
+                3 => dots!(3, t),
+                4 => dots!(4, t),
+                5 => dots!(5, t),
+                6 => dots!(6, t),
+                _ => dots!(7, t),
             }
         }
     });

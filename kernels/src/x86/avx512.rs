@@ -367,7 +367,7 @@ pub fn can_prepack(block_bytes: usize) -> bool {
 /// exactly the bytes of the sixteen rows (so a matrix keeps its size) in the order [`pack_panel`] reads
 /// them: for every block, the quants transposed (vector `g`, lane `i` = quant bytes `4g..4g + 4` of row
 /// `i`: four vectors for Q4_0, eight for Q8_0), then the sixteen f16 block scales. Unpacking such a block
-/// ([`pack_prepacked_panel`]) costs a few loads instead of sixteen row loads, four transposes and a gather.
+/// ([`panel_dots_prepacked`]) costs a few loads instead of sixteen row loads, four transposes and a gather.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (see
@@ -394,7 +394,7 @@ pub fn prepack_panel(block_bytes: usize, p: &Panel, n_blocks: usize, out: &mut [
 }
 
 /// [`pack_panel`] for a panel stored by [`prepack_panel`] (`src`: its `n_blocks · 16 · block_bytes`
-/// bytes): the same packed vectors, so the results of [`panel_dots`] are the same bits.
+/// bytes): the same packed vectors, for batches large enough to reuse them many times.
 ///
 /// # Safety
 /// As [`prepack_panel`].
@@ -402,31 +402,74 @@ pub fn prepack_panel(block_bytes: usize, p: &Panel, n_blocks: usize, out: &mut [
 pub fn pack_prepacked_panel(block_bytes: usize, src: &[u8], n_blocks: usize, out: &mut [__m512i]) {
     assert!(can_prepack(block_bytes), "no prepacked layout for blocks of {block_bytes} bytes");
     assert!(src.len() == n_blocks * PANEL_ROWS * block_bytes && out.len() >= n_blocks * Q32_VECS);
-    let low = splat(0x0f0f_0f0f);
-    let flip = splat(0x8080_8080);
+    for (b, dst) in out.chunks_exact_mut(Q32_VECS).take(n_blocks).enumerate() {
+        *<&mut [__m512i; Q32_VECS]>::try_from(dst).expect("block vectors") =
+            unpack_prepacked_block(block_bytes, src, b);
+    }
+}
+
+/// The packed vectors of block `b` of a prepacked Q4_0/Q8_0 panel (`src`), as [`pack_q4_0_block`] /
+/// [`pack_q8_0_block`] make them from the file's layout.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn unpack_prepacked_block(block_bytes: usize, src: &[u8], b: usize) -> [__m512i; Q32_VECS] {
+    let base = b * PANEL_ROWS * block_bytes;
     let load = |at: usize| {
-        let v: &[u8; 64] = array_at(src, at);
+        let v: &[u8; 64] = array_at(src, base + at);
         // SAFETY: 64 readable bytes; `loadu` has no alignment requirement.
         unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
     };
-    for (b, dst) in out.chunks_exact_mut(Q32_VECS).take(n_blocks).enumerate() {
-        let base = b * PANEL_ROWS * block_bytes;
-        let scales: &[u8; 32] = array_at(src, base + PANEL_ROWS * block_bytes - 32);
-        // SAFETY: 32 readable bytes; `loadu` has no alignment requirement.
-        let d = unsafe { _mm256_loadu_si256(scales.as_ptr().cast()) };
-        dst[8] = as_int(_mm512_cvtph_ps(d));
-        if block_bytes == q4_0::BLOCK_BYTES {
-            for g in 0..4 {
-                let q = load(base + 64 * g);
-                dst[g] = _mm512_and_si512(q, low);
-                dst[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), low);
-            }
-        } else {
-            for (g, v) in dst[..8].iter_mut().enumerate() {
-                *v = _mm512_xor_si512(load(base + 64 * g), flip);
-            }
+    let mut w = [_mm512_setzero_si512(); Q32_VECS];
+    let scales: &[u8; 32] = array_at(src, base + PANEL_ROWS * block_bytes - 32);
+    // SAFETY: 32 readable bytes; `loadu` has no alignment requirement.
+    let d = unsafe { _mm256_loadu_si256(scales.as_ptr().cast()) };
+    w[8] = as_int(_mm512_cvtph_ps(d));
+    if block_bytes == q4_0::BLOCK_BYTES {
+        let low = splat(0x0f0f_0f0f);
+        for g in 0..4 {
+            let q = load(64 * g);
+            w[g] = _mm512_and_si512(q, low);
+            w[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), low);
+        }
+    } else {
+        let flip = splat(0x8080_8080);
+        for (g, v) in w[..8].iter_mut().enumerate() {
+            *v = _mm512_xor_si512(load(64 * g), flip);
         }
     }
+    w
+}
+
+/// [`panel_dots`] straight from a prepacked Q4_0/Q8_0 panel (`src`, see [`prepack_panel`]): each block
+/// is unpacked in registers and used for all `T` activation rows, without a scratch copy. The same
+/// vectors as [`pack_panel`] makes from the file's layout and the same operations as [`panel_dots`], so
+/// the same bits.
+///
+/// # Safety
+/// As [`prepack_panel`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub fn panel_dots_prepacked<const T: usize>(
+    block_bytes: usize,
+    src: &[u8],
+    n_blocks: usize,
+    acts: [&[u8]; T],
+    side: &Q8_0Side,
+    side_start: [usize; T],
+) -> [[f32; PANEL_ROWS]; T] {
+    assert!(can_prepack(block_bytes) && src.len() == n_blocks * PANEL_ROWS * block_bytes);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..n_blocks {
+        if b + 2 < n_blocks {
+            // the hardware prefetcher may not run this far ahead of a stream this short
+            let ahead = &src[(b + 2) * PANEL_ROWS * block_bytes..];
+            for line in (0..PANEL_ROWS * block_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().wrapping_add(line).cast());
+            }
+        }
+        let w = unpack_prepacked_block(block_bytes, src, b);
+        q32_block::<T>(&w, b, acts, side, side_start, &mut acc);
+    }
+    lanes(acc)
 }
 
 // ---------------------------------------------------------------- compute
@@ -494,7 +537,24 @@ fn compute_q32<const T: usize>(
 ) -> [__m512; T] {
     let mut acc = [_mm512_setzero_ps(); T];
     for (b, w) in packed.chunks_exact(Q32_VECS).take(n_blocks).enumerate() {
-        let w: &[__m512i; Q32_VECS] = w.try_into().expect("block vectors");
+        q32_block::<T>(w.try_into().expect("block vectors"), b, acts, side, side_start, &mut acc);
+    }
+    acc
+}
+
+/// One Q4_0/Q8_0 block of sixteen rows (`w`, packed) times block `b` of `T` activation rows, added to
+/// `acc`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn q32_block<const T: usize>(
+    w: &[__m512i; Q32_VECS],
+    b: usize,
+    acts: [&[u8]; T],
+    side: &Q8_0Side,
+    side_start: [usize; T],
+    acc: &mut [__m512; T],
+) {
+    {
         let dw = as_float(w[8]);
         for_each_token!(T, |t| {
             let a: &[u8; q8_0::BLOCK_BYTES] = array_at(acts[t], b * q8_0::BLOCK_BYTES);
@@ -512,7 +572,6 @@ fn compute_q32<const T: usize>(
             acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), d, acc[t]);
         });
     }
-    acc
 }
 
 /// Side data of a batch of Q8_K activation rows: per super-block the scale and four
@@ -661,6 +720,13 @@ pub fn panel_dots<const T: usize>(
         (q6_k::BLOCK_BYTES, Side::Q8K(s)) => compute_q6_k::<T>(packed, n_blocks, acts, s, side_start),
         _ => unreachable!("activation side data does not match the weight format"),
     };
+    lanes(acc)
+}
+
+/// Each accumulator's sixteen lanes as an array.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn lanes<const T: usize>(acc: [__m512; T]) -> [[f32; PANEL_ROWS]; T] {
     acc.map(|v| {
         let mut out = [0.0f32; PANEL_ROWS];
         // SAFETY: `out` is sixteen writable f32; `storeu` has no alignment requirement.
