@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
 # Continuous batching, measured through the HTTP server: aggregate decode tokens/s with 1, 2 and 4 concurrent
-# streams, and time to first token of a 512-token prompt while two other streams decode.
-#   benches/server-concurrency.sh MODEL.gguf [N_TOKENS]
-# Prints a Markdown table (append it to benches/RESULTS.md with the machine and date).
+# streams, and the time to first token of a 512-token prompt while two other streams decode.
+#
+#   benches/server-concurrency.sh MODEL.gguf [N_TOKENS] [--write]
+#
+# Starts `quire serve --parallel 4` on a free port; each stream is a greedy /v1/completions request of
+# N_TOKENS (default 128) tokens with ignore_eos. The aggregate decode rate of k streams is the number of
+# tokens they generate after their first one, divided by the time from the first stream's first token to
+# the last stream's last token (prompt processing is not decode). Prints a Markdown section; --write also
+# puts it into benches/RESULTS.md above the server marker line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL="$1"
-N="${2:-64}"
+MODEL="${1:?usage: benches/server-concurrency.sh MODEL.gguf [N_TOKENS] [--write]}"
+N="${2:-128}"
+WRITE=0
+[[ "${3:-}" == "--write" || "${2:-}" == "--write" ]] && WRITE=1
+[[ "$N" == "--write" ]] && N=128
 cargo build --release --quiet
 PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 LOG="$(mktemp)"
@@ -19,9 +28,9 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 
-python3 - "$PORT" "$N" <<'PY'
-import json, sys, threading, time, urllib.request
-port, n = sys.argv[1], int(sys.argv[2])
+python3 - "$PORT" "$N" "$MODEL" "$WRITE" "$(git rev-parse --short HEAD)" <<'PY'
+import datetime, json, os, sys, threading, time, urllib.request
+port, n, model, write, commit = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5]
 
 def stream(prompt, max_tokens, out):
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
@@ -35,29 +44,54 @@ def stream(prompt, max_tokens, out):
             continue
         chunk = json.loads(line[6:])
         if chunk.get("choices") and first is None:
-            first = time.time() - t0
+            first = time.time()
         if chunk.get("usage"):
             tokens = chunk["usage"]["completion_tokens"]
-    out.append({"ttft": first, "tokens": tokens, "end": time.time()})
+    out.append({"start": t0, "first": first, "tokens": tokens, "end": time.time()})
 
 def concurrent(k):
-    out = []; threads = [threading.Thread(target=stream, args=(f"Stream {i}: once upon a time", n, out)) for i in range(k)]
-    t0 = time.time()
+    out = []
+    threads = [threading.Thread(target=stream, args=(f"Stream {i}: once upon a time", n, out)) for i in range(k)]
     for t in threads: t.start()
     for t in threads: t.join()
-    return sum(o["tokens"] for o in out) / (max(o["end"] for o in out) - t0)
+    assert all(o["tokens"] == n for o in out), out
+    return sum(o["tokens"] - 1 for o in out) / (max(o["end"] for o in out) - min(o["first"] for o in out))
 
 stream("warm up", 4, [])
 rates = {k: concurrent(k) for k in (1, 2, 4)}
-# TTFT of a 512-token prompt while two streams decode
-bg = []; threads = [threading.Thread(target=stream, args=(f"Background {i}", 4 * n, bg)) for i in range(2)]
+# time to first token of a 512-token prompt while two streams decode
+bg = []
+threads = [threading.Thread(target=stream, args=(f"Background {i}", 4 * n, bg)) for i in range(2)]
 for t in threads: t.start()
 time.sleep(5)
-long = []; stream(" ".join(["word"] * 511), 1, long)
+long = []
+stream(" ".join(["word"] * 511), 1, long)
 for t in threads: t.join()
-print("| streams | aggregate decode t/s | vs 1 stream |")
-print("|---|---|---|")
-for k, r in rates.items():
-    print(f"| {k} | {r:.2f} | {r / rates[1]:.2f}x |")
-print(f"\nTime to first token, 512-token prompt while 2 streams decode: {long[0]['ttft']:.2f} s")
+ttft = long[0]["first"] - long[0]["start"]
+alone = []
+stream(" ".join(["word"] * 511) + " again", 1, alone)
+ttft_alone = alone[0]["first"] - alone[0]["start"]
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+lines = [
+    f"### Server concurrency: {os.path.basename(model)}, {datetime.date.today().isoformat()} (commit {commit})",
+    "",
+    f"Machine: {cpu}, {os.cpu_count()} cores. `benches/server-concurrency.sh {os.path.basename(model)} {n}`: "
+    f"`quire serve --parallel 4`, greedy /v1/completions streams of {n} tokens.",
+    "",
+    "| concurrent streams | aggregate decode t/s | vs 1 stream |",
+    "|---|---|---|",
+] + [f"| {k} | {r:.2f} | {r / rates[1]:.2f}× |" for k, r in rates.items()] + [
+    "",
+    f"Time to first token of a 512-token prompt: {ttft:.2f} s while two streams decode, {ttft_alone:.2f} s alone.",
+    "",
+]
+text = "\n".join(lines)
+print(text)
+if write:
+    path = "benches/RESULTS.md"
+    marker = "<!-- server-concurrency: new tables go above this line -->"
+    body = open(path).read()
+    body = body.replace(marker, text + "\n" + marker, 1) if marker in body else body + "\n" + text
+    open(path, "w").write(body)
 PY

@@ -356,122 +356,6 @@ pub fn pack_panel(block_bytes: usize, p: &Panel, n_blocks: usize, out: &mut [__m
     }
 }
 
-// ---------------------------------------------------------------- prepacked panels
-
-/// Whether Q4_0/Q8_0 panels can be stored prepacked (see [`prepack_panel`]).
-pub fn can_prepack(block_bytes: usize) -> bool {
-    matches!(block_bytes, q4_0::BLOCK_BYTES | q8_0::BLOCK_BYTES)
-}
-
-/// Writes a full panel (sixteen rows) of Q4_0 or Q8_0 blocks in the *prepacked* layout, which holds
-/// exactly the bytes of the sixteen rows (so a matrix keeps its size) in the order [`pack_panel`] reads
-/// them: for every block, the quants transposed (vector `g`, lane `i` = quant bytes `4g..4g + 4` of row
-/// `i`: four vectors for Q4_0, eight for Q8_0), then the sixteen f16 block scales. Unpacking such a block
-/// ([`panel_dots_prepacked`]) costs a few loads instead of sixteen row loads, four transposes and a gather.
-///
-/// # Safety
-/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (see
-/// [`crate::x86::has_avx512`]).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub fn prepack_panel(block_bytes: usize, p: &Panel, n_blocks: usize, out: &mut [u8]) {
-    assert!(can_prepack(block_bytes), "no prepacked layout for blocks of {block_bytes} bytes");
-    assert!(n_blocks * block_bytes <= p.row_bytes && out.len() == n_blocks * PANEL_ROWS * block_bytes);
-    let n_qs = (block_bytes - 2) / 16;
-    for (b, dst) in out.chunks_exact_mut(PANEL_ROWS * block_bytes).enumerate() {
-        let off = b * block_bytes;
-        for h in 0..n_qs {
-            for (g, v) in transpose_16x4(p, off + 2 + 16 * h).into_iter().enumerate() {
-                let at = 64 * (4 * h + g);
-                // SAFETY: `dst` has 16·block_bytes ≥ 64·(4h + g) + 64 bytes for h < n_qs, g < 4.
-                unsafe { _mm512_storeu_si512(dst[at..at + 64].as_mut_ptr().cast(), v) };
-            }
-        }
-        let scales = _mm512_cvtepi32_epi16(gather_u32(p, off));
-        let at = 64 * 4 * n_qs;
-        // SAFETY: the last 32 bytes of `dst`; `storeu` has no alignment requirement.
-        unsafe { _mm256_storeu_si256(dst[at..at + 32].as_mut_ptr().cast(), scales) };
-    }
-}
-
-/// [`pack_panel`] for a panel stored by [`prepack_panel`] (`src`: its `n_blocks · 16 · block_bytes`
-/// bytes): the same packed vectors, for batches large enough to reuse them many times.
-///
-/// # Safety
-/// As [`prepack_panel`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub fn pack_prepacked_panel(block_bytes: usize, src: &[u8], n_blocks: usize, out: &mut [__m512i]) {
-    assert!(can_prepack(block_bytes), "no prepacked layout for blocks of {block_bytes} bytes");
-    assert!(src.len() == n_blocks * PANEL_ROWS * block_bytes && out.len() >= n_blocks * Q32_VECS);
-    for (b, dst) in out.chunks_exact_mut(Q32_VECS).take(n_blocks).enumerate() {
-        *<&mut [__m512i; Q32_VECS]>::try_from(dst).expect("block vectors") =
-            unpack_prepacked_block(block_bytes, src, b);
-    }
-}
-
-/// The packed vectors of block `b` of a prepacked Q4_0/Q8_0 panel (`src`), as [`pack_q4_0_block`] /
-/// [`pack_q8_0_block`] make them from the file's layout.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn unpack_prepacked_block(block_bytes: usize, src: &[u8], b: usize) -> [__m512i; Q32_VECS] {
-    let base = b * PANEL_ROWS * block_bytes;
-    let load = |at: usize| {
-        let v: &[u8; 64] = array_at(src, base + at);
-        // SAFETY: 64 readable bytes; `loadu` has no alignment requirement.
-        unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
-    };
-    let mut w = [_mm512_setzero_si512(); Q32_VECS];
-    let scales: &[u8; 32] = array_at(src, base + PANEL_ROWS * block_bytes - 32);
-    // SAFETY: 32 readable bytes; `loadu` has no alignment requirement.
-    let d = unsafe { _mm256_loadu_si256(scales.as_ptr().cast()) };
-    w[8] = as_int(_mm512_cvtph_ps(d));
-    if block_bytes == q4_0::BLOCK_BYTES {
-        let low = splat(0x0f0f_0f0f);
-        for g in 0..4 {
-            let q = load(64 * g);
-            w[g] = _mm512_and_si512(q, low);
-            w[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), low);
-        }
-    } else {
-        let flip = splat(0x8080_8080);
-        for (g, v) in w[..8].iter_mut().enumerate() {
-            *v = _mm512_xor_si512(load(64 * g), flip);
-        }
-    }
-    w
-}
-
-/// [`panel_dots`] straight from a prepacked Q4_0/Q8_0 panel (`src`, see [`prepack_panel`]): each block
-/// is unpacked in registers and used for all `T` activation rows, without a scratch copy. The same
-/// vectors as [`pack_panel`] makes from the file's layout and the same operations as [`panel_dots`], so
-/// the same bits.
-///
-/// # Safety
-/// As [`prepack_panel`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub fn panel_dots_prepacked<const T: usize>(
-    block_bytes: usize,
-    src: &[u8],
-    n_blocks: usize,
-    acts: [&[u8]; T],
-    side: &Q8_0Side,
-    side_start: [usize; T],
-) -> [[f32; PANEL_ROWS]; T] {
-    assert!(can_prepack(block_bytes) && src.len() == n_blocks * PANEL_ROWS * block_bytes);
-    let mut acc = [_mm512_setzero_ps(); T];
-    for b in 0..n_blocks {
-        if b + 2 < n_blocks {
-            // the hardware prefetcher may not run this far ahead of a stream this short
-            let ahead = &src[(b + 2) * PANEL_ROWS * block_bytes..];
-            for line in (0..PANEL_ROWS * block_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().wrapping_add(line).cast());
-            }
-        }
-        let w = unpack_prepacked_block(block_bytes, src, b);
-        q32_block::<T>(&w, b, acts, side, side_start, &mut acc);
-    }
-    lanes(acc)
-}
-
 // ---------------------------------------------------------------- compute
 
 /// Runs `$body` for `$t` = 0, 1, … up to `$n − 1` (at most 8), written out so that arrays
@@ -523,6 +407,31 @@ pub struct Q8_0Side<'a> {
     pub neg_offset_sum: &'a [i32],
 }
 
+/// One Q4_0/Q8_0 block of sixteen rows (`$w`, packed vectors) times block `$b` of the `T` activation rows
+/// `$acts`, added to the accumulators `$acc`. A macro for the reason given at
+/// [`unpack_prepacked_block`]; expands inside an AVX-512 `#[target_feature]` function generic over `T`.
+macro_rules! q32_block {
+    ($w:expr, $b:expr, $acts:expr, $side:expr, $side_start:expr, $acc:expr) => {{
+        let (w, b, side): (&[__m512i; Q32_VECS], usize, &Q8_0Side) = (&$w, $b, $side);
+        let dw = as_float(w[8]);
+        for_each_token!(T, |t| {
+            let a: &[u8; q8_0::BLOCK_BYTES] = array_at($acts[t], b * q8_0::BLOCK_BYTES);
+            let s = $side_start[t] + b;
+            // Two independent chains; integer addition makes the split exact.
+            let mut s0 = _mm512_set1_epi32(side.neg_offset_sum[s]);
+            let mut s1 = _mm512_setzero_si512();
+            for g in (0..8).step_by(2) {
+                s0 = _mm512_dpbusd_epi32(s0, w[g], _mm512_set1_epi32(act_dword(a, q8_0::QS + 4 * g)));
+                s1 = _mm512_dpbusd_epi32(s1, w[g + 1], _mm512_set1_epi32(act_dword(a, q8_0::QS + 4 * g + 4)));
+            }
+            let sumi = _mm512_add_epi32(s0, s1);
+            // sum = fma(sumi as f32, d_w * d_a, sum)
+            let d = _mm512_mul_ps(dw, _mm512_set1_ps(side.d[s]));
+            $acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), d, $acc[t]);
+        });
+    }};
+}
+
 /// Multiplies a packed Q4_0/Q8_0 panel with `T` activation rows (`acts[t]`, Q8_0
 /// bytes; `side_start[t]` is the index of their first block in `side`), returning the
 /// sixteen dot products of each row as lanes.
@@ -537,41 +446,10 @@ fn compute_q32<const T: usize>(
 ) -> [__m512; T] {
     let mut acc = [_mm512_setzero_ps(); T];
     for (b, w) in packed.chunks_exact(Q32_VECS).take(n_blocks).enumerate() {
-        q32_block::<T>(w.try_into().expect("block vectors"), b, acts, side, side_start, &mut acc);
+        let w: &[__m512i; Q32_VECS] = w.try_into().expect("block vectors");
+        q32_block!(w, b, acts, side, side_start, acc);
     }
     acc
-}
-
-/// One Q4_0/Q8_0 block of sixteen rows (`w`, packed) times block `b` of `T` activation rows, added to
-/// `acc`.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn q32_block<const T: usize>(
-    w: &[__m512i; Q32_VECS],
-    b: usize,
-    acts: [&[u8]; T],
-    side: &Q8_0Side,
-    side_start: [usize; T],
-    acc: &mut [__m512; T],
-) {
-    {
-        let dw = as_float(w[8]);
-        for_each_token!(T, |t| {
-            let a: &[u8; q8_0::BLOCK_BYTES] = array_at(acts[t], b * q8_0::BLOCK_BYTES);
-            let s = side_start[t] + b;
-            // Two independent chains; integer addition makes the split exact.
-            let mut s0 = _mm512_set1_epi32(side.neg_offset_sum[s]);
-            let mut s1 = _mm512_setzero_si512();
-            for g in (0..8).step_by(2) {
-                s0 = _mm512_dpbusd_epi32(s0, w[g], _mm512_set1_epi32(act_dword(a, q8_0::QS + 4 * g)));
-                s1 = _mm512_dpbusd_epi32(s1, w[g + 1], _mm512_set1_epi32(act_dword(a, q8_0::QS + 4 * g + 4)));
-            }
-            let sumi = _mm512_add_epi32(s0, s1);
-            // sum = fma(sumi as f32, d_w * d_a, sum)
-            let d = _mm512_mul_ps(dw, _mm512_set1_ps(side.d[s]));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), d, acc[t]);
-        });
-    }
 }
 
 /// Side data of a batch of Q8_K activation rows: per super-block the scale and four
@@ -733,4 +611,123 @@ fn lanes<const T: usize>(acc: [__m512; T]) -> [[f32; PANEL_ROWS]; T] {
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), v) };
         out
     })
+}
+
+// ---------------------------------------------------------------- prepacked panels
+
+/// Whether Q4_0/Q8_0 panels can be stored prepacked (see [`prepack_panel`]).
+pub fn can_prepack(block_bytes: usize) -> bool {
+    matches!(block_bytes, q4_0::BLOCK_BYTES | q8_0::BLOCK_BYTES)
+}
+
+/// Writes a full panel (sixteen rows) of Q4_0 or Q8_0 blocks in the *prepacked* layout, which holds
+/// exactly the bytes of the sixteen rows (so a matrix keeps its size) in the order [`pack_panel`] reads
+/// them: for every block, the quants transposed (vector `g`, lane `i` = quant bytes `4g..4g + 4` of row
+/// `i`: four vectors for Q4_0, eight for Q8_0), then the sixteen f16 block scales. Unpacking such a block
+/// ([`panel_dots_prepacked`]) costs a few loads instead of sixteen row loads, four transposes and a gather.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (see
+/// [`crate::x86::has_avx512`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub fn prepack_panel(block_bytes: usize, p: &Panel, n_blocks: usize, out: &mut [u8]) {
+    assert!(can_prepack(block_bytes), "no prepacked layout for blocks of {block_bytes} bytes");
+    assert!(n_blocks * block_bytes <= p.row_bytes && out.len() == n_blocks * PANEL_ROWS * block_bytes);
+    let n_qs = (block_bytes - 2) / 16;
+    for (b, dst) in out.chunks_exact_mut(PANEL_ROWS * block_bytes).enumerate() {
+        let off = b * block_bytes;
+        for h in 0..n_qs {
+            for (g, v) in transpose_16x4(p, off + 2 + 16 * h).into_iter().enumerate() {
+                let at = 64 * (4 * h + g);
+                // SAFETY: `dst` has 16·block_bytes ≥ 64·(4h + g) + 64 bytes for h < n_qs, g < 4.
+                unsafe { _mm512_storeu_si512(dst[at..at + 64].as_mut_ptr().cast(), v) };
+            }
+        }
+        let scales = _mm512_cvtepi32_epi16(gather_u32(p, off));
+        let at = 64 * 4 * n_qs;
+        // SAFETY: the last 32 bytes of `dst`; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_si256(dst[at..at + 32].as_mut_ptr().cast(), scales) };
+    }
+}
+
+/// The packed vectors of block `$b` of a prepacked Q4_0/Q8_0 panel (`$src`), as [`pack_q4_0_block`] /
+/// [`pack_q8_0_block`] make them from the file's layout. A macro, so that it is inlined into the kernels
+/// (`#[inline(always)]` is not allowed on `#[target_feature]` functions, and a call passes the nine
+/// vectors through memory). Expands inside an AVX-512 `#[target_feature]` function.
+macro_rules! unpack_prepacked_block {
+    ($block_bytes:expr, $src:expr, $b:expr) => {{
+        let (block_bytes, src): (usize, &[u8]) = ($block_bytes, $src);
+        let base = $b * PANEL_ROWS * block_bytes;
+        let load = |at: usize| {
+            let v: &[u8; 64] = array_at(src, base + at);
+            // SAFETY: 64 readable bytes; `loadu` has no alignment requirement.
+            unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
+        };
+        let mut w = [_mm512_setzero_si512(); Q32_VECS];
+        let scales: &[u8; 32] = array_at(src, base + PANEL_ROWS * block_bytes - 32);
+        // SAFETY: 32 readable bytes; `loadu` has no alignment requirement.
+        let d = unsafe { _mm256_loadu_si256(scales.as_ptr().cast()) };
+        w[8] = as_int(_mm512_cvtph_ps(d));
+        if block_bytes == q4_0::BLOCK_BYTES {
+            let low = splat(0x0f0f_0f0f);
+            for g in 0..4 {
+                let q = load(64 * g);
+                w[g] = _mm512_and_si512(q, low);
+                w[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), low);
+            }
+        } else {
+            let flip = splat(0x8080_8080);
+            for (g, v) in w[..8].iter_mut().enumerate() {
+                *v = _mm512_xor_si512(load(64 * g), flip);
+            }
+        }
+        w
+    }};
+}
+
+/// [`pack_panel`] for a panel stored by [`prepack_panel`] (`src`: its `n_blocks · 16 · block_bytes`
+/// bytes): the same packed vectors, for batches large enough to reuse them many times.
+///
+/// # Safety
+/// As [`prepack_panel`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub fn pack_prepacked_panel(block_bytes: usize, src: &[u8], n_blocks: usize, out: &mut [__m512i]) {
+    assert!(can_prepack(block_bytes), "no prepacked layout for blocks of {block_bytes} bytes");
+    assert!(src.len() == n_blocks * PANEL_ROWS * block_bytes && out.len() >= n_blocks * Q32_VECS);
+    for (b, dst) in out.chunks_exact_mut(Q32_VECS).take(n_blocks).enumerate() {
+        *<&mut [__m512i; Q32_VECS]>::try_from(dst).expect("block vectors") =
+            unpack_prepacked_block!(block_bytes, src, b);
+    }
+}
+
+/// [`panel_dots`] straight from a prepacked Q4_0/Q8_0 panel (`src`, see [`prepack_panel`]): each block
+/// is unpacked in registers and used for all `T` activation rows, without a scratch copy. The same
+/// vectors as [`pack_panel`] makes from the file's layout and the same operations as [`panel_dots`], so
+/// the same bits.
+///
+/// # Safety
+/// As [`prepack_panel`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub fn panel_dots_prepacked<const T: usize>(
+    block_bytes: usize,
+    src: &[u8],
+    n_blocks: usize,
+    acts: [&[u8]; T],
+    side: &Q8_0Side,
+    side_start: [usize; T],
+) -> [[f32; PANEL_ROWS]; T] {
+    assert!(can_prepack(block_bytes) && src.len() == n_blocks * PANEL_ROWS * block_bytes);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..n_blocks {
+        if b + 2 < n_blocks {
+            // the hardware prefetcher may not run this far ahead of a stream this short
+            let ahead = &src[(b + 2) * PANEL_ROWS * block_bytes..];
+            for line in (0..PANEL_ROWS * block_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().wrapping_add(line).cast());
+            }
+        }
+        let w = unpack_prepacked_block!(block_bytes, src, b);
+        q32_block!(w, b, acts, side, side_start, acc);
+    }
+    lanes(acc)
 }
