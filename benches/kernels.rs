@@ -38,6 +38,24 @@ fn matrix(dtype: DType, rows: usize, cols: usize) -> Matrix {
     Matrix { name: format!("bench {dtype}"), dtype, rows, cols, range: 0..bytes, packed: None }
 }
 
+/// The weight layouts to measure: every format as stored in the file, and Q4_0/Q8_0 also prepacked (what
+/// the engine runs on AVX-512 machines). Returns (name, matrix, bytes).
+fn layouts(rows: usize, cols: usize) -> Vec<(String, Matrix, Vec<u8>)> {
+    let mut out = Vec::new();
+    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+        let w = quantized(dtype, rows, cols);
+        if quire_kernels::can_prepack(dtype, rows) {
+            let mut packed = vec![0u8; w.len()];
+            quire_kernels::prepack(dtype, cols, &w, &mut packed);
+            let mut m = matrix(dtype, rows, cols);
+            m.packed = Some(std::sync::Arc::new(Vec::new())); // marks the layout; bytes are passed apart
+            out.push((format!("{} prepacked", dtype.name()), m, packed));
+        }
+        out.push((dtype.name().to_string(), matrix(dtype, rows, cols), w));
+    }
+    out
+}
+
 /// Plain sequential reads with all threads: the ceiling for decode on this machine.
 fn read_bandwidth(c: &mut Criterion) {
     use rayon::prelude::*;
@@ -60,17 +78,15 @@ fn read_bandwidth(c: &mut Criterion) {
 /// One token times a 9728×2560 matrix; the weights rotate over copies larger than the L3 cache.
 fn gemv(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemv_2560x9728");
-    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
-        let one = quantized(dtype, ROWS, COLS);
+    for (name, m, one) in layouts(ROWS, COLS) {
         let copies = (512usize << 20).div_ceil(one.len());
         let all: Vec<u8> = one.iter().copied().cycle().take(one.len() * copies).collect();
-        let m = matrix(dtype, ROWS, COLS);
         let x = values(3, COLS);
         let mut out = vec![0.0f32; ROWS];
         let mut scratch = MatmulScratch::default();
         let mut i = 0;
         g.throughput(Throughput::Bytes(one.len() as u64));
-        g.bench_function(dtype.name(), |b| {
+        g.bench_function(name, |b| {
             b.iter(|| {
                 let w = &all[i * one.len()..(i + 1) * one.len()];
                 i = (i + 1) % copies;
@@ -88,13 +104,11 @@ fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm_2560x9728_batch512");
     g.sample_size(10);
     g.throughput(Throughput::Elements((2 * ROWS * COLS * BATCH) as u64));
-    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
-        let w = quantized(dtype, ROWS, COLS);
-        let m = matrix(dtype, ROWS, COLS);
+    for (name, m, w) in layouts(ROWS, COLS) {
         let x = values(3, COLS * BATCH);
         let mut out = vec![0.0f32; ROWS * BATCH];
         let mut scratch = MatmulScratch::default();
-        g.bench_function(dtype.name(), |b| {
+        g.bench_function(name, |b| {
             b.iter(|| {
                 matmul(&m, &w, &x, &mut out, &mut scratch);
                 black_box(&out);

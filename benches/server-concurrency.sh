@@ -69,7 +69,7 @@ stream(" ".join(["word"] * 511), 1, long)
 for t in threads: t.join()
 ttft = long[0]["first"] - long[0]["start"]
 alone = []
-stream(" ".join(["word"] * 511) + " again", 1, alone)
+stream(" ".join(["text"] * 511), 1, alone)  # no prefix in common with any slot
 ttft_alone = alone[0]["first"] - alone[0]["start"]
 
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")

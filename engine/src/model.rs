@@ -204,10 +204,7 @@ impl Model {
 
         for (l, layer) in self.layers.iter().enumerate() {
             // attention rmsnorm
-            for b in 0..n {
-                let r = b * dim..(b + 1) * dim;
-                ops::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &layer.attn_norm, c.rms_eps);
-            }
+            ops::rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], &layer.attn_norm, c.rms_eps);
             // qkv matmuls for every token of the batch
             let xb = &s.xb[..n * dim];
             ops::matmul(&layer.wq, self.w(&layer.wq), xb, &mut s.q[..n * q_dim], &mut s.mm);
@@ -223,10 +220,8 @@ impl Model {
                 ops::rmsnorm_per_head(&mut s.k[..n * kv_dim], k_norm, c.rms_eps);
             }
             // RoPE at each token's own position
-            for (b, &p) in s.positions.iter().enumerate() {
-                ops::rope_neox(&mut s.q[b * q_dim..(b + 1) * q_dim], p, &self.inv_freq);
-                ops::rope_neox(&mut s.k[b * kv_dim..(b + 1) * kv_dim], p, &self.inv_freq);
-            }
+            ops::rope_rows(&mut s.q[..n * q_dim], q_dim, &s.positions, &self.inv_freq);
+            ops::rope_rows(&mut s.k[..n * kv_dim], kv_dim, &s.positions, &self.inv_freq);
             // per sequence: keys and values into its cache, then causal grouped-query attention over it
             for (sq, span) in seqs.iter_mut().zip(&s.spans) {
                 let pos = sq.kv.len();
@@ -241,10 +236,7 @@ impl Model {
             ops::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
 
             // ffn rmsnorm, SwiGLU MLP, residual
-            for b in 0..n {
-                let r = b * dim..(b + 1) * dim;
-                ops::rmsnorm(&mut s.xb[r.clone()], &s.x[r], &layer.ffn_norm, c.rms_eps);
-            }
+            ops::rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], &layer.ffn_norm, c.rms_eps);
             let (xb, f) = (&s.xb[..n * dim], c.ffn_dim);
             ops::matmul(&layer.w_gate, self.w(&layer.w_gate), xb, &mut s.hb[..n * f], &mut s.mm);
             ops::matmul(&layer.w_up, self.w(&layer.w_up), xb, &mut s.hb2[..n * f], &mut s.mm);

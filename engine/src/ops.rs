@@ -92,6 +92,34 @@ pub fn matmul(w: &Matrix, w_bytes: &[u8], x: &[f32], out: &mut [f32], scratch: &
     });
 }
 
+/// Work items below this many values run on the calling thread: splitting them costs more than it saves.
+const PAR_MIN: usize = 1 << 15;
+
+/// `f(out_row, in_row, index)` for every `width`-wide row, in parallel when the batch is large (prefill):
+/// each row is computed by one thread alone, so results do not depend on the split.
+fn rows_mut<F>(out: &mut [f32], width: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync + Send,
+{
+    if out.len() < PAR_MIN {
+        out.chunks_mut(width).enumerate().for_each(|(i, r)| f(i, r));
+    } else {
+        let per_task = (PAR_MIN / width).max(1);
+        out.par_chunks_mut(width).enumerate().with_min_len(per_task).for_each(|(i, r)| f(i, r));
+    }
+}
+
+/// [`rmsnorm`] of every `weight.len()`-wide row of `x` into `out`.
+pub fn rmsnorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let d = weight.len();
+    rows_mut(out, d, |i, o| rmsnorm(o, &x[i * d..(i + 1) * d], weight, eps));
+}
+
+/// [`rope_neox`] on every `width`-wide row of `x`, row `i` at position `positions[i]`.
+pub fn rope_rows(x: &mut [f32], width: usize, positions: &[usize], inv_freq: &[f32]) {
+    rows_mut(x, width, |i, r| rope_neox(r, positions[i], inv_freq));
+}
+
 /// `out = x / sqrt(mean(x²) + eps) * weight`, for one vector.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
@@ -103,13 +131,13 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
 
 /// RMSNorm in place over each `weight.len()`-wide piece of `x` (Qwen3's per-head norm on Q and K).
 pub fn rmsnorm_per_head(x: &mut [f32], weight: &[f32], eps: f32) {
-    for head in x.chunks_mut(weight.len()) {
+    rows_mut(x, weight.len(), |_, head| {
         let ss: f32 = head.iter().map(|v| v * v).sum::<f32>() / head.len() as f32;
         let scale = 1.0 / (ss + eps).sqrt();
         for (v, &w) in head.iter_mut().zip(weight) {
             *v = *v * scale * w;
         }
-    }
+    });
 }
 
 /// Rotary position embedding, NEOX layout: dimension i pairs with i + head_dim/2 and turns by
@@ -135,9 +163,12 @@ pub fn rope_inv_freq(head_dim: usize, base: f32) -> Vec<f32> {
 
 /// SwiGLU: `gate = silu(gate) * up`, element-wise.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    const PIECE: usize = 4096;
+    rows_mut(gate, PIECE, |i, g| {
+        for (g, &u) in g.iter_mut().zip(&up[i * PIECE..]) {
+            *g = *g / (1.0 + (-*g).exp()) * u;
+        }
+    });
 }
 
 /// Add `bias` to each `bias.len()`-wide row of `x`.
@@ -151,9 +182,12 @@ pub fn add_bias(x: &mut [f32], bias: &[f32]) {
 
 /// `x += y`, element-wise (the residual connections).
 pub fn add_in_place(x: &mut [f32], y: &[f32]) {
-    for (a, &b) in x.iter_mut().zip(y) {
-        *a += b;
-    }
+    const PIECE: usize = 4096;
+    rows_mut(x, PIECE, |i, x| {
+        for (a, &b) in x.iter_mut().zip(&y[i * PIECE..]) {
+            *a += b;
+        }
+    });
 }
 
 /// Numerically stable log-softmax probability of `target` under `logits`.
