@@ -5,10 +5,11 @@
 #   benches/server-concurrency.sh MODEL.gguf [N_TOKENS] [--write]
 #
 # Starts `quire serve --parallel 4` on a free port; each stream is a greedy /v1/completions request of
-# N_TOKENS (default 128) tokens with ignore_eos. The aggregate decode rate of k streams is the number of
-# tokens they generate after their first one, divided by the time from the first stream's first token to
-# the last stream's last token (prompt processing is not decode). Prints a Markdown section; --write also
-# puts it into benches/RESULTS.md above the server marker line.
+# N_TOKENS (default 128) tokens with ignore_eos. The aggregate decode rate of k streams is measured in the
+# steady state: the streamed text pieces (one per token, but for the odd multi-byte character held back)
+# that arrive while all k streams are decoding, i.e. after the last stream's first piece and before the
+# first stream's last one, per second (prompt processing and the ramp-up/down are not decode). Prints a
+# Markdown section; --write also puts it into benches/RESULTS.md above the server marker line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:?usage: benches/server-concurrency.sh MODEL.gguf [N_TOKENS] [--write]}"
@@ -37,17 +38,19 @@ def stream(prompt, max_tokens, out):
             "stream_options": {"include_usage": True}}
     req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", json.dumps(body).encode(),
                                  {"content-type": "application/json"})
-    t0 = time.time(); first = None; tokens = 0
+    t0 = time.time(); first = None; tokens = 0; stamps = []
     for line in urllib.request.urlopen(req, timeout=3600):
         line = line.decode().strip()
         if not line.startswith("data: ") or line == "data: [DONE]":
             continue
         chunk = json.loads(line[6:])
+        if chunk.get("choices") and chunk["choices"][0].get("text"):
+            stamps.append(time.time())
         if chunk.get("choices") and first is None:
             first = time.time()
         if chunk.get("usage"):
             tokens = chunk["usage"]["completion_tokens"]
-    out.append({"start": t0, "first": first, "tokens": tokens, "end": time.time()})
+    out.append({"start": t0, "first": first, "tokens": tokens, "end": time.time(), "stamps": stamps})
 
 def concurrent(k):
     out = []
@@ -55,7 +58,11 @@ def concurrent(k):
     for t in threads: t.start()
     for t in threads: t.join()
     assert all(o["tokens"] == n for o in out), out
-    return sum(o["tokens"] - 1 for o in out) / (max(o["end"] for o in out) - min(o["first"] for o in out))
+    # steady state: the window in which all k streams are decoding (after the last one's first token, before
+    # the first one ends); text pieces received in it, per second
+    lo = max(o["stamps"][0] for o in out); hi = min(o["stamps"][-1] for o in out)
+    pieces = sum(sum(1 for t in o["stamps"] if lo < t <= hi) for o in out)
+    return pieces / (hi - lo)
 
 stream("warm up", 4, [])
 rates = {k: concurrent(k) for k in (1, 2, 4)}
@@ -77,7 +84,8 @@ lines = [
     f"### Server concurrency: {os.path.basename(model)}, {datetime.date.today().isoformat()} (commit {commit})",
     "",
     f"Machine: {cpu}, {os.cpu_count()} cores. `benches/server-concurrency.sh {os.path.basename(model)} {n}`: "
-    f"`quire serve --parallel 4`, greedy /v1/completions streams of {n} tokens.",
+    f"`quire serve --parallel 4`, greedy /v1/completions streams of {n} tokens; rate = text pieces per second "
+    "while all streams decode.",
     "",
     "| concurrent streams | aggregate decode t/s | vs 1 stream |",
     "|---|---|---|",
