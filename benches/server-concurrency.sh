@@ -5,11 +5,11 @@
 #   benches/server-concurrency.sh MODEL.gguf [N_TOKENS] [--write]
 #
 # Starts `quire serve --parallel 4` on a free port; each stream is a greedy /v1/completions request of
-# N_TOKENS (default 128) tokens with ignore_eos. The aggregate decode rate of k streams is measured in the
-# steady state: the streamed text pieces (one per token, but for the odd multi-byte character held back)
-# that arrive while all k streams are decoding, i.e. after the last stream's first piece and before the
-# first stream's last one, per second (prompt processing and the ramp-up/down are not decode). Prints a
-# Markdown section; --write also puts it into benches/RESULTS.md above the server marker line.
+# N_TOKENS (default 128) tokens with ignore_eos. The aggregate decode rate of k streams is the sum of their
+# decode rates, each the tokens after its first one (from the usage chunk) over the time from its first to
+# its last streamed text piece: prompt processing is not decode, and the streams, started together and
+# equally long, decode side by side. Prints a Markdown section; --write also puts it into
+# benches/RESULTS.md above the server marker line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:?usage: benches/server-concurrency.sh MODEL.gguf [N_TOKENS] [--write]}"
@@ -58,11 +58,9 @@ def concurrent(k):
     for t in threads: t.start()
     for t in threads: t.join()
     assert all(o["tokens"] == n for o in out), out
-    # steady state: the window in which all k streams are decoding (after the last one's first token, before
-    # the first one ends); text pieces received in it, per second
-    lo = max(o["stamps"][0] for o in out); hi = min(o["stamps"][-1] for o in out)
-    pieces = sum(sum(1 for t in o["stamps"] if lo < t <= hi) for o in out)
-    return pieces / (hi - lo)
+    # each stream's decode rate: tokens after its first one over the time from its first to its last text
+    # piece; the streams start together and are equally long, so they decode side by side and their rates add
+    return sum((o["tokens"] - 1) / (o["stamps"][-1] - o["stamps"][0]) for o in out)
 
 stream("warm up", 4, [])
 rates = {k: concurrent(k) for k in (1, 2, 4)}
@@ -84,8 +82,8 @@ lines = [
     f"### Server concurrency: {os.path.basename(model)}, {datetime.date.today().isoformat()} (commit {commit})",
     "",
     f"Machine: {cpu}, {os.cpu_count()} cores. `benches/server-concurrency.sh {os.path.basename(model)} {n}`: "
-    f"`quire serve --parallel 4`, greedy /v1/completions streams of {n} tokens; rate = text pieces per second "
-    "while all streams decode.",
+    f"`quire serve --parallel 4`, greedy /v1/completions streams of {n} tokens started together; aggregate = "
+    "sum of the streams' decode rates (first to last token).",
     "",
     "| concurrent streams | aggregate decode t/s | vs 1 stream |",
     "|---|---|---|",
