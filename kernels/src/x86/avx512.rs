@@ -27,6 +27,9 @@ pub const PANEL_ROWS: usize = crate::matmul::PANEL_ROWS;
 /// How far ahead of the packing position each row is prefetched.
 const PREFETCH_BYTES: usize = 512;
 
+/// How many blocks ahead a prepacked panel is prefetched (4.5 KiB of Q4_0, 8.5 KiB of Q8_0).
+const PREFETCH_BLOCKS: usize = 16;
+
 /// Vectors of packed scratch per block (32 values) for Q4_0 and Q8_0: eight quant
 /// vectors and the sixteen block scales.
 const Q32_VECS: usize = 9;
@@ -719,12 +722,12 @@ pub fn panel_dots_prepacked<const T: usize>(
     assert!(can_prepack(block_bytes) && src.len() == n_blocks * PANEL_ROWS * block_bytes);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..n_blocks {
-        if b + 2 < n_blocks {
-            // the hardware prefetcher may not run this far ahead of a stream this short
-            let ahead = &src[(b + 2) * PANEL_ROWS * block_bytes..];
-            for line in (0..PANEL_ROWS * block_bytes).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(ahead.as_ptr().wrapping_add(line).cast());
-            }
+        // Ask for the block PREFETCH_BLOCKS ahead, past the end of this panel too: prepacked panels of a
+        // matrix are contiguous, so that is the next panel (and a prefetch never faults, wherever it
+        // points). The hardware prefetcher alone leaves the loads waiting on memory.
+        let ahead = src.as_ptr().wrapping_add((b + PREFETCH_BLOCKS) * PANEL_ROWS * block_bytes);
+        for line in (0..PANEL_ROWS * block_bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
         }
         let w = unpack_prepacked_block!(block_bytes, src, b);
         q32_block!(w, b, acts, side, side_start, acc);
