@@ -386,7 +386,8 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
             println!("  {:<40} {:<6} {:?} {}", t.name, t.dtype.name(), t.shape, human_bytes(t.n_bytes()));
         }
     }
-    let model = quire_engine::model::Model::load(file)?;
+    // no prepacking: nothing is computed here
+    let model = quire_engine::model::Model::load_with(file, false)?;
     let c = &model.config;
     println!(
         "\nmodel: {} | {} layers | dim {} | heads {} (KV {}) x {} | ffn {} | vocab {} | rope base {} | rms eps {} | trained context {}",
