@@ -38,18 +38,20 @@ fn matrix(dtype: DType, rows: usize, cols: usize) -> Matrix {
     Matrix { name: format!("bench {dtype}"), dtype, rows, cols, range: 0..bytes, packed: None }
 }
 
-/// The weight layouts to measure: every format as stored in the file, and Q4_0/Q8_0 also prepacked (what
+/// The weight layouts to measure: every format as stored in the file, and also prepacked (what
 /// the engine runs on AVX-512 machines). Returns (name, matrix, bytes).
 fn layouts(rows: usize, cols: usize) -> Vec<(String, Matrix, Vec<u8>)> {
     let mut out = Vec::new();
     for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
         let w = quantized(dtype, rows, cols);
         if quire_kernels::can_prepack(dtype, rows) {
-            let mut packed = vec![0u8; w.len()];
+            // as the engine holds it: in anonymous memory
+            let mut packed = memmap2::MmapMut::map_anon(w.len()).expect("memory for the prepacked copy");
             quire_kernels::prepack(dtype, cols, &w, &mut packed);
+            let bytes = packed.to_vec();
             let mut m = matrix(dtype, rows, cols);
-            m.packed = Some(std::sync::Arc::new(Vec::new())); // marks the layout; bytes are passed apart
-            out.push((format!("{} prepacked", dtype.name()), m, packed));
+            m.packed = Some(std::sync::Arc::new(packed));
+            out.push((format!("{} prepacked", dtype.name()), m, bytes));
         }
         out.push((dtype.name().to_string(), matrix(dtype, rows, cols), w));
     }

@@ -32,6 +32,19 @@ pub struct Layer {
     pub w_down: Matrix,
 }
 
+impl Layer {
+    /// The seven matrices, in the order the forward pass uses them.
+    pub fn matrices_mut(&mut self) -> [&mut Matrix; 7] {
+        let Layer { wq, wk, wv, wo, w_gate, w_up, w_down, .. } = self;
+        [wq, wk, wv, wo, w_gate, w_up, w_down]
+    }
+
+    /// [`Layer::matrices_mut`], read-only.
+    pub fn matrices(&self) -> [&Matrix; 7] {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.w_gate, &self.w_up, &self.w_down]
+    }
+}
+
 /// A loaded model: the mapped file, its config, and where every weight lives.
 pub struct Model {
     pub config: Config,
@@ -73,7 +86,7 @@ impl Model {
     pub fn load_with(file: GgufFile, prepack_weights: bool) -> Result<Model> {
         let config = Config::from_gguf(&file)?;
         let c = &config;
-        let token_embd = matrix(&file, "token_embd.weight", c.dim, c.vocab_size)?;
+        let mut token_embd = matrix(&file, "token_embd.weight", c.dim, c.vocab_size)?;
         let mut output = match file.tensor_info("output.weight") {
             Some(_) => matrix(&file, "output.weight", c.dim, c.vocab_size)?,
             None => token_embd.clone(),
@@ -113,14 +126,14 @@ impl Model {
         }
         if prepack_weights {
             for layer in &mut layers {
-                let Layer { wq, wk, wv, wo, w_gate, w_up, w_down, .. } = layer;
-                for m in [wq, wk, wv, wo, w_gate, w_up, w_down] {
+                for m in layer.matrices_mut() {
                     prepack(&file, m)?;
                 }
             }
-            // a tied output head is also the embedding table, whose rows are read in the file's layout
-            if file.tensor_info("output.weight").is_some() {
-                prepack(&file, &mut output)?;
+            prepack(&file, &mut output)?;
+            // A tied output head is also the embedding table: its rows are then read from the prepacked copy.
+            if file.tensor_info("output.weight").is_none() {
+                token_embd.packed = output.packed.clone();
             }
         }
         let inv_freq = ops::rope_inv_freq(c.head_dim, c.rope_base);
@@ -194,12 +207,20 @@ impl Model {
         }
 
         // token embeddings
-        let embd_row = self.token_embd.row_bytes();
-        let embd = self.w(&self.token_embd);
+        let embd = &self.token_embd;
+        let (embd_bytes, embd_row) = (self.w(embd), embd.row_bytes());
+        let mut unpacked = vec![0u8; if embd.packed.is_some() { embd_row } else { 0 }];
         let all_tokens = seqs.iter().flat_map(|sq| sq.tokens.iter());
         for (b, &t) in all_tokens.enumerate() {
-            let row = &embd[t as usize * embd_row..(t as usize + 1) * embd_row];
-            dequantize_row(self.token_embd.dtype, row, &mut s.x[b * dim..(b + 1) * dim]);
+            let t = t as usize;
+            let row = match embd.packed {
+                Some(_) => {
+                    quire_kernels::prepacked::unpack_row(embd.dtype, embd.cols, embd_bytes, t, &mut unpacked);
+                    &unpacked[..]
+                }
+                None => &embd_bytes[t * embd_row..(t + 1) * embd_row],
+            };
+            dequantize_row(embd.dtype, row, &mut s.x[b * dim..(b + 1) * dim]);
         }
 
         for (l, layer) in self.layers.iter().enumerate() {
@@ -278,8 +299,7 @@ impl Model {
 
     /// How many matrices are held prepacked (0 where the CPU or the formats have no prepacked layout).
     pub fn n_prepacked(&self) -> usize {
-        let layers =
-            self.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]);
+        let layers = self.layers.iter().flat_map(|l| l.matrices());
         layers.chain([&self.output]).filter(|m| m.packed.is_some()).count()
     }
 
@@ -372,7 +392,7 @@ fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Matri
     Ok(Matrix { name: name.to_string(), dtype: t.dtype, rows, cols, range: t.range.clone(), packed: None })
 }
 
-/// Rewrites a Q4_0/Q8_0 matrix into the kernels' prepacked layout where this CPU has the panel kernels
+/// Rewrites a quantized matrix into the kernels' prepacked layout where this CPU has the panel kernels
 /// (AVX-512), in parallel, then releases the file's pages of the original, so resident memory stays one
 /// copy of the weights. Decoding several sequences at once spends half its time transposing weight
 /// panels without this; prepacked, the transposition is done once here. Elsewhere (other formats, other
@@ -384,14 +404,25 @@ fn prepack(file: &GgufFile, m: &mut Matrix) -> Result<()> {
     let src = file.bytes(m.range.clone());
     // Zeroed allocations come straight from the kernel as untouched pages, so they are faulted in (and
     // cleared) by the parallel writers below rather than by a serial memset here. Resident memory stays
-    // one copy of the weights: each matrix's file pages are released once it is copied.
-    let mut dst = vec![0u8; src.len()];
-    // 64 panels of 16 rows per task
+    // one copy of the weights: the file's pages are released slab by slab as they are copied, so even the
+    // 300 MiB output head of a 4B model costs at most one slab twice.
+    //
+    // The copy asks for transparent huge pages: 2 MiB pages fault in 512 times less often than 4 KiB ones
+    // (half the load time of a 4B model went to page faults), and decoding, which streams every weight,
+    // misses the TLB less. Where THP is off the advice is ignored.
+    let mut dst = memmap2::MmapMut::map_anon(src.len())
+        .with_context(|| format!("{}: cannot allocate {} bytes for its prepacked copy", m.name, src.len()))?;
+    let _ = dst.advise(memmap2::Advice::HugePage);
+    // 64 panels of 16 rows per task, 16 tasks per slab
     let chunk = 64 * quire_kernels::matmul::PANEL_ROWS * m.row_bytes();
-    dst.par_chunks_mut(chunk)
-        .zip(src.par_chunks(chunk))
-        .for_each(|(d, s)| quire_kernels::prepack(m.dtype, m.cols, s, d));
-    file.release_pages(m.range.clone());
+    let slab = 16 * chunk;
+    for (i, (d, s)) in dst.chunks_mut(slab).zip(src.chunks(slab)).enumerate() {
+        d.par_chunks_mut(chunk)
+            .zip(s.par_chunks(chunk))
+            .for_each(|(d, s)| quire_kernels::prepack(m.dtype, m.cols, s, d));
+        let at = m.range.start + i * slab;
+        file.release_pages(at..at + s.len());
+    }
     m.packed = Some(std::sync::Arc::new(dst));
     Ok(())
 }

@@ -17,8 +17,9 @@ pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
     pub range: std::ops::Range<usize>,
-    /// The prepacked copy, when there is one (the file's pages of `range` are then released).
-    pub packed: Option<std::sync::Arc<Vec<u8>>>,
+    /// The prepacked copy, when there is one (the file's pages of `range` are then released): anonymous
+    /// memory asking for transparent huge pages (see `model::prepack`).
+    pub packed: Option<std::sync::Arc<memmap2::MmapMut>>,
 }
 
 impl Matrix {

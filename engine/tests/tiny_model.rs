@@ -167,21 +167,24 @@ fn quantized_files_track_llamacpp_logits() {
     }
 }
 
-/// Prepacked Q4_0/Q8_0 weights (AVX-512 machines) give the same logits, bit for bit, as the file's layout.
+/// Prepacked weights (AVX-512 machines) of every quantized file give the same logits, bit for bit, as the
+/// file's layout; the tied Q6_K output head is prepacked too, and token embeddings are read from it.
 #[test]
 fn prepacked_weights_give_identical_logits() {
     let reference = read_json("tiny-qwen3/reference.json");
     let ids = ids(&reference["prompts"]["long_random"]["ids"]);
-    for ty in ["q4_0", "q8_0"] {
+    for ty in ["q4_0", "q8_0", "q4_k_m", "q5_k_m", "q6_k"] {
         let open = |prepack| {
             let file = quire_engine::gguf::GgufFile::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
             Model::load_with(file, prepack).unwrap()
         };
         let (packed, plain) = (open(true), open(false));
         assert_eq!(plain.n_prepacked(), 0);
-        let dtype = if ty == "q4_0" { quire_kernels::DType::Q4_0 } else { quire_kernels::DType::Q8_0 };
-        if quire_kernels::can_prepack(dtype, 16) {
-            assert_eq!(packed.n_prepacked(), 7 * packed.config.n_layers, "{ty}: every layer matrix");
+        assert!(packed.token_embd.packed.is_some() == packed.output.packed.is_some(), "{ty}: tied head");
+        if quire_kernels::dispatch::isa() == quire_kernels::dispatch::Isa::Avx512 {
+            // every layer matrix and the (tied) output head
+            assert_eq!(packed.n_prepacked(), 7 * packed.config.n_layers + 1, "{ty}");
+            assert!(packed.token_embd.packed.is_some(), "{ty}: embeddings read from the prepacked head");
         }
         for batch in [1, 5, 512] {
             assert_eq!(

@@ -5,6 +5,7 @@
 //!   dot products.
 //! - [`x86`]: AVX2 dot products and AVX-512 (VNNI) panel kernels.
 //! - [`matmul`]: a weight matrix times a batch of activation rows quantized once.
+//! - [`prepacked`]: the weight layout the AVX-512 kernels read fastest, same bytes as the file.
 //! - [`dispatch`]: the instruction set chosen once per process.
 //!
 //! The crate knows nothing about models: it turns rows of bytes into rows of floats and
@@ -38,6 +39,7 @@
 pub mod dispatch;
 pub mod formats;
 pub mod matmul;
+pub mod prepacked;
 pub mod x86;
 
 pub use matmul::{can_prepack, gemm, gemm_prepacked, prepack, QuantizedActs};

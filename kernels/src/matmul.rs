@@ -13,6 +13,7 @@ use std::ops::Range;
 
 use crate::dispatch::{self, Isa};
 use crate::formats::{self, check_row, q8_0, q8_k};
+use crate::prepacked::Layout;
 use crate::DType;
 
 /// A batch of activation rows quantized for one weight format, with the per-block side
@@ -149,20 +150,20 @@ pub fn has_panel_kernel(isa: Isa, wtype: DType) -> bool {
 }
 
 /// Whether a `wtype` matrix of `n_rows` rows can be stored prepacked ([`prepack`]) for the
-/// process instruction set: Q4_0 and Q8_0 on AVX-512, whole panels of sixteen rows.
+/// process instruction set: the formats with panel kernels on AVX-512, whole panels of sixteen rows.
 pub fn can_prepack(wtype: DType, n_rows: usize) -> bool {
     n_rows > 0
         && n_rows.is_multiple_of(PANEL_ROWS)
         && has_panel_kernel(dispatch::isa(), wtype)
-        && matches!(wtype, DType::Q4_0 | DType::Q8_0)
+        && Layout::of(wtype).is_some()
 }
 
 /// Rows per panel of the panel kernels (and of the prepacked layout).
-pub const PANEL_ROWS: usize = 16;
+pub const PANEL_ROWS: usize = crate::prepacked::PANEL_ROWS;
 
 /// Rewrites `w` (whole panels of sixteen `wtype` rows of `k` values) into the prepacked layout
-/// in `out`, which has the same length: per panel, per block, the quants already transposed
-/// for the panel kernels and the sixteen scales, so [`gemm_prepacked`] skips the
+/// in `out`, which has the same length ([`crate::prepacked`]: per panel, per block, the words of the
+/// sixteen rows already transposed for the panel kernels), so [`gemm_prepacked`] skips the
 /// transposition that [`gemm`] does for every panel it reads. Decoding a few sequences at
 /// once is dominated by that transposition; prepacked, it costs a few loads. Callers may
 /// convert any whole-panel slice of a matrix independently (in parallel).
@@ -174,6 +175,7 @@ pub fn prepack(wtype: DType, k: usize, w: &[u8], out: &mut [u8]) {
     assert!(w.len().is_multiple_of(row_bytes) && out.len() == w.len(), "prepack lengths");
     let n_rows = w.len() / row_bytes;
     assert!(can_prepack(wtype, n_rows), "{wtype} x {n_rows} rows cannot be prepacked here");
+    let layout = Layout::of(wtype).expect("checked by can_prepack");
     #[cfg(target_arch = "x86_64")]
     {
         let panel_bytes = PANEL_ROWS * row_bytes;
@@ -181,9 +183,7 @@ pub fn prepack(wtype: DType, k: usize, w: &[u8], out: &mut [u8]) {
             let panel = crate::x86::avx512::Panel::new(w, row_bytes, r * PANEL_ROWS, PANEL_ROWS);
             // SAFETY: `can_prepack` holds, so the process instruction set is AVX-512 (F/BW/VL/
             // VNNI, with AVX2, FMA and F16C), which this CPU supports.
-            unsafe {
-                crate::x86::avx512::prepack_panel(wtype.block_bytes(), &panel, k / wtype.block_len(), dst)
-            };
+            unsafe { crate::x86::avx512::prepack_panel(layout, &panel, k / wtype.block_len(), dst) };
         }
     }
 }
@@ -269,7 +269,7 @@ fn gemm_avx512(
     out: &mut [f32],
     prepacked: bool,
 ) {
-    use crate::x86::avx512::{self, Panel, Q8KSide, Q8_0Side, Side};
+    use crate::x86::avx512::{self, Panel, PanelSrc, Q8KSide, Q8_0Side, Side};
     let block_bytes = wtype.block_bytes();
     let n_blocks = k / wtype.block_len();
     let row_bytes = n_blocks * block_bytes;
@@ -278,6 +278,7 @@ fn gemm_avx512(
         _ => Side::Q8K(Q8KSide { d: &acts.d, sub_pairs: &acts.side }),
     };
     let t0 = tokens.start;
+    let layout = if prepacked { Layout::of(wtype) } else { None };
     PANEL.with_borrow_mut(|packed| {
         packed.resize(n_blocks * avx512::vecs_per_block(block_bytes), zero_vector());
         for r0 in (0..n_rows).step_by(PANEL_ROWS) {
@@ -286,15 +287,16 @@ fn gemm_avx512(
             // batch unpacks it into scratch once, as a panel in the file's layout is always packed.
             let src = &w[r0 * row_bytes..(r0 + n) * row_bytes];
             let in_place = prepacked && tokens.len() <= TILE;
-            if prepacked && !in_place {
-                // SAFETY: `can_prepack` held when the matrix was prepacked: the process
-                // instruction set is AVX-512 (F/BW/VL/VNNI, with AVX2, FMA and F16C).
-                unsafe { avx512::pack_prepacked_panel(block_bytes, src, n_blocks, packed) };
-            } else if !prepacked {
+            if !in_place {
                 let panel = Panel::new(w, row_bytes, r0, n);
+                let from = match layout {
+                    Some(layout) => PanelSrc::Prepacked { bytes: src, layout },
+                    None => PanelSrc::File { panel: &panel, block_bytes },
+                };
                 // SAFETY: only reached when `has_panel_kernel(isa, wtype)` holds for a supported
-                // `isa`, i.e. the CPU has AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
-                unsafe { avx512::pack_panel(block_bytes, &panel, n_blocks, packed) };
+                // `isa` (or `can_prepack` held when the matrix was prepacked), i.e. the CPU has
+                // AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
+                unsafe { avx512::pack_panel(block_bytes, &from, n_blocks, packed) };
             }
             let mut put = |t: usize, lanes: &[f32; PANEL_ROWS]| {
                 let at = (t - t0) * n_rows + r0;
@@ -308,8 +310,8 @@ fn gemm_avx512(
                     // SAFETY: as for `pack_panel` above (and `can_prepack` held when the
                     // matrix was prepacked, which also requires AVX-512).
                     let res = unsafe {
-                        match (&side, in_place) {
-                            (Side::Q8_0(s), true) => avx512::panel_dots_prepacked::<$n>(
+                        match (&side, in_place.then_some(layout).flatten()) {
+                            (Side::Q8_0(s), Some(_)) => avx512::panel_dots_prepacked::<$n>(
                                 block_bytes,
                                 src,
                                 n_blocks,
@@ -317,6 +319,9 @@ fn gemm_avx512(
                                 s,
                                 starts,
                             ),
+                            (Side::Q8K(s), Some(l)) => {
+                                avx512::panel_dots_prepacked_k::<$n>(l, src, n_blocks, rows, s, starts)
+                            }
                             _ => avx512::panel_dots::<$n>(block_bytes, packed, n_blocks, rows, &side, starts),
                         }
                     };

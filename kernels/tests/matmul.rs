@@ -159,15 +159,17 @@ fn gemm_rejects_activations_of_another_format() {
     quire_kernels::gemm(DType::Q8_0, &[0u8; 34], &acts, 0..1, &mut out);
 }
 
-/// Prepacked Q4_0/Q8_0 matrices (AVX-512 only: elsewhere `can_prepack` is false and the engine keeps the
-/// file's layout) give the scalar reference's bits, for whole batches, single tokens, every tail size of
-/// the token tiles and a whole-panel row split.
+/// Prepacked matrices of every quantized format (AVX-512 only: elsewhere `can_prepack` is false and the
+/// engine keeps the file's layout) give the scalar reference's bits, for whole batches (unpacked into
+/// scratch), single tokens and every tail size of the token tiles (read in place), and a whole-panel row
+/// split; and every row reads back as the file's bytes (`unpack_row`, the tied embedding lookup).
 #[test]
 fn prepacked_gemm_equals_scalar() {
     let mut rng = common::rng(13);
     let mut checked = 0;
-    for dtype in [DType::Q4_0, DType::Q8_0] {
-        for (k, rows, tokens) in [(32, 16, 1), (512, 32, 4), (2560, 48, 13), (96, 16, 7)] {
+    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+        let k1 = dtype.block_len();
+        for (k, rows, tokens) in [(k1, 16, 1), (512, 32, 4), (2560, 48, 13), (3 * k1, 16, 7)] {
             if !quire_kernels::can_prepack(dtype, rows) {
                 continue;
             }
@@ -180,6 +182,11 @@ fn prepacked_gemm_equals_scalar() {
                 let mut packed = vec![0u8; w.len()];
                 quire_kernels::prepack(dtype, k, &w, &mut packed);
                 assert_ne!(packed, w, "{what}: the layout changed");
+                let mut row = vec![0u8; row_bytes];
+                for r in 0..rows {
+                    quire_kernels::prepacked::unpack_row(dtype, k, &packed, r, &mut row);
+                    assert_eq!(row, w[r * row_bytes..(r + 1) * row_bytes], "{what}: row {r} read back");
+                }
                 let mut acts = QuantizedActs::new();
                 acts.quantize(dtype, k, &x);
                 let mut out = vec![f32::NAN; rows * tokens];
@@ -216,6 +223,6 @@ fn prepacked_gemm_equals_scalar() {
         }
     }
     if dispatch::isa() == Isa::Avx512 {
-        assert_eq!(checked, 24, "every shape ran on this AVX-512 machine");
+        assert_eq!(checked, 60, "every shape ran on this AVX-512 machine");
     }
 }

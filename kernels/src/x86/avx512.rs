@@ -20,6 +20,7 @@
 use std::arch::x86_64::*;
 
 use crate::formats::{array_at, q4_0, q4_k, q5_k, q6_k, q8_0, q8_k};
+use crate::prepacked::Layout;
 
 /// Rows per panel: one per 32-bit lane.
 pub const PANEL_ROWS: usize = crate::matmul::PANEL_ROWS;
@@ -77,6 +78,15 @@ impl<'a> Panel<'a> {
     }
 }
 
+/// Where the blocks of a panel are read from.
+#[derive(Clone, Copy)]
+pub enum PanelSrc<'a> {
+    /// Sixteen rows in the file's layout (blocks of `block_bytes`), transposed as they are read.
+    File { panel: &'a Panel<'a>, block_bytes: usize },
+    /// A panel stored by [`prepack_panel`]: its bytes, already transposed.
+    Prepacked { bytes: &'a [u8], layout: Layout },
+}
+
 // ---------------------------------------------------------------- loads and transposes
 
 /// Dword `j` (bytes `off + 4j .. off + 4j + 4`) of each of the sixteen rows, for j in
@@ -132,6 +142,61 @@ fn halves_to_f32<const SHIFT: u32>(v: __m512i) -> __m512 {
     _mm512_cvtph_ps(_mm512_cvtepi32_epi16(_mm512_srli_epi32::<SHIFT>(v)))
 }
 
+/// The f16 at byte `off` of each row (inside the row), as the low half of each lane.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn gather_f16(p: &Panel, off: usize) -> __m512i {
+    // A 4-byte gather ending at the f16 when there is room before it (Q6_K's scale ends its row).
+    if off >= 2 {
+        _mm512_srli_epi32::<16>(gather_u32(p, off - 2))
+    } else {
+        gather_u32(p, off)
+    }
+}
+
+/// A 64-byte vector at `at` of `bytes`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn load64(bytes: &[u8], at: usize) -> __m512i {
+    let v: &[u8; 64] = array_at(bytes, at);
+    // SAFETY: 64 readable bytes; `loadu` has no alignment requirement.
+    unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
+}
+
+/// Bytes `at..at + 16` of block `b` of each row of a panel: `out[j]` lane `i` is word `j` of
+/// them in row `i` (what [`transpose_16x4`] makes of the file's layout).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn quad(src: &PanelSrc, b: usize, at: usize) -> [__m512i; 4] {
+    match *src {
+        PanelSrc::File { panel, block_bytes } => transpose_16x4(panel, b * block_bytes + at),
+        PanelSrc::Prepacked { bytes, layout } => {
+            let base = b * layout.panel_block_bytes() + layout.word_vector(at);
+            [
+                load64(bytes, base),
+                load64(bytes, base + 64),
+                load64(bytes, base + 128),
+                load64(bytes, base + 192),
+            ]
+        }
+    }
+}
+
+/// The f16 scale at byte `at` of block `b` of each row, as `f32` lanes.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn scale_f32(src: &PanelSrc, b: usize, at: usize) -> __m512 {
+    match *src {
+        PanelSrc::File { panel, block_bytes } => halves_to_f32::<0>(gather_f16(panel, b * block_bytes + at)),
+        PanelSrc::Prepacked { bytes, layout } => {
+            debug_assert_eq!(layout.scale_at, Some(at));
+            let scales: &[u8; 32] = array_at(bytes, b * layout.panel_block_bytes() + layout.scales_at());
+            // SAFETY: 32 readable bytes; `loadu` has no alignment requirement.
+            _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(scales.as_ptr().cast()) })
+        }
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn as_int(v: __m512) -> __m512i {
@@ -161,37 +226,35 @@ fn act_dword<const N: usize>(block: &[u8; N], off: usize) -> i32 {
 /// Packs block `b` of a Q4_0 panel: `out[g]` (g < 8) holds values `4g..4g + 4` of each
 /// row, `out[8]` the row scales as `f32`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn pack_q4_0_block(p: &Panel, b: usize, out: &mut [__m512i; Q32_VECS]) {
-    let off = b * q4_0::BLOCK_BYTES;
-    let qs = transpose_16x4(p, off + q4_0::QS);
+fn pack_q4_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
+    let qs = quad(src, b, q4_0::QS);
     let low = splat(0x0f0f_0f0f);
     for g in 0..4 {
         out[g] = _mm512_and_si512(qs[g], low);
         out[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(qs[g]), low);
     }
-    out[8] = as_int(halves_to_f32::<0>(gather_u32(p, off)));
+    out[8] = as_int(scale_f32(src, b, 0));
 }
 
 /// Packs block `b` of a Q8_0 panel: quants shifted to unsigned (`q + 128`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn pack_q8_0_block(p: &Panel, b: usize, out: &mut [__m512i; Q32_VECS]) {
-    let off = b * q8_0::BLOCK_BYTES;
+fn pack_q8_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
     let flip = splat(0x8080_8080);
-    let lo = transpose_16x4(p, off + q8_0::QS);
-    let hi = transpose_16x4(p, off + q8_0::QS + 16);
+    let lo = quad(src, b, q8_0::QS);
+    let hi = quad(src, b, q8_0::QS + 16);
     for g in 0..4 {
         out[g] = _mm512_xor_si512(lo[g], flip);
         out[g + 4] = _mm512_xor_si512(hi[g], flip);
     }
-    out[8] = as_int(halves_to_f32::<0>(gather_u32(p, off)));
+    out[8] = as_int(scale_f32(src, b, 0));
 }
 
 /// The Q4_K/Q5_K super-block header of each row: `d`, `dmin`, the eight scales as i32
 /// vectors and the eight mins as four vectors of i16 pairs `(m[2j], m[2j+1])`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn pack_k4_header(p: &Panel, off: usize, out: &mut [__m512i]) {
-    let [dm, w0, w1, w2] = transpose_16x4(p, off);
+fn pack_k4_header(src: &PanelSrc, sb: usize, out: &mut [__m512i]) {
+    let [dm, w0, w1, w2] = quad(src, sb, 0);
     let (low6, low4, low2) = (splat(0x3f3f_3f3f), splat(0x0f0f_0f0f), splat(0x0303_0303));
     // unpack_k4_scales, lane-wise: four 6-bit scales per dword.
     let sc_lo = _mm512_and_si512(w0, low6);
@@ -233,13 +296,12 @@ fn pack_k4_header(p: &Panel, off: usize, out: &mut [__m512i]) {
 
 /// Packs super-block `sb` of a Q4_K panel: `out[G]` holds values `4G..4G + 4`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn pack_q4_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K4_VECS]) {
-    let off = sb * q4_k::BLOCK_BYTES;
-    pack_k4_header(p, off, out);
+fn pack_q4_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K4_VECS]) {
+    pack_k4_header(src, sb, out);
     let low = splat(0x0f0f_0f0f);
     for k in 0..8 {
         // Dwords 4k..4k+4 of qs: chunk c = k / 2, bytes l = 16(k % 2) + 4j.
-        let q = transpose_16x4(p, off + q4_k::QS + 16 * k);
+        let q = quad(src, sb, q4_k::QS + 16 * k);
         let (c, half) = (k / 2, k % 2);
         for (j, v) in q.into_iter().enumerate() {
             let g = 16 * c + 4 * half + j;
@@ -251,16 +313,15 @@ fn pack_q4_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K4_VECS]) {
 
 /// Packs super-block `sb` of a Q5_K panel (as Q4_K, with the fifth bit from `qh`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn pack_q5_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K4_VECS]) {
-    let off = sb * q5_k::BLOCK_BYTES;
-    pack_k4_header(p, off, out);
+fn pack_q5_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K4_VECS]) {
+    pack_k4_header(src, sb, out);
     let low = splat(0x0f0f_0f0f);
     let bit = splat(0x0101_0101);
-    let qh_lo = transpose_16x4(p, off + q5_k::QH);
-    let qh_hi = transpose_16x4(p, off + q5_k::QH + 16);
+    let qh_lo = quad(src, sb, q5_k::QH);
+    let qh_hi = quad(src, sb, q5_k::QH + 16);
     let qh: [__m512i; 8] = std::array::from_fn(|j| if j < 4 { qh_lo[j] } else { qh_hi[j - 4] });
     for k in 0..8 {
-        let q = transpose_16x4(p, off + q5_k::QS + 16 * k);
+        let q = quad(src, sb, q5_k::QS + 16 * k);
         let (c, half) = (k / 2, k % 2);
         for (j, v) in q.into_iter().enumerate() {
             let l = 4 * half + j; // qh dword of these 4 values
@@ -280,18 +341,17 @@ fn pack_q5_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K4_VECS]) {
 /// Packs super-block `sb` of a Q6_K panel: unsigned 6-bit quants, the sixteen signed
 /// scales as i32 vectors, the same as eight vectors of i16 pairs, and `d`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn pack_q6_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K6_VECS]) {
-    let off = sb * q6_k::BLOCK_BYTES;
+fn pack_q6_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
     let low = splat(0x0f0f_0f0f);
     let two = splat(0x0303_0303);
     for half in 0..2 {
         let mut ql = [_mm512_setzero_si512(); 16];
         for k in 0..4 {
-            ql[4 * k..4 * k + 4].copy_from_slice(&transpose_16x4(p, off + q6_k::QL + 64 * half + 16 * k));
+            ql[4 * k..4 * k + 4].copy_from_slice(&quad(src, sb, q6_k::QL + 64 * half + 16 * k));
         }
         let mut qh = [_mm512_setzero_si512(); 8];
         for k in 0..2 {
-            qh[4 * k..4 * k + 4].copy_from_slice(&transpose_16x4(p, off + q6_k::QH + 32 * half + 16 * k));
+            qh[4 * k..4 * k + 4].copy_from_slice(&quad(src, sb, q6_k::QH + 32 * half + 16 * k));
         }
         for j in 0..8 {
             let (a, b, h) = (ql[j], ql[j + 8], qh[j]);
@@ -309,7 +369,7 @@ fn pack_q6_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K6_VECS]) {
             );
         }
     }
-    let sc = transpose_16x4(p, off + q6_k::SCALES);
+    let sc = quad(src, sb, q6_k::SCALES);
     let word = splat(0x0000_ffff);
     for (k, v) in sc.into_iter().enumerate() {
         out[64 + 4 * k] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(v));
@@ -322,7 +382,37 @@ fn pack_q6_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K6_VECS]) {
         out[80 + 2 * k] = _mm512_or_si512(_mm512_and_si512(even, word), _mm512_slli_epi32::<16>(odd));
         out[80 + 2 * k + 1] = _mm512_or_si512(_mm512_srli_epi32::<16>(even), _mm512_andnot_si512(word, odd));
     }
-    out[88] = as_int(halves_to_f32::<16>(gather_u32(p, off + q6_k::D - 2)));
+    out[88] = as_int(scale_f32(src, sb, q6_k::D));
+}
+
+/// Packs block `b` of a panel of `block_bytes`-byte blocks into `dst` ([`vecs_per_block`] vectors).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_block(block_bytes: usize, src: &PanelSrc, b: usize, dst: &mut [__m512i]) {
+    match block_bytes {
+        q4_0::BLOCK_BYTES => pack_q4_0_block(src, b, dst.try_into().expect("block vectors")),
+        q8_0::BLOCK_BYTES => pack_q8_0_block(src, b, dst.try_into().expect("block vectors")),
+        q4_k::BLOCK_BYTES => pack_q4_k_block(src, b, dst.try_into().expect("block vectors")),
+        q5_k::BLOCK_BYTES => pack_q5_k_block(src, b, dst.try_into().expect("block vectors")),
+        q6_k::BLOCK_BYTES => pack_q6_k_block(src, b, dst.try_into().expect("block vectors")),
+        _ => unreachable!(),
+    }
+}
+
+/// Asks for the cache lines of a prepacked panel (`bytes`, blocks of `block_bytes` bytes) that
+/// lie [`PREFETCH_BLOCKS`] Q4_0-sized panel blocks (4.5 KiB) past block `b`, one block's worth per call,
+/// into the next panel too: prepacked panels of a matrix are contiguous. The hardware prefetcher
+/// alone leaves the loads waiting on memory.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn prefetch_prepacked(bytes: &[u8], block_bytes: usize, b: usize) {
+    let panel_block = PANEL_ROWS * block_bytes;
+    let ahead =
+        bytes.as_ptr().wrapping_add(b * panel_block + PREFETCH_BLOCKS * PANEL_ROWS * q4_0::BLOCK_BYTES);
+    for line in (0..panel_block).step_by(64) {
+        // A prefetch is only a hint: it never faults, wherever it points.
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+    }
 }
 
 /// Packs all `n_blocks` blocks of a panel of `block_bytes`-byte blocks into `out`
@@ -332,30 +422,36 @@ fn pack_q6_k_block(p: &Panel, sb: usize, out: &mut [__m512i; K6_VECS]) {
 /// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (see
 /// [`crate::x86::has_avx512`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub fn pack_panel(block_bytes: usize, p: &Panel, n_blocks: usize, out: &mut [__m512i]) {
+pub fn pack_panel(block_bytes: usize, src: &PanelSrc, n_blocks: usize, out: &mut [__m512i]) {
     let per = vecs_per_block(block_bytes);
-    assert!(n_blocks * block_bytes <= p.row_bytes && out.len() >= n_blocks * per);
-    // Sixteen interleaved streams are more than the hardware prefetchers keep ahead of:
-    // ask for every cache line of every row PREFETCH_BYTES before it is needed.
+    assert!(out.len() >= n_blocks * per);
+    match *src {
+        PanelSrc::File { panel, block_bytes: b } => {
+            assert!(b == block_bytes && n_blocks * block_bytes <= panel.row_bytes, "blocks inside the rows")
+        }
+        PanelSrc::Prepacked { bytes, layout } => assert!(
+            layout.block_bytes == block_bytes && bytes.len() >= n_blocks * layout.panel_block_bytes(),
+            "blocks inside the panel"
+        ),
+    }
     let mut next_line = 0;
     for (b, dst) in out.chunks_exact_mut(per).take(n_blocks).enumerate() {
-        while next_line < (b + 1) * block_bytes + PREFETCH_BYTES {
-            for row in &p.rows {
-                let at = row.as_ptr().wrapping_add(next_line);
-                // A prefetch is only a hint: it never faults, whatever the address (past
-                // the end of the row it just fetches an unrelated line).
-                _mm_prefetch::<_MM_HINT_T0>(at.cast());
+        match *src {
+            PanelSrc::File { panel, .. } => {
+                // Sixteen interleaved streams are more than the hardware prefetchers keep ahead of:
+                // ask for every cache line of every row PREFETCH_BYTES before it is needed.
+                while next_line < (b + 1) * block_bytes + PREFETCH_BYTES {
+                    for row in &panel.rows {
+                        // A prefetch is only a hint: it never faults, whatever the address (past
+                        // the end of the row it just fetches an unrelated line).
+                        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(next_line).cast());
+                    }
+                    next_line += 64;
+                }
             }
-            next_line += 64;
+            PanelSrc::Prepacked { bytes, .. } => prefetch_prepacked(bytes, block_bytes, b),
         }
-        match block_bytes {
-            q4_0::BLOCK_BYTES => pack_q4_0_block(p, b, dst.try_into().expect("block vectors")),
-            q8_0::BLOCK_BYTES => pack_q8_0_block(p, b, dst.try_into().expect("block vectors")),
-            q4_k::BLOCK_BYTES => pack_q4_k_block(p, b, dst.try_into().expect("block vectors")),
-            q5_k::BLOCK_BYTES => pack_q5_k_block(p, b, dst.try_into().expect("block vectors")),
-            q6_k::BLOCK_BYTES => pack_q6_k_block(p, b, dst.try_into().expect("block vectors")),
-            _ => unreachable!(),
-        }
+        pack_block(block_bytes, src, b, dst);
     }
 }
 
@@ -618,38 +714,35 @@ fn lanes<const T: usize>(acc: [__m512; T]) -> [[f32; PANEL_ROWS]; T] {
 
 // ---------------------------------------------------------------- prepacked panels
 
-/// Whether Q4_0/Q8_0 panels can be stored prepacked (see [`prepack_panel`]).
-pub fn can_prepack(block_bytes: usize) -> bool {
-    matches!(block_bytes, q4_0::BLOCK_BYTES | q8_0::BLOCK_BYTES)
-}
-
-/// Writes a full panel (sixteen rows) of Q4_0 or Q8_0 blocks in the *prepacked* layout, which holds
-/// exactly the bytes of the sixteen rows (so a matrix keeps its size) in the order [`pack_panel`] reads
-/// them: for every block, the quants transposed (vector `g`, lane `i` = quant bytes `4g..4g + 4` of row
-/// `i`: four vectors for Q4_0, eight for Q8_0), then the sixteen f16 block scales. Unpacking such a block
-/// ([`panel_dots_prepacked`]) costs a few loads instead of sixteen row loads, four transposes and a gather.
+/// Writes a full panel (sixteen rows) in the *prepacked* layout described in [`crate::prepacked`]:
+/// for every block, its 4-byte words transposed (vector `j`, lane `i` = word `j` of row `i`), then the
+/// sixteen f16 scales of the formats with a lone scale. The same bytes, in the order [`pack_panel`]
+/// reads them: unpacking a block costs a few loads instead of sixteen row loads, transposes and a
+/// gather.
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (see
 /// [`crate::x86::has_avx512`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub fn prepack_panel(block_bytes: usize, p: &Panel, n_blocks: usize, out: &mut [u8]) {
-    assert!(can_prepack(block_bytes), "no prepacked layout for blocks of {block_bytes} bytes");
-    assert!(n_blocks * block_bytes <= p.row_bytes && out.len() == n_blocks * PANEL_ROWS * block_bytes);
-    let n_qs = (block_bytes - 2) / 16;
-    for (b, dst) in out.chunks_exact_mut(PANEL_ROWS * block_bytes).enumerate() {
-        let off = b * block_bytes;
-        for h in 0..n_qs {
-            for (g, v) in transpose_16x4(p, off + 2 + 16 * h).into_iter().enumerate() {
-                let at = 64 * (4 * h + g);
-                // SAFETY: `dst` has 16·block_bytes ≥ 64·(4h + g) + 64 bytes for h < n_qs, g < 4.
+pub fn prepack_panel(layout: Layout, p: &Panel, n_blocks: usize, out: &mut [u8]) {
+    let block_bytes = layout.block_bytes;
+    assert!(n_blocks * block_bytes <= p.row_bytes && out.len() == n_blocks * layout.panel_block_bytes());
+    let src = PanelSrc::File { panel: p, block_bytes };
+    for (b, dst) in out.chunks_exact_mut(layout.panel_block_bytes()).enumerate() {
+        for h in 0..layout.n_words / 4 {
+            let words = quad(&src, b, layout.words_at + 16 * h);
+            for (j, v) in words.into_iter().enumerate() {
+                let at = 64 * (4 * h + j);
+                // SAFETY: `dst` has 64·n_words (+ 32) bytes, so 64 bytes at 64·(4h + j) for 4h + j < n_words.
                 unsafe { _mm512_storeu_si512(dst[at..at + 64].as_mut_ptr().cast(), v) };
             }
         }
-        let scales = _mm512_cvtepi32_epi16(gather_u32(p, off));
-        let at = 64 * 4 * n_qs;
-        // SAFETY: the last 32 bytes of `dst`; `storeu` has no alignment requirement.
-        unsafe { _mm256_storeu_si256(dst[at..at + 32].as_mut_ptr().cast(), scales) };
+        if let Some(at) = layout.scale_at {
+            let scales = _mm512_cvtepi32_epi16(gather_f16(p, b * block_bytes + at));
+            let to = layout.scales_at();
+            // SAFETY: the last 32 bytes of `dst`; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_si256(dst[to..to + 32].as_mut_ptr().cast(), scales) };
+        }
     }
 }
 
@@ -688,21 +781,6 @@ macro_rules! unpack_prepacked_block {
     }};
 }
 
-/// [`pack_panel`] for a panel stored by [`prepack_panel`] (`src`: its `n_blocks · 16 · block_bytes`
-/// bytes): the same packed vectors, for batches large enough to reuse them many times.
-///
-/// # Safety
-/// As [`prepack_panel`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub fn pack_prepacked_panel(block_bytes: usize, src: &[u8], n_blocks: usize, out: &mut [__m512i]) {
-    assert!(can_prepack(block_bytes), "no prepacked layout for blocks of {block_bytes} bytes");
-    assert!(src.len() == n_blocks * PANEL_ROWS * block_bytes && out.len() >= n_blocks * Q32_VECS);
-    for (b, dst) in out.chunks_exact_mut(Q32_VECS).take(n_blocks).enumerate() {
-        *<&mut [__m512i; Q32_VECS]>::try_from(dst).expect("block vectors") =
-            unpack_prepacked_block!(block_bytes, src, b);
-    }
-}
-
 /// [`panel_dots`] straight from a prepacked Q4_0/Q8_0 panel (`src`, see [`prepack_panel`]): each block
 /// is unpacked in registers and used for all `T` activation rows, without a scratch copy. The same
 /// vectors as [`pack_panel`] makes from the file's layout and the same operations as [`panel_dots`], so
@@ -719,18 +797,53 @@ pub fn panel_dots_prepacked<const T: usize>(
     side: &Q8_0Side,
     side_start: [usize; T],
 ) -> [[f32; PANEL_ROWS]; T] {
-    assert!(can_prepack(block_bytes) && src.len() == n_blocks * PANEL_ROWS * block_bytes);
+    assert!(matches!(block_bytes, q4_0::BLOCK_BYTES | q8_0::BLOCK_BYTES));
+    assert!(src.len() == n_blocks * PANEL_ROWS * block_bytes);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..n_blocks {
-        // Ask for the block PREFETCH_BLOCKS ahead, past the end of this panel too: prepacked panels of a
-        // matrix are contiguous, so that is the next panel (and a prefetch never faults, wherever it
-        // points). The hardware prefetcher alone leaves the loads waiting on memory.
-        let ahead = src.as_ptr().wrapping_add((b + PREFETCH_BLOCKS) * PANEL_ROWS * block_bytes);
-        for line in (0..PANEL_ROWS * block_bytes).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
-        }
+        prefetch_prepacked(src, block_bytes, b);
         let w = unpack_prepacked_block!(block_bytes, src, b);
         q32_block!(w, b, acts, side, side_start, acc);
+    }
+    lanes(acc)
+}
+
+/// [`panel_dots`] straight from a prepacked Q4_K/Q5_K/Q6_K panel (`src`, see [`prepack_panel`]): each
+/// super-block is unpacked into a few KiB of stack that stay in L1 and used for all `T` activation rows,
+/// instead of unpacking the whole panel into scratch first. Block by block, the same operations as
+/// [`panel_dots`] (a block's sum is added to the accumulator, which is never −0, so adding it through
+/// a zero accumulator changes no bit).
+///
+/// # Safety
+/// As [`prepack_panel`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+pub fn panel_dots_prepacked_k<const T: usize>(
+    layout: Layout,
+    src: &[u8],
+    n_blocks: usize,
+    acts: [&[u8]; T],
+    side: &Q8KSide,
+    side_start: [usize; T],
+) -> [[f32; PANEL_ROWS]; T] {
+    let block_bytes = layout.block_bytes;
+    assert!(matches!(block_bytes, q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES | q6_k::BLOCK_BYTES));
+    assert!(src.len() == n_blocks * layout.panel_block_bytes());
+    let panel = PanelSrc::Prepacked { bytes: src, layout };
+    let per = vecs_per_block(block_bytes);
+    let mut block = [_mm512_setzero_si512(); K6_VECS];
+    let mut acc = [_mm512_setzero_ps(); T];
+    for b in 0..n_blocks {
+        prefetch_prepacked(src, block_bytes, b);
+        pack_block(block_bytes, &panel, b, &mut block[..per]);
+        let a = acts.map(|a| &a[b * q8_k::BLOCK_BYTES..]);
+        let starts = side_start.map(|s| s + b);
+        let sums = match block_bytes {
+            q6_k::BLOCK_BYTES => compute_q6_k::<T>(&block, 1, a, side, starts),
+            _ => compute_k4::<T>(&block[..K4_VECS], 1, a, side, starts),
+        };
+        for_each_token!(T, |t| {
+            acc[t] = _mm512_add_ps(acc[t], sums[t]);
+        });
     }
     lanes(acc)
 }
