@@ -5,8 +5,8 @@
 //! [`KEY_CHUNK`] positions, so each chunk of keys (and later of values) is brought into cache once and used
 //! by every query of the task, instead of once per query head and position. For each query:
 //! scores = q·k / √head_dim against every visible key, softmax, then the probability-weighted sum of the
-//! values; f16 and f32 caches are read in place by the kernels crate's row kernels, q8_0 chunks are
-//! converted to f32 first.
+//! values; f32 caches are read in place by the kernels crate's row kernels, f16 and q8_0 chunks are
+//! converted to f32 first (exact for f16, so the results are those of reading the halves in place).
 //!
 //! Every query's result depends only on its own vector and the cache: its scores are one dot product per key,
 //! its softmax runs over its own visible keys, and its values are accumulated key by key in position order
@@ -142,8 +142,9 @@ fn head_block(
     });
 }
 
-/// `len` rows of one head (`hd` values at the start of each `stride`-byte row of `src`) in a format the row
-/// kernels read: f16 and f32 in place, q8_0 converted to f32 into `buf`. Returns (format, bytes, stride).
+/// `len` rows of one head (`hd` values at the start of each `stride`-byte row of `src`) as f32 rows for the row
+/// kernels: f32 in place; f16 and q8_0 converted into `buf` once per chunk (every query of the task then
+/// reads plain f32 from L1 instead of widening the same halves again). Returns (format, bytes, stride).
 fn load_chunk<'a>(
     kv_type: KvType,
     src: &'a [u8],
@@ -154,14 +155,16 @@ fn load_chunk<'a>(
     row: &mut Vec<f32>,
 ) -> (DType, &'a [u8], usize) {
     match kv_type {
-        KvType::F16 | KvType::F32 => (kv_type.dtype(), src, stride),
-        KvType::Q8_0 => {
+        KvType::F32 => (DType::F32, src, stride),
+        KvType::F16 | KvType::Q8_0 => {
             let head_bytes = kv_type.bytes_for(hd);
             row.resize(hd, 0.0);
-            buf.clear();
-            for t in 0..len {
-                dequantize_row(DType::Q8_0, &src[t * stride..t * stride + head_bytes], row);
-                buf.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+            buf.resize(len * hd * 4, 0);
+            for (t, dst) in buf.chunks_exact_mut(hd * 4).enumerate() {
+                dequantize_row(kv_type.dtype(), &src[t * stride..t * stride + head_bytes], row);
+                for (d, v) in dst.chunks_exact_mut(4).zip(row.iter()) {
+                    d.copy_from_slice(&v.to_le_bytes());
+                }
             }
             (DType::F32, &buf[..], hd * 4)
         }
@@ -177,7 +180,7 @@ struct TaskScratch {
     scores: Vec<f32>,
     /// 1 / softmax denominator of each query.
     inv: Vec<f32>,
-    /// A q8_0 chunk converted to f32 bytes, and one row of it as f32.
+    /// An f16 or q8_0 chunk converted to f32 bytes, and one row of it as f32.
     chunk: Vec<u8>,
     row: Vec<f32>,
 }

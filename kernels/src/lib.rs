@@ -123,7 +123,16 @@ impl std::fmt::Display for DType {
 pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) {
     let f = format(dtype);
     check_row(f, src.len(), dst.len());
-    (f.dequantize)(src, dst);
+    match (dtype, dispatch::isa()) {
+        // F16 rows are read often (embeddings of F16 files, f16 KV-cache chunks in attention): `vcvtph2ps`.
+        #[cfg(target_arch = "x86_64")]
+        (DType::F16, dispatch::Isa::Avx2 | dispatch::Isa::Avx512) => {
+            // SAFETY: the process instruction set is supported, and both require AVX2, FMA and F16C,
+            // the features this kernel is compiled for.
+            unsafe { x86::avx2::dequantize_f16(src, dst) }
+        }
+        _ => (f.dequantize)(src, dst),
+    }
 }
 
 /// Quantizes one row of `src.len()` values into `dst` in `dtype`'s layout, with

@@ -37,7 +37,7 @@ fn row_helpers_equal_one_call_per_row() {
     use quire_kernels::{axpy, axpy_rows, dot_rows, vec_dot};
     let mut rng = common::rng(22);
     for dtype in [DType::F32, DType::F16] {
-        for (hd, n, pad) in [(128usize, 37usize, 3usize), (64, 1, 0), (8, 5, 1)] {
+        for (hd, n, pad) in [(128usize, 37usize, 3usize), (64, 1, 0), (8, 5, 1), (200, 9, 2)] {
             let es = dtype.block_bytes();
             let stride = (hd + pad) * es;
             let rows = common::quantize(dtype, &common::random_values(&mut rng, n * (hd + pad), 3.0));
@@ -56,6 +56,24 @@ fn row_helpers_equal_one_call_per_row() {
                 axpy(dtype, p, &rows[t * stride..t * stride + hd * es], &mut want);
             }
             assert!(y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{dtype} hd={hd}");
+        }
+    }
+}
+
+/// F16 rows widen to exactly the scalar conversion's floats on every instruction set (the attention
+/// chunks and F16 embeddings go through `dequantize_row`): all 65536 halves, NaNs included, at every
+/// tail length.
+#[test]
+fn f16_rows_widen_exactly() {
+    let all: Vec<u8> = (0..=u16::MAX).flat_map(|h| h.to_le_bytes()).collect();
+    for n in [65536usize, 1, 7, 8, 9, 23] {
+        let src = &all[2 * (65536 - n)..];
+        let mut got = vec![0.0f32; n];
+        quire_kernels::dequantize_row(DType::F16, src, &mut got);
+        let mut want = vec![0.0f32; n];
+        quire_kernels::formats::f16::dequantize(src, &mut want);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "n={n} value {i}: {g} vs {w}");
         }
     }
 }

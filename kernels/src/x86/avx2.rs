@@ -643,20 +643,78 @@ pub fn dot_rows(f16: bool, q: &[u8], rows: &[u8], stride: usize, scale: f32, out
 }
 
 /// `y = fma(p[t], rows[t], y)` for t in order, where row `t` is the `y.len()` values of
-/// `dtype` at byte `t·stride`: [`axpy_f32`] / [`axpy_f16`] per row, without a dispatch per
-/// row. Lengths are checked by the caller.
+/// `dtype` at byte `t·stride`: the same operations as [`axpy_f32`] / [`axpy_f16`] row after row,
+/// but `y` stays in registers, 64 columns at a time, for all rows (instead of being loaded and
+/// stored once per row). Lengths are checked by the caller.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn axpy_rows(f16: bool, p: &[f32], rows: &[u8], stride: usize, y: &mut [f32]) {
-    let row_bytes = y.len() * if f16 { 2 } else { 4 };
-    for (t, &pt) in p.iter().enumerate() {
-        let row = &rows[t * stride..t * stride + row_bytes];
-        if f16 {
-            axpy_f16(pt, row, y)
-        } else {
-            axpy_f32(pt, row, y)
+    if f16 {
+        axpy_rows_of::<true>(p, rows, stride, y)
+    } else {
+        axpy_rows_of::<false>(p, rows, stride, y)
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn axpy_rows_of<const F16: bool>(p: &[f32], rows: &[u8], stride: usize, y: &mut [f32]) {
+    const COLS: usize = 64;
+    let value_bytes = if F16 { 2 } else { 4 };
+    let full = y.len() / COLS * COLS;
+    for c0 in (0..full).step_by(COLS) {
+        let yb: &mut [f32; COLS] = (&mut y[c0..c0 + COLS]).try_into().expect("64 values");
+        // SAFETY: `yb` is 64 readable f32; `loadu` has no alignment requirement.
+        let mut acc: [__m256; 8] =
+            std::array::from_fn(|j| unsafe { _mm256_loadu_ps(yb.as_ptr().add(8 * j)) });
+        for (t, &pt) in p.iter().enumerate() {
+            let a = _mm256_set1_ps(pt);
+            let row = &rows[t * stride + c0 * value_bytes..][..COLS * value_bytes];
+            for (j, acc) in acc.iter_mut().enumerate() {
+                let x = if F16 {
+                    _mm256_cvtph_ps(load_128(array_at(row, 16 * j)))
+                } else {
+                    load_f32x8(array_at(row, 32 * j))
+                };
+                *acc = _mm256_fmadd_ps(a, x, *acc);
+            }
         }
+        for (j, v) in acc.into_iter().enumerate() {
+            // SAFETY: `yb` is 64 writable f32; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_ps(yb.as_mut_ptr().add(8 * j), v) };
+        }
+    }
+    if full < y.len() {
+        let tail = &mut y[full..];
+        for (t, &pt) in p.iter().enumerate() {
+            let row = &rows[t * stride + full * value_bytes..][..tail.len() * value_bytes];
+            if F16 {
+                axpy_f16(pt, row, tail)
+            } else {
+                axpy_f32(pt, row, tail)
+            }
+        }
+    }
+}
+
+/// Widens halves (little-endian bytes) to `f32`, eight at a time with `vcvtph2ps` (exact, as the
+/// scalar conversion; NaNs stay NaNs).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dequantize_f16(src: &[u8], dst: &mut [f32]) {
+    let (sc, dc) = (src.chunks_exact(16), dst.chunks_exact_mut(8));
+    let s_tail = sc.remainder();
+    let mut d_iter = dc;
+    for (sb, db) in sc.zip(&mut d_iter) {
+        let v = _mm256_cvtph_ps(load_128(array_at(sb, 0)));
+        // SAFETY: `db` is eight writable f32; `storeu` has no alignment requirement.
+        unsafe { _mm256_storeu_ps(db.as_mut_ptr(), v) };
+    }
+    for (sb, d) in s_tail.chunks_exact(2).zip(d_iter.into_remainder()) {
+        *d = f16_to_f32(array_at(sb, 0));
     }
 }
