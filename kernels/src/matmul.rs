@@ -246,10 +246,21 @@ fn gemm_checked(
     }
 }
 
+/// Scratch of the panel kernels, one per thread (grows to the largest panel and batch seen).
+#[cfg(target_arch = "x86_64")]
+#[derive(Default)]
+struct Scratch {
+    /// The packed panel.
+    packed: Vec<std::arch::x86_64::__m512i>,
+    /// Q8_0 activations interleaved tile by tile (`crate::x86::avx512::Q8_0Tile`).
+    qs: Vec<u8>,
+    d: Vec<f32>,
+    neg: Vec<i32>,
+}
+
 #[cfg(target_arch = "x86_64")]
 thread_local! {
-    /// The packed panel of the current thread (grows to the largest panel seen).
-    static PANEL: std::cell::RefCell<Vec<std::arch::x86_64::__m512i>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Tokens per tile of the panel kernels.
@@ -269,24 +280,46 @@ fn gemm_avx512(
     out: &mut [f32],
     prepacked: bool,
 ) {
-    use crate::x86::avx512::{self, Panel, PanelSrc, Q8KSide, Q8_0Side, Side};
+    use crate::x86::avx512::{self, Panel, PanelSrc, Q8KSide, Q8_0Side, Q8_0Tile};
     let block_bytes = wtype.block_bytes();
     let n_blocks = k / wtype.block_len();
     let row_bytes = n_blocks * block_bytes;
-    let side = match wtype.vec_dot_type() {
-        DType::Q8_0 => Side::Q8_0(Q8_0Side { d: &acts.d, neg_offset_sum: &acts.side }),
-        _ => Side::Q8K(Q8KSide { d: &acts.d, sub_pairs: &acts.side }),
-    };
+    let q8_0 = wtype.vec_dot_type() == DType::Q8_0;
+    let side_q8_0 = Q8_0Side { d: &acts.d, neg_offset_sum: &acts.side };
+    let side_q8_k = Q8KSide { d: &acts.d, sub_pairs: &acts.side };
     let t0 = tokens.start;
     let layout = if prepacked { Layout::of(wtype) } else { None };
-    PANEL.with_borrow_mut(|packed| {
+    // A prepacked panel is read in place by a batch of at most one tile (decoding); a larger batch
+    // unpacks it into scratch once, as a panel in the file's layout is always packed.
+    let in_place = prepacked && tokens.len() <= TILE;
+    SCRATCH.with_borrow_mut(|Scratch { packed, qs, d, neg }| {
         packed.resize(n_blocks * avx512::vecs_per_block(block_bytes), zero_vector());
+        if q8_0 && !in_place {
+            // Q8_0 activations interleaved tile by tile, once for all panels: the tile from token t
+            // holds its tokens' blocks at (t − t0)·n_blocks onwards.
+            let n = tokens.len() * n_blocks;
+            qs.resize(32 * n, 0);
+            d.resize(n, 0.0);
+            neg.resize(n, 0);
+            for t in tokens.clone().step_by(TILE) {
+                let m = TILE.min(tokens.end - t);
+                let rows: Vec<&[u8]> = (t..t + m).map(|i| acts.row(i)).collect();
+                let starts: Vec<usize> = (t..t + m).map(|i| i * n_blocks).collect();
+                let at = (t - t0) * n_blocks..(t - t0 + m) * n_blocks;
+                avx512::interleave_q8_0(
+                    &rows,
+                    &side_q8_0,
+                    &starts,
+                    n_blocks,
+                    &mut qs[32 * at.start..32 * at.end],
+                    &mut d[at.clone()],
+                    &mut neg[at],
+                );
+            }
+        }
         for r0 in (0..n_rows).step_by(PANEL_ROWS) {
             let n = PANEL_ROWS.min(n_rows - r0);
-            // A prepacked panel is read in place by a batch of at most one tile (decoding); a larger
-            // batch unpacks it into scratch once, as a panel in the file's layout is always packed.
             let src = &w[r0 * row_bytes..(r0 + n) * row_bytes];
-            let in_place = prepacked && tokens.len() <= TILE;
             if !in_place {
                 let panel = Panel::new(w, row_bytes, r0, n);
                 let from = match layout {
@@ -310,19 +343,35 @@ fn gemm_avx512(
                     // SAFETY: as for `pack_panel` above (and `can_prepack` held when the
                     // matrix was prepacked, which also requires AVX-512).
                     let res = unsafe {
-                        match (&side, in_place.then_some(layout).flatten()) {
-                            (Side::Q8_0(s), Some(_)) => avx512::panel_dots_prepacked::<$n>(
+                        match (q8_0, in_place.then_some(layout).flatten()) {
+                            (true, Some(_)) => avx512::panel_dots_prepacked::<$n>(
                                 block_bytes,
                                 src,
                                 n_blocks,
                                 rows,
-                                s,
+                                &side_q8_0,
                                 starts,
                             ),
-                            (Side::Q8K(s), Some(l)) => {
-                                avx512::panel_dots_prepacked_k::<$n>(l, src, n_blocks, rows, s, starts)
+                            (false, Some(l)) => avx512::panel_dots_prepacked_k::<$n>(
+                                l, src, n_blocks, rows, &side_q8_k, starts,
+                            ),
+                            (true, None) => {
+                                let at = ($t - t0) * n_blocks..($t - t0 + $n) * n_blocks;
+                                let tile = Q8_0Tile {
+                                    qs: &qs[32 * at.start..32 * at.end],
+                                    d: &d[at.clone()],
+                                    neg: &neg[at],
+                                };
+                                avx512::panel_dots_q32::<$n>(packed, n_blocks, &tile)
                             }
-                            _ => avx512::panel_dots::<$n>(block_bytes, packed, n_blocks, rows, &side, starts),
+                            (false, None) => avx512::panel_dots::<$n>(
+                                block_bytes,
+                                packed,
+                                n_blocks,
+                                rows,
+                                &side_q8_k,
+                                starts,
+                            ),
                         }
                     };
                     for (i, lanes) in res.iter().enumerate() {
