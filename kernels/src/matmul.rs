@@ -252,10 +252,11 @@ fn gemm_checked(
 struct Scratch {
     /// The packed panel.
     packed: Vec<std::arch::x86_64::__m512i>,
-    /// Q8_0 activations interleaved tile by tile (`crate::x86::avx512::Q8_0Tile`).
+    /// Activations interleaved tile by tile (`crate::x86::avx512::Q8_0Tile` / `Q8KTile`): blocks, scales,
+    /// and the Q8_0 offset sums or Q8_K sub-block sum pairs.
     qs: Vec<u8>,
     d: Vec<f32>,
-    neg: Vec<i32>,
+    side: Vec<i32>,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -280,7 +281,7 @@ fn gemm_avx512(
     out: &mut [f32],
     prepacked: bool,
 ) {
-    use crate::x86::avx512::{self, Panel, PanelSrc, Q8KSide, Q8_0Side, Q8_0Tile};
+    use crate::x86::avx512::{self, Panel, PanelSrc, Q8KSide, Q8KTile, Q8_0Side, Q8_0Tile};
     let block_bytes = wtype.block_bytes();
     let n_blocks = k / wtype.block_len();
     let row_bytes = n_blocks * block_bytes;
@@ -292,29 +293,29 @@ fn gemm_avx512(
     // A prepacked panel is read in place by a batch of at most one tile (decoding); a larger batch
     // unpacks it into scratch once, as a panel in the file's layout is always packed.
     let in_place = prepacked && tokens.len() <= TILE;
-    SCRATCH.with_borrow_mut(|Scratch { packed, qs, d, neg }| {
+    SCRATCH.with_borrow_mut(|Scratch { packed, qs, d, side }| {
         packed.resize(n_blocks * avx512::vecs_per_block(block_bytes), zero_vector());
-        if q8_0 && !in_place {
-            // Q8_0 activations interleaved tile by tile, once for all panels: the tile from token t
-            // holds its tokens' blocks at (t − t0)·n_blocks onwards.
-            let n = tokens.len() * n_blocks;
-            qs.resize(32 * n, 0);
+        // Activations interleaved tile by tile, once for all panels (the in-place Q4_0/Q8_0 decode kernel
+        // reads the rows as they are): the tile from token t holds its tokens' blocks from block
+        // (t − t0)·n_blocks on.
+        let n = tokens.len() * n_blocks;
+        let (block_len, side_len) = if q8_0 { (32, 1) } else { (q8_k::BLOCK_BYTES, 4) };
+        if !(q8_0 && in_place) {
+            qs.resize(block_len * n, 0);
             d.resize(n, 0.0);
-            neg.resize(n, 0);
+            side.resize(side_len * n, 0);
             for t in tokens.clone().step_by(TILE) {
                 let m = TILE.min(tokens.end - t);
                 let rows: Vec<&[u8]> = (t..t + m).map(|i| acts.row(i)).collect();
                 let starts: Vec<usize> = (t..t + m).map(|i| i * n_blocks).collect();
                 let at = (t - t0) * n_blocks..(t - t0 + m) * n_blocks;
-                avx512::interleave_q8_0(
-                    &rows,
-                    &side_q8_0,
-                    &starts,
-                    n_blocks,
-                    &mut qs[32 * at.start..32 * at.end],
-                    &mut d[at.clone()],
-                    &mut neg[at],
-                );
+                let qs = &mut qs[block_len * at.start..block_len * at.end];
+                let (d, side) = (&mut d[at.clone()], &mut side[side_len * at.start..side_len * at.end]);
+                if q8_0 {
+                    avx512::interleave_q8_0(&rows, &side_q8_0, &starts, n_blocks, qs, d, side);
+                } else {
+                    avx512::interleave_q8_k(&rows, &side_q8_k, &starts, n_blocks, qs, d, side);
+                }
             }
         }
         for r0 in (0..n_rows).step_by(PANEL_ROWS) {
@@ -340,6 +341,12 @@ fn gemm_avx512(
                 ($n:literal, $t:expr) => {{
                     let rows: [&[u8]; $n] = std::array::from_fn(|i| acts.row($t + i));
                     let starts = std::array::from_fn(|i| ($t + i) * n_blocks);
+                    let at = ($t - t0) * n_blocks..($t - t0 + $n) * n_blocks;
+                    let k_tile = || Q8KTile {
+                        blocks: &qs[q8_k::BLOCK_BYTES * at.start..q8_k::BLOCK_BYTES * at.end],
+                        d: &d[at.clone()],
+                        sub_pairs: &side[4 * at.start..4 * at.end],
+                    };
                     // SAFETY: as for `pack_panel` above (and `can_prepack` held when the
                     // matrix was prepacked, which also requires AVX-512).
                     let res = unsafe {
@@ -352,26 +359,20 @@ fn gemm_avx512(
                                 &side_q8_0,
                                 starts,
                             ),
-                            (false, Some(l)) => avx512::panel_dots_prepacked_k::<$n>(
-                                l, src, n_blocks, rows, &side_q8_k, starts,
-                            ),
+                            (false, Some(l)) => {
+                                avx512::panel_dots_prepacked_k::<$n>(l, src, n_blocks, &k_tile())
+                            }
                             (true, None) => {
-                                let at = ($t - t0) * n_blocks..($t - t0 + $n) * n_blocks;
                                 let tile = Q8_0Tile {
                                     qs: &qs[32 * at.start..32 * at.end],
                                     d: &d[at.clone()],
-                                    neg: &neg[at],
+                                    neg: &side[at.clone()],
                                 };
                                 avx512::panel_dots_q32::<$n>(packed, n_blocks, &tile)
                             }
-                            (false, None) => avx512::panel_dots::<$n>(
-                                block_bytes,
-                                packed,
-                                n_blocks,
-                                rows,
-                                &side_q8_k,
-                                starts,
-                            ),
+                            (false, None) => {
+                                avx512::panel_dots::<$n>(block_bytes, packed, n_blocks, &k_tile())
+                            }
                         }
                     };
                     for (i, lanes) in res.iter().enumerate() {

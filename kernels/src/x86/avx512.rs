@@ -607,22 +607,81 @@ pub struct Q8KSide<'a> {
     pub sub_pairs: &'a [i32],
 }
 
+/// A tile of Q8_K activation rows interleaved block by block ([`interleave_q8_k`]): for super-block `b`,
+/// token `t`'s Q8_K block at `blocks[(b·T + t)·292..]`, its scale at `d[b·T + t]` and its four dwords of
+/// sub-block sum pairs at `sub_pairs[(b·T + t)·4..]`. The kernels then find each block's `T` tokens at
+/// fixed offsets from one pointer.
+pub struct Q8KTile<'a> {
+    pub blocks: &'a [u8],
+    pub d: &'a [f32],
+    pub sub_pairs: &'a [i32],
+}
+
+impl<'a> Q8KTile<'a> {
+    /// Panics unless the tile holds `n_blocks` super-blocks of `n` tokens.
+    fn check(&self, n_blocks: usize, n: usize) {
+        let m = n_blocks * n;
+        assert!(
+            self.blocks.len() >= m * q8_k::BLOCK_BYTES && self.d.len() >= m && self.sub_pairs.len() >= 4 * m
+        );
+    }
+
+    /// Super-block `b` of the `n` tokens: their blocks, scales and sub-block sum pairs.
+    #[inline(always)]
+    fn block(&self, b: usize, n: usize) -> (&'a [u8], &'a [f32], &'a [i32]) {
+        let (i, bb) = (b * n, q8_k::BLOCK_BYTES);
+        (&self.blocks[i * bb..(i + n) * bb], &self.d[i..i + n], &self.sub_pairs[4 * i..4 * (i + n)])
+    }
+
+    /// The tile from super-block `b` on.
+    fn skip_blocks(&self, b: usize, n: usize) -> Q8KTile<'a> {
+        let i = b * n;
+        Q8KTile {
+            blocks: &self.blocks[i * q8_k::BLOCK_BYTES..],
+            d: &self.d[i..],
+            sub_pairs: &self.sub_pairs[4 * i..],
+        }
+    }
+}
+
+/// Interleaves `rows.len()` Q8_K activation rows of `n_blocks` super-blocks (and their side data from
+/// `side_start[t]`) into `blocks`, `d` and `sub_pairs` (sized for `n_blocks · rows.len()` blocks) as
+/// [`Q8KTile`] describes.
+pub fn interleave_q8_k(
+    rows: &[&[u8]],
+    side: &Q8KSide,
+    side_start: &[usize],
+    n_blocks: usize,
+    blocks: &mut [u8],
+    d: &mut [f32],
+    sub_pairs: &mut [i32],
+) {
+    let (n, bb) = (rows.len(), q8_k::BLOCK_BYTES);
+    assert!(
+        blocks.len() == n_blocks * n * bb && d.len() == n_blocks * n && sub_pairs.len() == 4 * n_blocks * n
+    );
+    for b in 0..n_blocks {
+        for (t, row) in rows.iter().enumerate() {
+            let (i, s) = (b * n + t, side_start[t] + b);
+            blocks[i * bb..(i + 1) * bb].copy_from_slice(&row[b * bb..(b + 1) * bb]);
+            d[i] = side.d[s];
+            sub_pairs[4 * i..4 * i + 4].copy_from_slice(&side.sub_pairs[4 * s..4 * s + 4]);
+        }
+    }
+}
+
 /// Multiplies a packed Q4_K/Q5_K panel with `T` Q8_K activation rows. Each sub-block's eight
 /// weight vectors are loaded once and used for all `T` rows.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn compute_k4<const T: usize>(
-    packed: &[__m512i],
-    n_blocks: usize,
-    acts: [&[u8]; T],
-    side: &Q8KSide,
-    side_start: [usize; T],
-) -> [__m512; T] {
+fn compute_k4<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KTile) -> [__m512; T] {
+    tile.check(n_blocks, T);
     let mut acc = [_mm512_setzero_ps(); T];
     for (sb, w) in packed.chunks_exact(K4_VECS).take(n_blocks).enumerate() {
         let w: &[__m512i; K4_VECS] = w.try_into().expect("block vectors");
+        let (blocks, d, sub_pairs) = tile.block(sb, T);
         let a: [&[u8; q8_k::BLOCK_BYTES]; T] =
-            std::array::from_fn(|t| array_at(acts[t], sb * q8_k::BLOCK_BYTES));
+            std::array::from_fn(|t| array_at(blocks, t * q8_k::BLOCK_BYTES));
         let mut sumi = [_mm512_setzero_si512(); T];
         for sub in 0..8 {
             let ws: [__m512i; 8] = std::array::from_fn(|g| w[8 * sub + g]);
@@ -643,13 +702,12 @@ fn compute_k4<const T: usize>(
             });
         }
         for_each_token!(T, |t| {
-            let s = side_start[t] + sb;
             let mut summ = _mm512_setzero_si512();
             for j in 0..4 {
-                summ = _mm512_dpwssd_epi32(summ, w[72 + j], _mm512_set1_epi32(side.sub_pairs[4 * s + j]));
+                summ = _mm512_dpwssd_epi32(summ, w[72 + j], _mm512_set1_epi32(sub_pairs[4 * t + j]));
             }
             // sum += (d_w·d_a)·sumi − (dmin_w·d_a)·summ
-            let da = _mm512_set1_ps(side.d[s]);
+            let da = _mm512_set1_ps(d[t]);
             let d = _mm512_mul_ps(as_float(w[76]), da);
             let dmin = _mm512_mul_ps(as_float(w[77]), da);
             let block = _mm512_sub_ps(
@@ -666,18 +724,14 @@ fn compute_k4<const T: usize>(
 /// weight vectors are loaded once and used for all `T` rows.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn compute_q6_k<const T: usize>(
-    packed: &[__m512i],
-    n_blocks: usize,
-    acts: [&[u8]; T],
-    side: &Q8KSide,
-    side_start: [usize; T],
-) -> [__m512; T] {
+fn compute_q6_k<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KTile) -> [__m512; T] {
+    tile.check(n_blocks, T);
     let mut acc = [_mm512_setzero_ps(); T];
     for (sb, w) in packed.chunks_exact(K6_VECS).take(n_blocks).enumerate() {
         let w: &[__m512i; K6_VECS] = w.try_into().expect("block vectors");
+        let (blocks, d, _) = tile.block(sb, T);
         let a: [&[u8; q8_k::BLOCK_BYTES]; T] =
-            std::array::from_fn(|t| array_at(acts[t], sb * q8_k::BLOCK_BYTES));
+            std::array::from_fn(|t| array_at(blocks, t * q8_k::BLOCK_BYTES));
         let mut sumi = [_mm512_setzero_si512(); T];
         for sub in 0..16 {
             let ws: [__m512i; 4] = std::array::from_fn(|g| w[4 * sub + g]);
@@ -704,15 +758,16 @@ fn compute_q6_k<const T: usize>(
             }
             let sumi = _mm512_sub_epi32(sumi[t], _mm512_slli_epi32::<5>(off));
             // sum += (d_w·d_a)·sumi
-            let d = _mm512_mul_ps(as_float(w[88]), _mm512_set1_ps(side.d[side_start[t] + sb]));
+            let d = _mm512_mul_ps(as_float(w[88]), _mm512_set1_ps(d[t]));
             acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi)));
         });
     }
     acc
 }
 
-/// Multiplies a packed Q4_K/Q5_K/Q6_K panel (see [`pack_panel`]) with `T` activation rows: lane `i` of
-/// result `t` is the dot product of panel row `i` with `acts[t]`, bit-identical to the scalar reference.
+/// Multiplies a packed Q4_K/Q5_K/Q6_K panel (see [`pack_panel`]) with a tile of `T` activation rows: lane
+/// `i` of result `t` is the dot product of panel row `i` with token `t`, bit-identical to the scalar
+/// reference.
 /// (Q4_0/Q8_0 panels go through [`panel_dots_q32`].)
 ///
 /// # Safety
@@ -723,13 +778,11 @@ pub fn panel_dots<const T: usize>(
     block_bytes: usize,
     packed: &[__m512i],
     n_blocks: usize,
-    acts: [&[u8]; T],
-    side: &Q8KSide,
-    side_start: [usize; T],
+    tile: &Q8KTile,
 ) -> [[f32; PANEL_ROWS]; T] {
     let acc = match block_bytes {
-        q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES => compute_k4::<T>(packed, n_blocks, acts, side, side_start),
-        q6_k::BLOCK_BYTES => compute_q6_k::<T>(packed, n_blocks, acts, side, side_start),
+        q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES => compute_k4::<T>(packed, n_blocks, tile),
+        q6_k::BLOCK_BYTES => compute_q6_k::<T>(packed, n_blocks, tile),
         _ => unreachable!("no K-quant panel kernel for blocks of {block_bytes} bytes"),
     };
     lanes(acc)
@@ -871,9 +924,7 @@ pub fn panel_dots_prepacked_k<const T: usize>(
     layout: Layout,
     src: &[u8],
     n_blocks: usize,
-    acts: [&[u8]; T],
-    side: &Q8KSide,
-    side_start: [usize; T],
+    tile: &Q8KTile,
 ) -> [[f32; PANEL_ROWS]; T] {
     let block_bytes = layout.block_bytes;
     assert!(matches!(block_bytes, q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES | q6_k::BLOCK_BYTES));
@@ -885,11 +936,10 @@ pub fn panel_dots_prepacked_k<const T: usize>(
     for b in 0..n_blocks {
         prefetch_prepacked(src, block_bytes, b);
         pack_block(block_bytes, &panel, b, &mut block[..per]);
-        let a = acts.map(|a| &a[b * q8_k::BLOCK_BYTES..]);
-        let starts = side_start.map(|s| s + b);
+        let from_b = tile.skip_blocks(b, T);
         let sums = match block_bytes {
-            q6_k::BLOCK_BYTES => compute_q6_k::<T>(&block, 1, a, side, starts),
-            _ => compute_k4::<T>(&block[..K4_VECS], 1, a, side, starts),
+            q6_k::BLOCK_BYTES => compute_q6_k::<T>(&block, 1, &from_b),
+            _ => compute_k4::<T>(&block[..K4_VECS], 1, &from_b),
         };
         for_each_token!(T, |t| {
             acc[t] = _mm512_add_ps(acc[t], sums[t]);
