@@ -295,12 +295,11 @@ fn gemm_avx512(
     let in_place = prepacked && tokens.len() <= TILE;
     SCRATCH.with_borrow_mut(|Scratch { packed, qs, d, side }| {
         packed.resize(n_blocks * avx512::vecs_per_block(block_bytes), zero_vector());
-        // Activations interleaved tile by tile, once for all panels (the in-place Q4_0/Q8_0 decode kernel
-        // reads the rows as they are): the tile from token t holds its tokens' blocks from block
-        // (t − t0)·n_blocks on.
+        // Activations interleaved tile by tile, once for all panels: the tile from token t holds its
+        // tokens' blocks from block (t − t0)·n_blocks on.
         let n = tokens.len() * n_blocks;
         let (block_len, side_len) = if q8_0 { (32, 1) } else { (q8_k::BLOCK_BYTES, 4) };
-        if !(q8_0 && in_place) {
+        {
             qs.resize(block_len * n, 0);
             d.resize(n, 0.0);
             side.resize(side_len * n, 0);
@@ -339,9 +338,12 @@ fn gemm_avx512(
             // `$n` tokens from `$t` against this panel.
             macro_rules! dots {
                 ($n:literal, $t:expr) => {{
-                    let rows: [&[u8]; $n] = std::array::from_fn(|i| acts.row($t + i));
-                    let starts = std::array::from_fn(|i| ($t + i) * n_blocks);
                     let at = ($t - t0) * n_blocks..($t - t0 + $n) * n_blocks;
+                    let q32_tile = || Q8_0Tile {
+                        qs: &qs[32 * at.start..32 * at.end],
+                        d: &d[at.clone()],
+                        neg: &side[at.clone()],
+                    };
                     let k_tile = || Q8KTile {
                         blocks: &qs[q8_k::BLOCK_BYTES * at.start..q8_k::BLOCK_BYTES * at.end],
                         d: &d[at.clone()],
@@ -351,25 +353,13 @@ fn gemm_avx512(
                     // matrix was prepacked, which also requires AVX-512).
                     let res = unsafe {
                         match (q8_0, in_place.then_some(layout).flatten()) {
-                            (true, Some(_)) => avx512::panel_dots_prepacked::<$n>(
-                                block_bytes,
-                                src,
-                                n_blocks,
-                                rows,
-                                &side_q8_0,
-                                starts,
-                            ),
+                            (true, Some(_)) => {
+                                avx512::panel_dots_prepacked::<$n>(block_bytes, src, n_blocks, &q32_tile())
+                            }
                             (false, Some(l)) => {
                                 avx512::panel_dots_prepacked_k::<$n>(l, src, n_blocks, &k_tile())
                             }
-                            (true, None) => {
-                                let tile = Q8_0Tile {
-                                    qs: &qs[32 * at.start..32 * at.end],
-                                    d: &d[at.clone()],
-                                    neg: &side[at.clone()],
-                                };
-                                avx512::panel_dots_q32::<$n>(packed, n_blocks, &tile)
-                            }
+                            (true, None) => avx512::panel_dots_q32::<$n>(packed, n_blocks, &q32_tile()),
                             (false, None) => {
                                 avx512::panel_dots::<$n>(block_bytes, packed, n_blocks, &k_tile())
                             }

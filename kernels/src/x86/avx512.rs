@@ -554,14 +554,11 @@ fn q8_0_token<'a>(
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn compute_q32<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8_0Tile) -> [__m512; T] {
-    assert!(
-        tile.qs.len() >= n_blocks * T * 32 && tile.d.len() >= n_blocks * T && tile.neg.len() >= n_blocks * T
-    );
+    tile.check(n_blocks, T);
     let mut acc = [_mm512_setzero_ps(); T];
     for (b, w) in packed.chunks_exact(Q32_VECS).take(n_blocks).enumerate() {
         let w: &[__m512i; Q32_VECS] = w.try_into().expect("block vectors");
-        let qs = &tile.qs[b * T * 32..(b + 1) * T * 32];
-        let (d, neg) = (&tile.d[b * T..(b + 1) * T], &tile.neg[b * T..(b + 1) * T]);
+        let (qs, d, neg) = tile.block(b, T);
         q32_block!(w, acc, |t| (&qs[32 * t..32 * t + 32], neg[t], d[t]));
     }
     acc
@@ -574,6 +571,21 @@ pub struct Q8_0Tile<'a> {
     pub qs: &'a [u8],
     pub d: &'a [f32],
     pub neg: &'a [i32],
+}
+
+impl<'a> Q8_0Tile<'a> {
+    /// Panics unless the tile holds `n_blocks` blocks of `n` tokens.
+    fn check(&self, n_blocks: usize, n: usize) {
+        let m = n_blocks * n;
+        assert!(self.qs.len() >= 32 * m && self.d.len() >= m && self.neg.len() >= m);
+    }
+
+    /// Block `b` of the `n` tokens: their quants, scales and offset sums.
+    #[inline(always)]
+    fn block(&self, b: usize, n: usize) -> (&'a [u8], &'a [f32], &'a [i32]) {
+        let i = b * n;
+        (&self.qs[32 * i..32 * (i + n)], &self.d[i..i + n], &self.neg[i..i + n])
+    }
 }
 
 /// Interleaves `rows.len()` Q8_0 activation rows of `n_blocks` blocks (and their side data from
@@ -896,17 +908,17 @@ pub fn panel_dots_prepacked<const T: usize>(
     block_bytes: usize,
     src: &[u8],
     n_blocks: usize,
-    acts: [&[u8]; T],
-    side: &Q8_0Side,
-    side_start: [usize; T],
+    tile: &Q8_0Tile,
 ) -> [[f32; PANEL_ROWS]; T] {
     assert!(matches!(block_bytes, q4_0::BLOCK_BYTES | q8_0::BLOCK_BYTES));
     assert!(src.len() == n_blocks * PANEL_ROWS * block_bytes);
+    tile.check(n_blocks, T);
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..n_blocks {
         prefetch_prepacked(src, block_bytes, b);
         let w = unpack_prepacked_block!(block_bytes, src, b);
-        q32_block!(w, acc, |t| q8_0_token(&acts, side, &side_start, t, b));
+        let (qs, d, neg) = tile.block(b, T);
+        q32_block!(w, acc, |t| (&qs[32 * t..32 * t + 32], neg[t], d[t]));
     }
     lanes(acc)
 }
