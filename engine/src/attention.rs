@@ -4,16 +4,16 @@
 //! KV head and up to [`QUERY_BLOCK`] consecutive positions. A task walks the visible keys in chunks of
 //! [`KEY_CHUNK`] positions, so each chunk of keys (and later of values) is brought into cache once and used
 //! by every query of the task, instead of once per query head and position. For each query:
-//! scores = q·k / √head_dim against every visible key (keys converted to f32 and transposed once per chunk,
-//! so eight keys share each vector FMA), softmax, then the probability-weighted sum of the values (f32
-//! caches read in place, f16 and q8_0 chunks converted to f32 first).
+//! scores = q·k / √head_dim against every visible key, softmax, then the probability-weighted sum of the
+//! values; f32 caches are read in place by the kernels crate's row kernels, f16 and q8_0 chunks are
+//! converted to f32 first (exact for f16, so the results are those of reading the halves in place).
 //!
-//! Every query's result depends only on its own vector and the cache: its scores are one FMA chain per key,
+//! Every query's result depends only on its own vector and the cache: its scores are one dot product per key,
 //! its softmax runs over its own visible keys, and its values are accumulated key by key in position order
 //! (chunks start at multiples of [`KEY_CHUNK`] whatever the batch looks like). So a token gets bit-identical
 //! attention inside a prompt batch and alone, and for any thread count.
 
-use quire_kernels::{axpy_rows, dequantize_row, scores_t, DType};
+use quire_kernels::{axpy_rows, dequantize_row, dot_rows, DType};
 use rayon::prelude::*;
 
 use crate::config::Config;
@@ -84,24 +84,26 @@ fn head_block(
     let n_keys = visible(nq - 1);
 
     TASK_SCRATCH.with_borrow_mut(|s| {
+        s.queries.clear();
+        for b in rows.clone() {
+            let qrow = &q[b * c.q_dim() + kv_head * group * hd..][..group * hd];
+            s.queries.extend(qrow.iter().flat_map(|v| v.to_le_bytes()));
+        }
         s.scores.resize(nq * n_keys, 0.0);
-        s.tile.resize(KEY_CHUNK, 0.0);
 
-        // scores, chunk by chunk of keys (transposed, so each query's scores are a few vector FMAs per value)
+        // scores, chunk by chunk of keys
         for start in (0..n_keys).step_by(KEY_CHUNK) {
             let len = KEY_CHUNK.min(n_keys - start);
-            load_keys_t(kv_type, &keys[start * stride..], stride, len, hd, &mut s.keys_t, &mut s.row);
+            let (dtype, chunk, chunk_stride) =
+                load_chunk(kv_type, &keys[start * stride..], stride, len, hd, &mut s.chunk, &mut s.row);
             for i in 0..nq {
                 let m = visible(i).saturating_sub(start).min(len);
                 if m == 0 {
                     continue;
                 }
-                let (b, h) = (rows.start + i / group, i % group);
-                let qi = &q[b * c.q_dim() + (kv_head * group + h) * hd..][..hd];
-                // All `len` keys of the chunk (one FMA chain each, so a key's score does not depend on how
-                // many others there are); the query keeps the `m` it may see.
-                scores_t(qi, &s.keys_t[..hd * len], scale, &mut s.tile[..len]);
-                s.scores[i * n_keys + start..i * n_keys + start + m].copy_from_slice(&s.tile[..m]);
+                let qi = &s.queries[i * hd * 4..(i + 1) * hd * 4];
+                let row = &mut s.scores[i * n_keys + start..i * n_keys + start + m];
+                dot_rows(dtype, qi, chunk, chunk_stride, scale, row);
             }
         }
 
@@ -169,34 +171,11 @@ fn load_chunk<'a>(
     }
 }
 
-/// `len` keys of one head (`hd` values at the start of each `stride`-byte row of `src`), transposed into
-/// `keys_t` as `[hd][len]` f32 for [`scores_t`].
-fn load_keys_t(
-    kv_type: KvType,
-    src: &[u8],
-    stride: usize,
-    len: usize,
-    hd: usize,
-    keys_t: &mut Vec<f32>,
-    row: &mut Vec<f32>,
-) {
-    let head_bytes = kv_type.bytes_for(hd);
-    row.resize(hd, 0.0);
-    keys_t.resize(hd * len, 0.0);
-    for t in 0..len {
-        dequantize_row(kv_type.dtype(), &src[t * stride..t * stride + head_bytes], row);
-        for (d, &v) in row.iter().enumerate() {
-            keys_t[d * len + t] = v;
-        }
-    }
-}
-
 /// Per-thread scratch of one task.
 #[derive(Default)]
 struct TaskScratch {
-    /// A chunk of keys transposed, `[head_dim][chunk length]`, and one query's scores against it.
-    keys_t: Vec<f32>,
-    tile: Vec<f32>,
+    /// The task's query vectors as f32 bytes, `[nq][head_dim]`.
+    queries: Vec<u8>,
     /// Scores, then probabilities, `[nq][n_keys]`.
     scores: Vec<f32>,
     /// 1 / softmax denominator of each query.

@@ -226,39 +226,6 @@ pub fn axpy_with(isa: dispatch::Isa, dtype: DType, alpha: f32, x: &[u8], y: &mut
     Some(())
 }
 
-/// Attention scores against a tile of keys stored transposed: `out[j] = scale · Σ_d q[d]·keys_t[d·n + j]`
-/// for the `n = out.len()` keys, each sum one fused multiply-add after another in `d` order (on every
-/// instruction set, so results do not depend on it). Transposed, eight keys fill one vector and one
-/// broadcast of `q[d]` serves them all: no horizontal sums, no reloading of `q` per key.
-///
-/// # Panics
-/// If `keys_t.len() != q.len() · out.len()`.
-pub fn scores_t(q: &[f32], keys_t: &[f32], scale: f32, out: &mut [f32]) {
-    assert_eq!(keys_t.len(), q.len() * out.len(), "scores_t: {} keys of {} values", out.len(), q.len());
-    match dispatch::isa() {
-        #[cfg(target_arch = "x86_64")]
-        dispatch::Isa::Avx2 | dispatch::Isa::Avx512 => {
-            // SAFETY: the process instruction set is supported, and both require AVX2, FMA and F16C, the
-            // features this kernel is compiled for.
-            unsafe { x86::avx2::scores_t(q, keys_t, scale, out) }
-        }
-        _ => scores_t_scalar(q, keys_t, scale, out),
-    }
-}
-
-/// [`scores_t`] with the scalar reference.
-pub fn scores_t_scalar(q: &[f32], keys_t: &[f32], scale: f32, out: &mut [f32]) {
-    assert_eq!(keys_t.len(), q.len() * out.len(), "scores_t: {} keys of {} values", out.len(), q.len());
-    let n = out.len();
-    for (j, o) in out.iter_mut().enumerate() {
-        let mut s = 0.0f32;
-        for (d, qd) in q.iter().enumerate() {
-            s = qd.mul_add(keys_t[d * n + j], s);
-        }
-        *o = s * scale;
-    }
-}
-
 /// Checks that `n` rows of `row_bytes` bytes at a stride of `stride` bytes fit in `rows`.
 fn check_rows(n: usize, row_bytes: usize, stride: usize, rows: &[u8]) {
     if n > 0 {
@@ -268,6 +235,33 @@ fn check_rows(n: usize, row_bytes: usize, stride: usize, rows: &[u8]) {
             "{n} rows of {row_bytes} bytes at stride {stride} do not fit in {}",
             rows.len()
         );
+    }
+}
+
+/// Attention scores: `out[t] = scale · dot(row t, q)` for `t` in `0..out.len()`, where row `t`
+/// holds `q.len() / 4` values of `dtype` (F32 or F16) at byte `t·stride` of `rows` and `q` is
+/// `f32` little-endian bytes. Each score equals [`vec_dot`] of the same row times `scale`;
+/// lengths are checked once for all rows.
+///
+/// # Panics
+/// If `dtype` is not F32 or F16 or the rows do not fit in `rows`.
+pub fn dot_rows(dtype: DType, q: &[u8], rows: &[u8], stride: usize, scale: f32, out: &mut [f32]) {
+    assert!(matches!(dtype, DType::F32 | DType::F16), "dot_rows supports F32 and F16, not {dtype}");
+    let n_values = q.len() / 4;
+    let row_bytes = n_values * dtype.block_bytes();
+    check_rows(out.len(), row_bytes, stride, rows);
+    match dispatch::isa() {
+        #[cfg(target_arch = "x86_64")]
+        dispatch::Isa::Avx2 | dispatch::Isa::Avx512 => {
+            // SAFETY: the process instruction set is supported, and both require AVX2, FMA
+            // and F16C, the features this kernel is compiled for.
+            unsafe { x86::avx2::dot_rows(dtype == DType::F16, q, rows, stride, scale, out) }
+        }
+        _ => {
+            for (t, o) in out.iter_mut().enumerate() {
+                *o = vec_dot(dtype, n_values, &rows[t * stride..t * stride + row_bytes], q) * scale;
+            }
+        }
     }
 }
 

@@ -31,10 +31,10 @@ fn simd_axpy_equals_scalar() {
     }
 }
 
-/// The strided value-sum helper of attention equals one `axpy` per row, bit for bit.
+/// The strided row helpers of attention equal one `vec_dot` / `axpy` per row, bit for bit.
 #[test]
 fn row_helpers_equal_one_call_per_row() {
-    use quire_kernels::{axpy, axpy_rows, vec_dot};
+    use quire_kernels::{axpy, axpy_rows, dot_rows, vec_dot};
     let mut rng = common::rng(22);
     for dtype in [DType::F32, DType::F16] {
         for (hd, n, pad) in [(128usize, 37usize, 3usize), (64, 1, 0), (8, 5, 1), (200, 9, 2)] {
@@ -43,8 +43,12 @@ fn row_helpers_equal_one_call_per_row() {
             let rows = common::quantize(dtype, &common::random_values(&mut rng, n * (hd + pad), 3.0));
             let q: Vec<u8> =
                 common::random_values(&mut rng, hd, 1.0).iter().flat_map(|v| v.to_le_bytes()).collect();
-            let scores: Vec<f32> =
-                (0..n).map(|t| vec_dot(dtype, hd, &rows[t * stride..][..hd * es], &q)).collect();
+            let mut scores = vec![0.0f32; n];
+            dot_rows(dtype, &q, &rows, stride, 0.125, &mut scores);
+            for (t, s) in scores.iter().enumerate() {
+                let want = vec_dot(dtype, hd, &rows[t * stride..t * stride + hd * es], &q) * 0.125;
+                assert_eq!(s.to_bits(), want.to_bits(), "{dtype} hd={hd} row {t}");
+            }
             let mut y = common::random_values(&mut rng, hd, 1.0);
             let mut want = y.clone();
             axpy_rows(dtype, &scores, &rows, stride, &mut y);
@@ -70,29 +74,6 @@ fn f16_rows_widen_exactly() {
         quire_kernels::formats::f16::dequantize(src, &mut want);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "n={n} value {i}: {g} vs {w}");
-        }
-    }
-}
-
-/// Scores against transposed keys: the SIMD kernel equals the scalar reference bit for bit (one FMA chain
-/// per key), for key counts that use every path (64-column groups, 8-column groups, single columns), and
-/// the reference equals the plain definition.
-#[test]
-fn transposed_scores_equal_scalar() {
-    let mut rng = common::rng(23);
-    for (hd, n) in [(128usize, 64usize), (128, 75), (64, 8), (8, 3), (1, 130)] {
-        for scale in [0.088f32, 1e-3, 40.0] {
-            let q = common::random_values(&mut rng, hd, 2.0);
-            let k = common::random_values(&mut rng, hd * n, 3.0);
-            let mut want = vec![0.0f32; n];
-            quire_kernels::scores_t_scalar(&q, &k, scale, &mut want);
-            for (j, w) in want.iter().enumerate() {
-                let plain = (0..hd).fold(0.0f32, |s, d| q[d].mul_add(k[d * n + j], s)) * scale;
-                assert_eq!(w.to_bits(), plain.to_bits(), "hd={hd} n={n} key {j}");
-            }
-            let mut got = vec![f32::NAN; n];
-            quire_kernels::scores_t(&q, &k, scale, &mut got);
-            assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "hd={hd} n={n}");
         }
     }
 }

@@ -627,6 +627,21 @@ pub fn axpy_f16(alpha: f32, x: &[u8], y: &mut [f32]) {
 
 // ---------------------------------------------------------------- attention rows
 
+/// `out[t] = scale · dot(rows[t], q)` where row `t` is the `q.len() / 4` values of `dtype`
+/// (F32 or F16) at byte `t·stride`: [`dot_f32`] / [`dot_f16_f32`] per row, without a
+/// dispatch per row. Lengths are checked by the caller.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_rows(f16: bool, q: &[u8], rows: &[u8], stride: usize, scale: f32, out: &mut [f32]) {
+    let row_bytes = q.len() / if f16 { 2 } else { 1 };
+    for (t, o) in out.iter_mut().enumerate() {
+        let row = &rows[t * stride..t * stride + row_bytes];
+        *o = if f16 { dot_f16_f32(row, q) } else { dot_f32(row, q) } * scale;
+    }
+}
+
 /// `y = fma(p[t], rows[t], y)` for t in order, where row `t` is the `y.len()` values of
 /// `dtype` at byte `t·stride`: the same operations as [`axpy_f32`] / [`axpy_f16`] row after row,
 /// but `y` stays in registers, 64 columns at a time, for all rows (instead of being loaded and
@@ -681,56 +696,6 @@ fn axpy_rows_of<const F16: bool>(p: &[f32], rows: &[u8], stride: usize, y: &mut 
                 axpy_f32(pt, row, tail)
             }
         }
-    }
-}
-
-/// [`crate::scores_t`]: columns of keys 64 at a time (eight accumulators), then 8 at a time, then one by one;
-/// every lane is one FMA chain over `d`, as in the scalar reference. Lengths are checked by the caller.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn scores_t(q: &[f32], keys_t: &[f32], scale: f32, out: &mut [f32]) {
-    let n = out.len();
-    let sc = _mm256_set1_ps(scale);
-    let load = |at: usize| -> __m256 {
-        let v: &[f32; 8] = keys_t[at..at + 8].try_into().expect("eight values");
-        // SAFETY: eight readable f32; `loadu` has no alignment requirement.
-        unsafe { _mm256_loadu_ps(v.as_ptr()) }
-    };
-    let store = |out: &mut [f32], j: usize, v: __m256| {
-        let o: &mut [f32; 8] = (&mut out[j..j + 8]).try_into().expect("eight values");
-        // SAFETY: eight writable f32; `storeu` has no alignment requirement.
-        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), v) };
-    };
-    let mut j = 0;
-    while j + 64 <= n {
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (d, &qd) in q.iter().enumerate() {
-            let a = _mm256_set1_ps(qd);
-            for (k, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm256_fmadd_ps(a, load(d * n + j + 8 * k), *acc);
-            }
-        }
-        for (k, v) in acc.into_iter().enumerate() {
-            store(out, j + 8 * k, _mm256_mul_ps(v, sc));
-        }
-        j += 64;
-    }
-    while j + 8 <= n {
-        let mut acc = _mm256_setzero_ps();
-        for (d, &qd) in q.iter().enumerate() {
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(qd), load(d * n + j), acc);
-        }
-        store(out, j, _mm256_mul_ps(acc, sc));
-        j += 8;
-    }
-    for (jj, o) in out.iter_mut().enumerate().skip(j) {
-        let mut s = 0.0f32;
-        for (d, qd) in q.iter().enumerate() {
-            s = qd.mul_add(keys_t[d * n + jj], s);
-        }
-        *o = s * scale;
     }
 }
 
