@@ -250,8 +250,9 @@ fn gemm_checked(
 #[cfg(target_arch = "x86_64")]
 #[derive(Default)]
 struct Scratch {
-    /// The packed panel.
+    /// The packed panel, and a pair of them.
     packed: Vec<std::arch::x86_64::__m512i>,
+    pair: Vec<std::arch::x86_64::__m512i>,
     /// Activations interleaved tile by tile (`crate::x86::avx512::Q8_0Tile` / `Q8KTile`): blocks, scales,
     /// and the Q8_0 offset sums or Q8_K sub-block sum pairs.
     qs: Vec<u8>,
@@ -293,7 +294,7 @@ fn gemm_avx512(
     // A prepacked panel is read in place by a batch of at most one tile (decoding); a larger batch
     // unpacks it into scratch once, as a panel in the file's layout is always packed.
     let in_place = prepacked && tokens.len() <= TILE;
-    SCRATCH.with_borrow_mut(|Scratch { packed, qs, d, side }| {
+    SCRATCH.with_borrow_mut(|Scratch { packed, pair, qs, d, side }| {
         packed.resize(n_blocks * avx512::vecs_per_block(block_bytes), zero_vector());
         // Activations interleaved tile by tile, once for all panels: the tile from token t holds its
         // tokens' blocks from block (t − t0)·n_blocks on.
@@ -317,19 +318,52 @@ fn gemm_avx512(
                 }
             }
         }
-        for r0 in (0..n_rows).step_by(PANEL_ROWS) {
+        let pack = |r0: usize, n: usize, dst: &mut [std::arch::x86_64::__m512i]| {
+            let panel = Panel::new(w, row_bytes, r0, n);
+            let from = match layout {
+                Some(layout) => {
+                    PanelSrc::Prepacked { bytes: &w[r0 * row_bytes..(r0 + n) * row_bytes], layout }
+                }
+                None => PanelSrc::File { panel: &panel, block_bytes },
+            };
+            // SAFETY: only reached when `has_panel_kernel(isa, wtype)` holds for a supported `isa` (or
+            // `can_prepack` held when the matrix was prepacked), i.e. the CPU has AVX-512 F/BW/VL/VNNI,
+            // AVX2, FMA and F16C.
+            unsafe { avx512::pack_panel(block_bytes, &from, n_blocks, dst) };
+        };
+        // Q4_0/Q8_0 batches: pairs of full panels against the whole tiles of tokens, so each broadcast
+        // activation feeds both panels; the other panels and the last tokens go one panel at a time below.
+        let per = n_blocks * avx512::vecs_per_block(block_bytes);
+        let (mut r_pairs, t_full) = (0, tokens.start + tokens.len() / TILE * TILE);
+        if q8_0 && !in_place && t_full > tokens.start {
+            pair.resize(2 * per, zero_vector());
+            while r_pairs + 2 * PANEL_ROWS <= n_rows {
+                let (p0, p1) = pair.split_at_mut(per);
+                pack(r_pairs, PANEL_ROWS, p0);
+                pack(r_pairs + PANEL_ROWS, PANEL_ROWS, p1);
+                for t in (tokens.start..t_full).step_by(TILE) {
+                    let at = (t - t0) * n_blocks..(t - t0 + TILE) * n_blocks;
+                    let tile =
+                        Q8_0Tile { qs: &qs[32 * at.start..32 * at.end], d: &d[at.clone()], neg: &side[at] };
+                    // SAFETY: as for `pack` above.
+                    let res = unsafe { avx512::panel_pair_dots_q32(p0, p1, n_blocks, &tile) };
+                    for (p, panel) in res.iter().enumerate() {
+                        for (i, lanes) in panel.iter().enumerate() {
+                            let o = (t + i - t0) * n_rows + r_pairs + p * PANEL_ROWS;
+                            out[o..o + PANEL_ROWS].copy_from_slice(lanes);
+                        }
+                    }
+                }
+                r_pairs += 2 * PANEL_ROWS;
+            }
+        }
+        let jobs =
+            (0..n_rows).step_by(PANEL_ROWS).map(|r0| (r0, if r0 < r_pairs { t_full } else { tokens.start }));
+        for (r0, first) in jobs.filter(|&(_, first)| first < tokens.end) {
             let n = PANEL_ROWS.min(n_rows - r0);
             let src = &w[r0 * row_bytes..(r0 + n) * row_bytes];
             if !in_place {
-                let panel = Panel::new(w, row_bytes, r0, n);
-                let from = match layout {
-                    Some(layout) => PanelSrc::Prepacked { bytes: src, layout },
-                    None => PanelSrc::File { panel: &panel, block_bytes },
-                };
-                // SAFETY: only reached when `has_panel_kernel(isa, wtype)` holds for a supported
-                // `isa` (or `can_prepack` held when the matrix was prepacked), i.e. the CPU has
-                // AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C.
-                unsafe { avx512::pack_panel(block_bytes, &from, n_blocks, packed) };
+                pack(r0, n, &mut packed[..]);
             }
             let mut put = |t: usize, lanes: &[f32; PANEL_ROWS]| {
                 let at = (t - t0) * n_rows + r0;
@@ -370,7 +404,7 @@ fn gemm_avx512(
                     }
                 }};
             }
-            let mut t = tokens.start;
+            let mut t = first;
             while t + TILE <= tokens.end {
                 dots!(8, t);
                 t += TILE;
