@@ -18,16 +18,8 @@ WRITE=0
 [[ "${3:-}" == "--write" || "${2:-}" == "--write" ]] && WRITE=1
 [[ "$N" == "--write" ]] && N=128
 cargo build --release --quiet
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-LOG="$(mktemp)"
-target/release/quire serve -m "$MODEL" --port "$PORT" --parallel 4 --queue 8 --ctx 2048 >"$LOG" 2>&1 &
-PID=$!
-trap 'kill -TERM $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
-for _ in $(seq 1 600); do
-  curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
-  kill -0 "$PID" 2>/dev/null || { cat "$LOG" >&2; exit 1; }
-  sleep 0.5
-done
+source scripts/lib/serve.sh
+start_server -m "$MODEL" --parallel 4 --queue 8 --ctx 2048
 
 python3 - "$PORT" "$N" "$MODEL" "$WRITE" "$(git rev-parse --short HEAD)" <<'PY'
 import datetime, json, os, sys, threading, time, urllib.request

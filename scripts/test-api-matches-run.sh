@@ -10,16 +10,8 @@ N=32
 
 want="$("$QUIRE" run -m "$MODEL" -p "$PROMPT" -n $N --temp 0 2>/dev/null)"
 
-PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-LOG="$(mktemp)"
-"$QUIRE" serve -m "$MODEL" --port "$PORT" >"$LOG" 2>&1 &
-PID=$!
-trap 'kill -TERM $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -f "$LOG"' EXIT
-for _ in $(seq 1 240); do
-  curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
-  kill -0 "$PID" 2>/dev/null || { cat "$LOG" >&2; exit 1; }
-  sleep 0.5
-done
+source scripts/lib/serve.sh
+start_server -m "$MODEL"
 
 python3 - "$PORT" "$PROMPT" "$N" "$want" <<'PY'
 import json, sys, urllib.request

@@ -171,6 +171,13 @@ fn load_chunk<'a>(
     }
 }
 
+/// Bytes of the per-thread scratch of attention tasks at a context of `n_ctx` positions: the scores of a
+/// task's queries against every visible key, the queries, and one chunk of keys converted to f32.
+pub fn task_scratch_bytes(c: &Config, n_ctx: usize) -> usize {
+    let nq = QUERY_BLOCK * (c.n_heads / c.n_kv_heads);
+    4 * (nq * n_ctx + nq + nq * c.head_dim + KEY_CHUNK * c.head_dim + c.head_dim)
+}
+
 /// Per-thread scratch of one task.
 #[derive(Default)]
 struct TaskScratch {

@@ -22,7 +22,7 @@ impl MemoryPlan {
         MemoryPlan {
             weights_mapped: model.file.file_len(),
             kv_cache: KvCache::bytes_needed_for(&model.config, n_ctx, kv_type),
-            scratch: model.scratch_bytes(n_batch),
+            scratch: model.scratch_bytes(n_batch, n_ctx),
         }
     }
 

@@ -313,9 +313,13 @@ impl Model {
         }
     }
 
-    /// Bytes of scratch a `RunState` for batches of `n_batch` tokens takes (logits for one position).
-    pub fn scratch_bytes(&self, n_batch: usize) -> usize {
-        RunState::floats_for(&self.config, n_batch) * 4 + self.config.vocab_size * 4
+    /// Bytes of scratch a `RunState` for batches of `n_batch` tokens takes (logits for one position), with the
+    /// attention scratch of every worker thread at a context of `n_ctx` positions.
+    pub fn scratch_bytes(&self, n_batch: usize, n_ctx: usize) -> usize {
+        let threads = rayon::current_num_threads().max(1);
+        RunState::floats_for(&self.config, n_batch) * 4
+            + self.config.vocab_size * 4
+            + threads * crate::attention::task_scratch_bytes(&self.config, n_ctx)
     }
 }
 
