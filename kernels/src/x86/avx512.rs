@@ -517,14 +517,12 @@ macro_rules! q32_block {
         for_each_token!(T, |$t| {
             let (qs, neg_offset_sum, da): (&[u8], i32, f32) = $token;
             let qs: &[u8; 32] = array_at(qs, 0);
-            // Two independent chains; integer addition makes the split exact.
-            let mut s0 = _mm512_set1_epi32(neg_offset_sum);
-            let mut s1 = _mm512_setzero_si512();
-            for g in (0..8).step_by(2) {
-                s0 = _mm512_dpbusd_epi32(s0, w[g], _mm512_set1_epi32(act_dword(qs, 4 * g)));
-                s1 = _mm512_dpbusd_epi32(s1, w[g + 1], _mm512_set1_epi32(act_dword(qs, 4 * g + 4)));
+            // One chain per token: the tokens' chains (and the next block's) run side by side, and
+            // there is no add to join two halves (the kernel is short of vector ports, not of latency).
+            let mut sumi = _mm512_set1_epi32(neg_offset_sum);
+            for g in 0..8 {
+                sumi = _mm512_dpbusd_epi32(sumi, w[g], _mm512_set1_epi32(act_dword(qs, 4 * g)));
             }
-            let sumi = _mm512_add_epi32(s0, s1);
             // sum = fma(sumi as f32, d_w * d_a, sum)
             let d = _mm512_mul_ps(dw, _mm512_set1_ps(da));
             $acc[$t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), d, $acc[$t]);
@@ -767,18 +765,11 @@ fn compute_k4<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KTil
             let ws: [__m512i; 8] = std::array::from_fn(|g| w[8 * sub + g]);
             for_each_token!(T, |t| {
                 let at = q8_k::QS + 32 * sub;
-                let mut p0 = _mm512_setzero_si512();
-                let mut p1 = _mm512_setzero_si512();
-                for g in (0..8).step_by(2) {
-                    p0 = _mm512_dpbusd_epi32(p0, ws[g], _mm512_set1_epi32(act_dword(a[t], at + 4 * g)));
-                    p1 = _mm512_dpbusd_epi32(
-                        p1,
-                        ws[g + 1],
-                        _mm512_set1_epi32(act_dword(a[t], at + 4 * g + 4)),
-                    );
+                let mut p = _mm512_setzero_si512();
+                for (g, wg) in ws.iter().enumerate() {
+                    p = _mm512_dpbusd_epi32(p, *wg, _mm512_set1_epi32(act_dword(a[t], at + 4 * g)));
                 }
-                sumi[t] =
-                    _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(p0, p1), w[64 + sub]));
+                sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(p, w[64 + sub]));
             });
         }
         for_each_token!(T, |t| {
@@ -817,13 +808,11 @@ fn compute_q6_k<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KT
             let ws: [__m512i; 4] = std::array::from_fn(|g| w[4 * sub + g]);
             let at = q8_k::QS + 16 * sub;
             for_each_token!(T, |t| {
-                let zero = _mm512_setzero_si512();
-                let mut p0 = _mm512_dpbusd_epi32(zero, ws[0], _mm512_set1_epi32(act_dword(a[t], at)));
-                let mut p1 = _mm512_dpbusd_epi32(zero, ws[1], _mm512_set1_epi32(act_dword(a[t], at + 4)));
-                p0 = _mm512_dpbusd_epi32(p0, ws[2], _mm512_set1_epi32(act_dword(a[t], at + 8)));
-                p1 = _mm512_dpbusd_epi32(p1, ws[3], _mm512_set1_epi32(act_dword(a[t], at + 12)));
-                sumi[t] =
-                    _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(p0, p1), w[64 + sub]));
+                let mut p = _mm512_setzero_si512();
+                for (g, wg) in ws.iter().enumerate() {
+                    p = _mm512_dpbusd_epi32(p, *wg, _mm512_set1_epi32(act_dword(a[t], at + 4 * g)));
+                }
+                sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(p, w[64 + sub]));
             });
         }
         for_each_token!(T, |t| {
