@@ -530,8 +530,8 @@ macro_rules! q32_block {
     }};
 }
 
-/// The block of activation row `t` (`acts[t]`, Q8_0 bytes; `side_start[t]` the index of its first block in
-/// `side`) for [`q32_block`].
+/// Block `b` of activation row `t` (`acts[t]`, Q8_0 bytes; `side_start[t]` the index of its first block in
+/// `side`): its 32 quants, `−offset·Σ a` and its scale, as [`interleave_q8_0`] copies them into a tile.
 #[inline(always)]
 fn q8_0_token<'a>(
     acts: &[&'a [u8]],
