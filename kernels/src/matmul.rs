@@ -300,24 +300,34 @@ fn gemm_avx512(
         // tokens' blocks from block (t − t0)·n_blocks on.
         let n = tokens.len() * n_blocks;
         let (block_len, side_len) = if q8_0 { (32, 1) } else { (q8_k::BLOCK_BYTES, 4) };
-        {
-            qs.resize(block_len * n, 0);
-            d.resize(n, 0.0);
-            side.resize(side_len * n, 0);
-            for t in tokens.clone().step_by(TILE) {
-                let m = TILE.min(tokens.end - t);
-                let rows: Vec<&[u8]> = (t..t + m).map(|i| acts.row(i)).collect();
-                let starts: Vec<usize> = (t..t + m).map(|i| i * n_blocks).collect();
-                let at = (t - t0) * n_blocks..(t - t0 + m) * n_blocks;
-                let qs = &mut qs[block_len * at.start..block_len * at.end];
-                let (d, side) = (&mut d[at.clone()], &mut side[side_len * at.start..side_len * at.end]);
-                if q8_0 {
-                    avx512::interleave_q8_0(&rows, &side_q8_0, &starts, n_blocks, qs, d, side);
-                } else {
-                    avx512::interleave_q8_k(&rows, &side_q8_k, &starts, n_blocks, qs, d, side);
-                }
+        qs.resize(block_len * n, 0);
+        d.resize(n, 0.0);
+        side.resize(side_len * n, 0);
+        for t in tokens.clone().step_by(TILE) {
+            let m = TILE.min(tokens.end - t);
+            let rows: [&[u8]; TILE] = std::array::from_fn(|i| acts.row(t + i.min(m - 1)));
+            let starts: [usize; TILE] = std::array::from_fn(|i| (t + i) * n_blocks);
+            let at = (t - t0) * n_blocks..(t - t0 + m) * n_blocks;
+            let qs = &mut qs[block_len * at.start..block_len * at.end];
+            let (d, side) = (&mut d[at.clone()], &mut side[side_len * at.start..side_len * at.end]);
+            if q8_0 {
+                avx512::interleave_q8_0(&rows[..m], &side_q8_0, &starts[..m], n_blocks, qs, d, side);
+            } else {
+                avx512::interleave_q8_k(&rows[..m], &side_q8_k, &starts[..m], n_blocks, qs, d, side);
             }
         }
+        // The `n` tokens' tile from token t: Q8_0 quants with offset sums, or Q8_K blocks with sub-block pairs.
+        let (qs, d, side) = (&qs[..], &d[..], &side[..]);
+        let at = |t: usize, n: usize| (t - t0) * n_blocks..(t - t0 + n) * n_blocks;
+        let q32_tile = |t: usize, n: usize| {
+            let at = at(t, n);
+            Q8_0Tile { qs: &qs[32 * at.start..32 * at.end], d: &d[at.clone()], neg: &side[at] }
+        };
+        let k_tile = |t: usize, n: usize| {
+            let at = at(t, n);
+            let blocks = &qs[q8_k::BLOCK_BYTES * at.start..q8_k::BLOCK_BYTES * at.end];
+            Q8KTile { blocks, d: &d[at.clone()], sub_pairs: &side[4 * at.start..4 * at.end] }
+        };
         let pack = |r0: usize, n: usize, dst: &mut [std::arch::x86_64::__m512i]| {
             let panel = Panel::new(w, row_bytes, r0, n);
             let from = match layout {
@@ -342,11 +352,8 @@ fn gemm_avx512(
                 pack(r_pairs, PANEL_ROWS, p0);
                 pack(r_pairs + PANEL_ROWS, PANEL_ROWS, p1);
                 for t in (tokens.start..t_full).step_by(TILE) {
-                    let at = (t - t0) * n_blocks..(t - t0 + TILE) * n_blocks;
-                    let tile =
-                        Q8_0Tile { qs: &qs[32 * at.start..32 * at.end], d: &d[at.clone()], neg: &side[at] };
                     // SAFETY: as for `pack` above.
-                    let res = unsafe { avx512::panel_pair_dots_q32(p0, p1, n_blocks, &tile) };
+                    let res = unsafe { avx512::panel_pair_dots_q32(p0, p1, n_blocks, &q32_tile(t, TILE)) };
                     for (p, panel) in res.iter().enumerate() {
                         for (i, lanes) in panel.iter().enumerate() {
                             let o = (t + i - t0) * n_rows + r_pairs + p * PANEL_ROWS;
@@ -372,30 +379,22 @@ fn gemm_avx512(
             // `$n` tokens from `$t` against this panel.
             macro_rules! dots {
                 ($n:literal, $t:expr) => {{
-                    let at = ($t - t0) * n_blocks..($t - t0 + $n) * n_blocks;
-                    let q32_tile = || Q8_0Tile {
-                        qs: &qs[32 * at.start..32 * at.end],
-                        d: &d[at.clone()],
-                        neg: &side[at.clone()],
-                    };
-                    let k_tile = || Q8KTile {
-                        blocks: &qs[q8_k::BLOCK_BYTES * at.start..q8_k::BLOCK_BYTES * at.end],
-                        d: &d[at.clone()],
-                        sub_pairs: &side[4 * at.start..4 * at.end],
-                    };
                     // SAFETY: as for `pack_panel` above (and `can_prepack` held when the
                     // matrix was prepacked, which also requires AVX-512).
                     let res = unsafe {
                         match (q8_0, in_place.then_some(layout).flatten()) {
-                            (true, Some(_)) => {
-                                avx512::panel_dots_prepacked::<$n>(block_bytes, src, n_blocks, &q32_tile())
-                            }
+                            (true, Some(_)) => avx512::panel_dots_prepacked::<$n>(
+                                block_bytes,
+                                src,
+                                n_blocks,
+                                &q32_tile($t, $n),
+                            ),
                             (false, Some(l)) => {
-                                avx512::panel_dots_prepacked_k::<$n>(l, src, n_blocks, &k_tile())
+                                avx512::panel_dots_prepacked_k::<$n>(l, src, n_blocks, &k_tile($t, $n))
                             }
-                            (true, None) => avx512::panel_dots_q32::<$n>(packed, n_blocks, &q32_tile()),
+                            (true, None) => avx512::panel_dots_q32::<$n>(packed, n_blocks, &q32_tile($t, $n)),
                             (false, None) => {
-                                avx512::panel_dots::<$n>(block_bytes, packed, n_blocks, &k_tile())
+                                avx512::panel_dots::<$n>(block_bytes, packed, n_blocks, &k_tile($t, $n))
                             }
                         }
                     };
