@@ -1,4 +1,4 @@
-//! Causal grouped-query attention over one sequence's KV cache.
+//! Causal grouped-query attention, each sequence of a batch over its own KV cache.
 //!
 //! Work is split into tasks of (KV head, block of query positions): the `group` query heads that share a
 //! KV head and up to [`QUERY_BLOCK`] consecutive positions. A task walks the visible keys in chunks of
@@ -24,35 +24,45 @@ const QUERY_BLOCK: usize = 16;
 /// Keys (and values) per chunk: 64 positions of one head are 16 KiB of f16, 32 KiB as f32.
 const KEY_CHUNK: usize = 64;
 
-/// Attention for `q.len() / q_dim` new positions starting at `pos` (their keys and values are already in
-/// `kv`), written to `out` (same shape as `q`: `[n][n_heads * head_dim]`). `tmp` is scratch.
-pub fn attention(
-    c: &Config,
-    kv: &KvCache,
-    layer: usize,
-    pos: usize,
-    q: &[f32],
-    out: &mut [f32],
-    tmp: &mut Vec<f32>,
-) {
+/// One sequence of a batch: its cache (holding the new positions' keys and values already), the position of
+/// its first new token, and its rows of the batch.
+pub struct SeqRows<'a> {
+    pub kv: &'a KvCache,
+    pub pos: usize,
+    pub rows: std::ops::Range<usize>,
+}
+
+/// Attention for every sequence of a batch, each over its own cache: `q` and `out` are
+/// `[batch row][n_heads * head_dim]`. All sequences' tasks run in one parallel region (a decode step of
+/// several streams is a handful of tiny tasks per sequence). `tmp` is scratch.
+pub fn attention(c: &Config, layer: usize, seqs: &[SeqRows], q: &[f32], out: &mut [f32], tmp: &mut Vec<f32>) {
     let q_dim = c.q_dim();
-    let n = q.len() / q_dim;
     let group_width = c.n_heads / c.n_kv_heads * c.head_dim;
-    // Tasks write `[kv head][position][group * head_dim]`, scattered into `out` afterwards.
-    tmp.resize(n * q_dim, 0.0);
-    tmp.par_chunks_mut(n * group_width)
-        .enumerate()
-        .flat_map(|(kv_head, seg)| {
-            seg.par_chunks_mut(QUERY_BLOCK * group_width).enumerate().map(move |(blk, o)| (kv_head, blk, o))
-        })
-        .for_each(|(kv_head, blk, o)| {
-            let b0 = blk * QUERY_BLOCK;
-            head_block(c, kv, layer, pos, q, kv_head, b0..b0 + o.len() / group_width, o);
-        });
-    for (b, row) in out.chunks_exact_mut(q_dim).enumerate() {
-        for (h, dst) in row.chunks_exact_mut(group_width).enumerate() {
-            let src = (h * n + b) * group_width;
-            dst.copy_from_slice(&tmp[src..src + group_width]);
+    // Tasks write, per sequence, `[kv head][position][group * head_dim]`, scattered into `out` afterwards.
+    tmp.resize(q.len(), 0.0);
+    let mut tasks = Vec::new();
+    let mut rest = &mut tmp[..];
+    for sq in seqs {
+        let n = sq.rows.len();
+        let (seg, r) = std::mem::take(&mut rest).split_at_mut(n * q_dim);
+        rest = r;
+        for (kv_head, head) in seg.chunks_mut(n * group_width).enumerate() {
+            for (blk, o) in head.chunks_mut(QUERY_BLOCK * group_width).enumerate() {
+                tasks.push((sq, kv_head, blk * QUERY_BLOCK, o));
+            }
+        }
+    }
+    tasks.into_par_iter().for_each(|(sq, kv_head, b0, o)| {
+        let q = &q[sq.rows.start * q_dim..sq.rows.end * q_dim];
+        head_block(c, sq.kv, layer, sq.pos, q, kv_head, b0..b0 + o.len() / group_width, o);
+    });
+    for sq in seqs {
+        let (n, tmp) = (sq.rows.len(), &tmp[sq.rows.start * q_dim..sq.rows.end * q_dim]);
+        for (b, row) in out[sq.rows.start * q_dim..sq.rows.end * q_dim].chunks_exact_mut(q_dim).enumerate() {
+            for (h, dst) in row.chunks_exact_mut(group_width).enumerate() {
+                let src = (h * n + b) * group_width;
+                dst.copy_from_slice(&tmp[src..src + group_width]);
+            }
         }
     }
 }

@@ -8,11 +8,11 @@ use anyhow::{bail, Context, Result};
 use quire_kernels::{dequantize_row, DType};
 use rayon::prelude::*;
 
-use crate::attention::attention;
+use crate::attention::{attention, SeqRows};
 use crate::config::{Arch, Config};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
-use crate::ops::{self, MatmulScratch, Matrix};
+use crate::ops::{self, MatmulScratch, Matrix, Product};
 
 /// One transformer block's weights. Norms and biases are small and dequantized to f32 at load; the big
 /// matrices stay in the map.
@@ -205,18 +205,25 @@ impl Model {
             s.positions.extend(sq.kv.len()..sq.kv.len() + sq.tokens.len());
             row += sq.tokens.len();
         }
+        ops::rope_table(&s.positions, &self.inv_freq, &mut s.rope);
 
         // token embeddings
         let embd = &self.token_embd;
         let (embd_bytes, embd_row) = (self.w(embd), embd.row_bytes());
-        let mut unpacked = vec![0u8; if embd.packed.is_some() { embd_row } else { 0 }];
+        s.embd_row.resize(if embd.packed.is_some() { embd_row } else { 0 }, 0);
         let all_tokens = seqs.iter().flat_map(|sq| sq.tokens.iter());
         for (b, &t) in all_tokens.enumerate() {
             let t = t as usize;
             let row = match embd.packed {
                 Some(_) => {
-                    quire_kernels::prepacked::unpack_row(embd.dtype, embd.cols, embd_bytes, t, &mut unpacked);
-                    &unpacked[..]
+                    quire_kernels::prepacked::unpack_row(
+                        embd.dtype,
+                        embd.cols,
+                        embd_bytes,
+                        t,
+                        &mut s.embd_row,
+                    );
+                    &s.embd_row[..]
                 }
                 None => &embd_bytes[t * embd_row..(t + 1) * embd_row],
             };
@@ -228,9 +235,12 @@ impl Model {
             ops::rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], &layer.attn_norm, c.rms_eps);
             // qkv matmuls for every token of the batch
             let xb = &s.xb[..n * dim];
-            ops::matmul(&layer.wq, self.w(&layer.wq), xb, &mut s.q[..n * q_dim], &mut s.mm);
-            ops::matmul(&layer.wk, self.w(&layer.wk), xb, &mut s.k[..n * kv_dim], &mut s.mm);
-            ops::matmul(&layer.wv, self.w(&layer.wv), xb, &mut s.v[..n * kv_dim], &mut s.mm);
+            let qkv = [
+                (&layer.wq, &mut s.q[..n * q_dim]),
+                (&layer.wk, &mut s.k[..n * kv_dim]),
+                (&layer.wv, &mut s.v[..n * kv_dim]),
+            ];
+            ops::matmuls(&mut qkv.map(|(w, out)| Product { w, bytes: self.w(w), out }), xb, &mut s.mm);
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 ops::add_bias(&mut s.q[..n * q_dim], bq);
                 ops::add_bias(&mut s.k[..n * kv_dim], bk);
@@ -241,16 +251,17 @@ impl Model {
                 ops::rmsnorm_per_head(&mut s.k[..n * kv_dim], k_norm, c.rms_eps);
             }
             // RoPE at each token's own position
-            ops::rope_rows(&mut s.q[..n * q_dim], q_dim, &s.positions, &self.inv_freq);
-            ops::rope_rows(&mut s.k[..n * kv_dim], kv_dim, &s.positions, &self.inv_freq);
-            // per sequence: keys and values into its cache, then causal grouped-query attention over it
+            ops::rope_rows(&mut s.q[..n * q_dim], q_dim, &s.rope);
+            ops::rope_rows(&mut s.k[..n * kv_dim], kv_dim, &s.rope);
+            // keys and values into each sequence's cache, then causal grouped-query attention over it
             for (sq, span) in seqs.iter_mut().zip(&s.spans) {
-                let pos = sq.kv.len();
-                let kv_rows = span.start * kv_dim..span.end * kv_dim;
+                let (pos, kv_rows) = (sq.kv.len(), span.start * kv_dim..span.end * kv_dim);
                 sq.kv.write(l, pos, &s.k[kv_rows.clone()], &s.v[kv_rows]);
-                let q_rows = span.start * q_dim..span.end * q_dim;
-                attention(c, sq.kv, l, pos, &s.q[q_rows.clone()], &mut s.att[q_rows], &mut s.att_tmp);
             }
+            let spans = seqs.iter().zip(&s.spans);
+            let rows: Vec<SeqRows> =
+                spans.map(|(sq, r)| SeqRows { kv: sq.kv, pos: sq.kv.len(), rows: r.clone() }).collect();
+            attention(c, l, &rows, &s.q[..n * q_dim], &mut s.att[..n * q_dim], &mut s.att_tmp);
 
             // output projection and residual
             ops::matmul(&layer.wo, self.w(&layer.wo), &s.att[..n * q_dim], &mut s.xb[..n * dim], &mut s.mm);
@@ -259,8 +270,8 @@ impl Model {
             // ffn rmsnorm, SwiGLU MLP, residual
             ops::rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], &layer.ffn_norm, c.rms_eps);
             let (xb, f) = (&s.xb[..n * dim], c.ffn_dim);
-            ops::matmul(&layer.w_gate, self.w(&layer.w_gate), xb, &mut s.hb[..n * f], &mut s.mm);
-            ops::matmul(&layer.w_up, self.w(&layer.w_up), xb, &mut s.hb2[..n * f], &mut s.mm);
+            let gate_up = [(&layer.w_gate, &mut s.hb[..n * f]), (&layer.w_up, &mut s.hb2[..n * f])];
+            ops::matmuls(&mut gate_up.map(|(w, out)| Product { w, bytes: self.w(w), out }), xb, &mut s.mm);
             ops::swiglu(&mut s.hb[..n * f], &s.hb2[..n * f]);
             ops::matmul(
                 &layer.w_down,
@@ -344,8 +355,12 @@ pub struct RunState {
     mm: MatmulScratch,
     /// Batch rows of each sequence in a `forward_multi` call.
     spans: Vec<std::ops::Range<usize>>,
-    /// Position of every token in the batch within its own sequence.
+    /// Position of every token in the batch within its own sequence, and the RoPE turns there
+    /// ([`ops::rope_table`]).
     positions: Vec<usize>,
+    rope: Vec<f32>,
+    /// One embedding row read back from a prepacked table.
+    embd_row: Vec<u8>,
 }
 
 impl RunState {
@@ -354,7 +369,7 @@ impl RunState {
     }
 
     fn floats_for(c: &Config, n: usize) -> usize {
-        n * (2 * c.dim + 3 * c.q_dim() + 2 * c.kv_dim() + 2 * c.ffn_dim)
+        n * (2 * c.dim + 3 * c.q_dim() + 2 * c.kv_dim() + 2 * c.ffn_dim + c.head_dim)
     }
 
     /// Grow the buffers to hold a batch of `n` tokens (never shrinks).
@@ -372,6 +387,7 @@ impl RunState {
         self.att_tmp.resize(n * c.q_dim(), 0.0);
         self.hb.resize(n * c.ffn_dim, 0.0);
         self.hb2.resize(n * c.ffn_dim, 0.0);
+        self.rope.resize(n * c.head_dim, 0.0);
     }
 }
 

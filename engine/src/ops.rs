@@ -29,12 +29,22 @@ impl Matrix {
     }
 }
 
-/// Scratch reused by `matmul` so the forward pass allocates nothing after warm-up.
+/// Scratch reused by `matmul` so the forward pass allocates little after warm-up.
 #[derive(Default)]
 pub struct MatmulScratch {
-    acts: QuantizedActs,
-    /// Per-task outputs of a row-split batch, `[task rows][n_batch]` blocks, before they are scattered.
+    /// The batch quantized for each weight format of a group (one entry per distinct format).
+    acts: Vec<QuantizedActs>,
+    /// Per-task outputs of a row-split batch, `[n_batch][task rows]` blocks, before they are scattered.
     parts: Vec<f32>,
+}
+
+/// One product of a [`matmuls`] group: `out = W · x` for the group's activations `x`.
+pub struct Product<'a> {
+    pub w: &'a Matrix,
+    /// The matrix data (`w.rows` rows).
+    pub bytes: &'a [u8],
+    /// `n_batch × w.rows` outputs.
+    pub out: &'a mut [f32],
 }
 
 /// Batches at least this large are split between threads by tokens (each thread reads every weight once per
@@ -43,54 +53,100 @@ const TOKEN_SPLIT_MIN: usize = 32;
 
 /// `out[b][r] = dot(W[r], x[b])` for a batch of `x.len() / cols` activation rows.
 /// `w_bytes` is the matrix data, `out` holds `n_batch * rows` values.
-///
-/// The activations are quantized once; each output is one dot product of a weight row with an activation
-/// row, computed by one thread in a fixed order, so results are bit-identical for any thread count and any
-/// batch composition.
 pub fn matmul(w: &Matrix, w_bytes: &[u8], x: &[f32], out: &mut [f32], scratch: &mut MatmulScratch) {
-    let n_batch = x.len() / w.cols;
-    debug_assert_eq!(x.len(), n_batch * w.cols);
-    assert_eq!(out.len(), n_batch * w.rows, "{}: output length", w.name);
-    assert_eq!(w_bytes.len(), w.rows * w.row_bytes(), "{}: weight bytes", w.name);
+    matmuls(&mut [Product { w, bytes: w_bytes, out }], x, scratch);
+}
 
-    scratch.acts.quantize(w.dtype, w.cols, x);
+/// Several products of the same activations (Q, K and V; gate and up): the batch is quantized once per
+/// weight format, and a decode-sized batch runs all products' row ranges in one parallel region (one
+/// wake-up of the workers, and the threads balance over all the rows).
+///
+/// Every output is one dot product of a weight row with an activation row, computed by one thread in a
+/// fixed order, so results are bit-identical for any thread count, any batch composition and any grouping.
+pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch) {
+    let Some(first) = products.first() else { return };
+    let cols = first.w.cols;
+    let n_batch = x.len() / cols;
+    assert_eq!(x.len(), n_batch * cols, "{}: input length", first.w.name);
+    // The activations, quantized once per format; `which[i]` is product i's.
+    let mut which = Vec::with_capacity(products.len());
+    let mut formats: Vec<DType> = Vec::new();
+    for p in products.iter() {
+        let w = p.w;
+        assert_eq!(w.cols, cols, "{}: columns", w.name);
+        assert_eq!(p.out.len(), n_batch * w.rows, "{}: output length", w.name);
+        assert_eq!(p.bytes.len(), w.rows * w.row_bytes(), "{}: weight bytes", w.name);
+        let i = formats.iter().position(|&f| f == w.dtype).unwrap_or_else(|| {
+            if scratch.acts.len() <= formats.len() {
+                scratch.acts.push(QuantizedActs::new());
+            }
+            scratch.acts[formats.len()].quantize(w.dtype, cols, x);
+            formats.push(w.dtype);
+            formats.len() - 1
+        });
+        which.push(i);
+    }
     let acts = &scratch.acts;
-    let gemm = if w.packed.is_some() { gemm_prepacked } else { gemm };
-    let row_bytes = w.row_bytes();
+    let gemm_of = |w: &Matrix| if w.packed.is_some() { gemm_prepacked } else { gemm };
     let threads = rayon::current_num_threads().max(1);
 
     if n_batch >= TOKEN_SPLIT_MIN {
-        // Contiguous token ranges: each task owns `[tokens][rows]` of the output outright.
-        let per_task = n_batch.div_ceil(threads);
-        out.par_chunks_mut(per_task * w.rows).enumerate().for_each(|(i, o)| {
-            let t0 = i * per_task;
-            gemm(w.dtype, w_bytes, acts, t0..t0 + o.len() / w.rows, o);
-        });
+        // Contiguous token ranges, whole tiles of the panel kernels: each task owns `[tokens][rows]` of
+        // the output outright.
+        let per_task = n_batch.div_ceil(threads).next_multiple_of(8);
+        for (p, &a) in products.iter_mut().zip(&which) {
+            let (w, bytes, gemm) = (p.w, p.bytes, gemm_of(p.w));
+            p.out.par_chunks_mut(per_task * w.rows).enumerate().for_each(|(i, o)| {
+                let t0 = i * per_task;
+                gemm(w.dtype, bytes, &acts[a], t0..t0 + o.len() / w.rows, o);
+            });
+        }
         return;
     }
 
-    // Row ranges (whole 16-row panels), a few per thread so a thread slowed by other work can be helped.
-    let rows_per_task = w.rows.div_ceil(4 * threads).next_multiple_of(16).max(16);
+    // Row ranges (whole 16-row panels), about four per thread over the whole group so a thread slowed
+    // by other work can be helped. A batch of one writes its outputs in place; a larger one writes
+    // `[n_batch][task rows]` into `parts`, scattered afterwards.
+    let total_rows: usize = products.iter().map(|p| p.w.rows).sum();
+    let rows_per_task = total_rows.div_ceil(4 * threads).next_multiple_of(16).max(16);
+    scratch.parts.resize(if n_batch == 1 { 0 } else { n_batch * total_rows }, 0.0);
+    let mut parts = &mut scratch.parts[..];
+    let mut tasks = Vec::new();
+    for (p, &a) in products.iter_mut().zip(&which) {
+        let (w, row_bytes) = (p.w, p.w.row_bytes());
+        let out: &mut [f32] = if n_batch == 1 {
+            &mut *p.out
+        } else {
+            let (mine, rest) = std::mem::take(&mut parts).split_at_mut(n_batch * w.rows);
+            parts = rest;
+            mine
+        };
+        let chunks = out.chunks_mut(rows_per_task * n_batch).zip(p.bytes.chunks(rows_per_task * row_bytes));
+        tasks.extend(chunks.map(|(o, wr)| (w, &acts[a], o, wr)));
+    }
+    tasks.into_par_iter().for_each(|(w, acts, o, wr)| gemm_of(w)(w.dtype, wr, acts, 0..n_batch, o));
     if n_batch == 1 {
-        out.par_chunks_mut(rows_per_task)
-            .zip(w_bytes.par_chunks(rows_per_task * row_bytes))
-            .for_each(|(o, wr)| gemm(w.dtype, wr, acts, 0..1, o));
         return;
     }
-    scratch.parts.resize(n_batch * w.rows, 0.0);
-    scratch
-        .parts
-        .par_chunks_mut(rows_per_task * n_batch)
-        .zip(w_bytes.par_chunks(rows_per_task * row_bytes))
-        .for_each(|(o, wr)| gemm(w.dtype, wr, acts, 0..n_batch, o));
-    // Task i holds rows r0..r0+len as [n_batch][len] at parts[r0 * n_batch..].
-    let parts = &scratch.parts;
-    out.par_chunks_mut(w.rows).enumerate().for_each(|(b, ob)| {
-        for (i, oc) in ob.chunks_mut(rows_per_task).enumerate() {
-            let base = i * rows_per_task * n_batch + b * oc.len();
-            oc.copy_from_slice(&parts[base..base + oc.len()]);
+    // Product p's task i holds rows r0..r0+len as [n_batch][len] at its parts[r0 * n_batch..].
+    let mut parts = &scratch.parts[..];
+    for p in products.iter_mut() {
+        let rows = p.w.rows;
+        let (mine, rest) = parts.split_at(n_batch * rows);
+        parts = rest;
+        let scatter = |(b, ob): (usize, &mut [f32])| {
+            for (i, oc) in ob.chunks_mut(rows_per_task).enumerate() {
+                let base = i * rows_per_task * n_batch + b * oc.len();
+                oc.copy_from_slice(&mine[base..base + oc.len()]);
+            }
+        };
+        // A few decode rows are copied faster than the workers are woken.
+        if p.out.len() < 4 * PAR_MIN {
+            p.out.chunks_mut(rows).enumerate().for_each(scatter);
+        } else {
+            p.out.par_chunks_mut(rows).enumerate().for_each(scatter);
         }
-    });
+    }
 }
 
 /// Work items below this many values run on the calling thread: splitting them costs more than it saves.
@@ -116,9 +172,24 @@ pub fn rmsnorm_rows(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     rows_mut(out, d, |i, o| rmsnorm(o, &x[i * d..(i + 1) * d], weight, eps));
 }
 
-/// [`rope_neox`] on every `width`-wide row of `x`, row `i` at position `positions[i]`.
-pub fn rope_rows(x: &mut [f32], width: usize, positions: &[usize], inv_freq: &[f32]) {
-    rows_mut(x, width, |i, r| rope_neox(r, positions[i], inv_freq));
+/// The cosines and sines RoPE turns by at each of `positions`: `[position][cos of half | sin of half]`,
+/// computed once per forward pass and used by every layer's Q and K heads.
+pub fn rope_table(positions: &[usize], inv_freq: &[f32], table: &mut Vec<f32>) {
+    let half = inv_freq.len();
+    table.resize(positions.len() * 2 * half, 0.0);
+    for (&pos, row) in positions.iter().zip(table.chunks_exact_mut(2 * half)) {
+        let (cos, sin) = row.split_at_mut(half);
+        for i in 0..half {
+            (sin[i], cos[i]) = (pos as f32 * inv_freq[i]).sin_cos();
+        }
+    }
+}
+
+/// [`rope_neox`] on every `width`-wide row of `x`, row `i` at the position of `table` row `i`
+/// ([`rope_table`]).
+pub fn rope_rows(x: &mut [f32], width: usize, table: &[f32]) {
+    let turns = table.len() / (x.len() / width).max(1);
+    rows_mut(x, width, |i, r| rope_turn(r, &table[i * turns..(i + 1) * turns]));
 }
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`, for one vector.
@@ -144,15 +215,21 @@ pub fn rmsnorm_per_head(x: &mut [f32], weight: &[f32], eps: f32) {
 /// Rotary position embedding, NEOX layout: dimension i pairs with i + head_dim/2 and turns by
 /// `pos * inv_freq[i]`. Applied to every head in `x` (heads of `2 * inv_freq.len()` values).
 pub fn rope_neox(x: &mut [f32], pos: usize, inv_freq: &[f32]) {
-    let half = inv_freq.len();
+    let mut table = Vec::new();
+    rope_table(&[pos], inv_freq, &mut table);
+    rope_turn(x, &table);
+}
+
+/// Turns every head of `x` by one position's [`rope_table`] row (`cos | sin`).
+fn rope_turn(x: &mut [f32], table: &[f32]) {
+    let half = table.len() / 2;
+    let (cos, sin) = table.split_at(half);
     for head in x.chunks_mut(2 * half) {
         let (lo, hi) = head.split_at_mut(half);
         for i in 0..half {
-            let theta = pos as f32 * inv_freq[i];
-            let (sin, cos) = theta.sin_cos();
             let (a, b) = (lo[i], hi[i]);
-            lo[i] = a * cos - b * sin;
-            hi[i] = a * sin + b * cos;
+            lo[i] = a * cos[i] - b * sin[i];
+            hi[i] = a * sin[i] + b * cos[i];
         }
     }
 }

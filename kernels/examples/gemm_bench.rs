@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use quire_kernels::dispatch::isa;
-use quire_kernels::{gemm, quantize_row, DType, QuantizedActs};
+use quire_kernels::{can_prepack, gemm, gemm_prepacked, prepack, quantize_row, DType, QuantizedActs};
 
 fn values(seed: u32, n: usize) -> Vec<f32> {
     let mut state = seed;
@@ -34,7 +34,8 @@ fn main() {
     let row_bytes = dtype.row_bytes(k).unwrap();
     // Several matrices so that one GEMV streams from memory, not from the 300 MB L3... at
     // least as much as this box allows: 8 copies.
-    let copies = if tokens == 1 { 8 } else { 1 };
+    let copies =
+        std::env::var("COPIES").ok().and_then(|s| s.parse().ok()).unwrap_or(if tokens <= 8 { 8 } else { 1 });
     let mut mats = Vec::new();
     for c in 0..copies {
         let src = values(c as u32 + 7, rows * k);
@@ -42,8 +43,16 @@ fn main() {
         for (dst, s) in w.chunks_exact_mut(row_bytes).zip(src.chunks_exact(k)) {
             quantize_row(dtype, s, dst);
         }
+        // PREPACK=1: the layout the engine keeps its matrices in (decode reads it in place).
+        if std::env::var("PREPACK").is_ok_and(|v| v == "1") && can_prepack(dtype, rows) {
+            let mut packed = vec![0u8; w.len()];
+            prepack(dtype, k, &w, &mut packed);
+            w = packed;
+        }
         mats.push(w);
     }
+    let prepacked = std::env::var("PREPACK").is_ok_and(|v| v == "1") && can_prepack(dtype, rows);
+    let gemm = if prepacked { gemm_prepacked } else { gemm };
     let x = values(3, tokens * k);
     let mut acts = QuantizedActs::new();
     acts.quantize(dtype, k, &x);
@@ -55,10 +64,11 @@ fn main() {
             return;
         }
         std::thread::scope(|s| {
-            if tokens == 1 {
-                for (o, wr) in out.chunks_mut(per).zip(w.chunks(per * row_bytes)) {
+            if tokens <= 8 {
+                // Decode-sized batches are split by rows, as the engine does (`[tokens][rows]` per part).
+                for (o, wr) in out.chunks_mut(per * tokens).zip(w.chunks(per * row_bytes)) {
                     let acts = &acts;
-                    s.spawn(move || gemm(dtype, wr, acts, 0..1, o));
+                    s.spawn(move || gemm(dtype, wr, acts, 0..tokens, o));
                 }
             } else {
                 let per_t = tokens.div_ceil(threads);
@@ -71,7 +81,7 @@ fn main() {
     };
     let mut best = f64::MAX;
     let reps: usize =
-        std::env::var("REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(if tokens == 1 { 40 } else { 3 });
+        std::env::var("REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(if tokens <= 8 { 40 } else { 3 });
     for r in 0..reps {
         let t = Instant::now();
         run(&mats[r % copies], &mut out);

@@ -32,6 +32,11 @@ pub struct QuantizedActs {
     /// Q8_K: four dwords per super-block of i16 pairs `(s[2j], s[2j+1])`, `s[sub]` the
     /// sum of the 32 activations of sub-block `sub`.
     side: Vec<i32>,
+    /// The batch interleaved tile by tile for the panel kernels, once per quantization instead of once
+    /// per `gemm` call (a decode step splits each matrix into several calls); `None` where no panel
+    /// kernel runs for `wtype`.
+    #[cfg(target_arch = "x86_64")]
+    tiles: Option<Tiles>,
 }
 
 impl QuantizedActs {
@@ -88,6 +93,15 @@ impl QuantizedActs {
                 }
             }
             _ => {}
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            let mut tiles = self.tiles.take().unwrap_or_default();
+            let tiled = has_panel_kernel(dispatch::isa(), wtype);
+            if tiled {
+                tiles.interleave(self, 0..n_tokens);
+            }
+            self.tiles = tiled.then_some(tiles);
         }
     }
 
@@ -246,6 +260,48 @@ fn gemm_checked(
     }
 }
 
+/// Activation rows interleaved tile by tile (`crate::x86::avx512::Q8_0Tile` / `Q8KTile`): blocks, scales,
+/// and the Q8_0 offset sums or Q8_K sub-block sum pairs. The tile from token `t` (a multiple of [`TILE`]
+/// past the first token interleaved) holds its tokens' blocks from block `(t − first)·n_blocks` on.
+#[cfg(target_arch = "x86_64")]
+#[derive(Default)]
+struct Tiles {
+    qs: Vec<u8>,
+    d: Vec<f32>,
+    side: Vec<i32>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Tiles {
+    /// Interleaves tokens `tokens` of `acts` (quantized for a weight format with a panel kernel).
+    fn interleave(&mut self, acts: &QuantizedActs, tokens: Range<usize>) {
+        use crate::x86::avx512::{self, Q8KSide, Q8_0Side};
+        let wtype = acts.wtype.expect("quantized");
+        let n_blocks = acts.k / wtype.block_len();
+        let q8_0 = wtype.vec_dot_type() == DType::Q8_0;
+        let n = tokens.len() * n_blocks;
+        let (block_len, side_len) = if q8_0 { (32, 1) } else { (q8_k::BLOCK_BYTES, 4) };
+        self.qs.resize(block_len * n, 0);
+        self.d.resize(n, 0.0);
+        self.side.resize(side_len * n, 0);
+        let side_q8_0 = Q8_0Side { d: &acts.d, neg_offset_sum: &acts.side };
+        let side_q8_k = Q8KSide { d: &acts.d, sub_pairs: &acts.side };
+        for t in tokens.clone().step_by(TILE) {
+            let m = TILE.min(tokens.end - t);
+            let rows: [&[u8]; TILE] = std::array::from_fn(|i| acts.row(t + i.min(m - 1)));
+            let starts: [usize; TILE] = std::array::from_fn(|i| (t + i) * n_blocks);
+            let at = (t - tokens.start) * n_blocks..(t - tokens.start + m) * n_blocks;
+            let qs = &mut self.qs[block_len * at.start..block_len * at.end];
+            let (d, side) = (&mut self.d[at.clone()], &mut self.side[side_len * at.start..side_len * at.end]);
+            if q8_0 {
+                avx512::interleave_q8_0(&rows[..m], &side_q8_0, &starts[..m], n_blocks, qs, d, side);
+            } else {
+                avx512::interleave_q8_k(&rows[..m], &side_q8_k, &starts[..m], n_blocks, qs, d, side);
+            }
+        }
+    }
+}
+
 /// Scratch of the panel kernels, one per thread (grows to the largest panel and batch seen).
 #[cfg(target_arch = "x86_64")]
 #[derive(Default)]
@@ -253,11 +309,8 @@ struct Scratch {
     /// The packed panel, and a pair of them.
     packed: Vec<std::arch::x86_64::__m512i>,
     pair: Vec<std::arch::x86_64::__m512i>,
-    /// Activations interleaved tile by tile (`crate::x86::avx512::Q8_0Tile` / `Q8KTile`): blocks, scales,
-    /// and the Q8_0 offset sums or Q8_K sub-block sum pairs.
-    qs: Vec<u8>,
-    d: Vec<f32>,
-    side: Vec<i32>,
+    /// The token range's tiles, when `acts` has none that line up with it.
+    tiles: Tiles,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -282,43 +335,32 @@ fn gemm_avx512(
     out: &mut [f32],
     prepacked: bool,
 ) {
-    use crate::x86::avx512::{self, Panel, PanelSrc, Q8KSide, Q8KTile, Q8_0Side, Q8_0Tile};
+    use crate::x86::avx512::{self, Panel, PanelSrc, Q8KTile, Q8_0Tile};
     let block_bytes = wtype.block_bytes();
     let n_blocks = k / wtype.block_len();
     let row_bytes = n_blocks * block_bytes;
     let q8_0 = wtype.vec_dot_type() == DType::Q8_0;
-    let side_q8_0 = Q8_0Side { d: &acts.d, neg_offset_sum: &acts.side };
-    let side_q8_k = Q8KSide { d: &acts.d, sub_pairs: &acts.side };
-    let t0 = tokens.start;
     let layout = if prepacked { Layout::of(wtype) } else { None };
     // A prepacked panel is read in place by a batch of at most one tile (decoding); a larger batch
     // unpacks it into scratch once, as a panel in the file's layout is always packed.
     let in_place = prepacked && tokens.len() <= TILE;
-    SCRATCH.with_borrow_mut(|Scratch { packed, pair, qs, d, side }| {
+    let t0 = tokens.start;
+    SCRATCH.with_borrow_mut(|Scratch { packed, pair, tiles: own }| {
         packed.resize(n_blocks * avx512::vecs_per_block(block_bytes), zero_vector());
-        // Activations interleaved tile by tile, once for all panels: the tile from token t holds its
-        // tokens' blocks from block (t − t0)·n_blocks on.
-        let n = tokens.len() * n_blocks;
-        let (block_len, side_len) = if q8_0 { (32, 1) } else { (q8_k::BLOCK_BYTES, 4) };
-        qs.resize(block_len * n, 0);
-        d.resize(n, 0.0);
-        side.resize(side_len * n, 0);
-        for t in tokens.clone().step_by(TILE) {
-            let m = TILE.min(tokens.end - t);
-            let rows: [&[u8]; TILE] = std::array::from_fn(|i| acts.row(t + i.min(m - 1)));
-            let starts: [usize; TILE] = std::array::from_fn(|i| (t + i) * n_blocks);
-            let at = (t - t0) * n_blocks..(t - t0 + m) * n_blocks;
-            let qs = &mut qs[block_len * at.start..block_len * at.end];
-            let (d, side) = (&mut d[at.clone()], &mut side[side_len * at.start..side_len * at.end]);
-            if q8_0 {
-                avx512::interleave_q8_0(&rows[..m], &side_q8_0, &starts[..m], n_blocks, qs, d, side);
-            } else {
-                avx512::interleave_q8_k(&rows[..m], &side_q8_k, &starts[..m], n_blocks, qs, d, side);
+        // The activations' tiles if this token range is made of them (whole tiles from a tile boundary,
+        // the last one possibly the batch's short last tile), else the range interleaved here.
+        let lined_up = tokens.start.is_multiple_of(TILE)
+            && (tokens.end.is_multiple_of(TILE) || tokens.end == acts.n_tokens);
+        let (tiles, first) = match &acts.tiles {
+            Some(tiles) if lined_up => (tiles, 0),
+            _ => {
+                own.interleave(acts, tokens.clone());
+                (&*own, tokens.start)
             }
-        }
+        };
         // The `n` tokens' tile from token t: Q8_0 quants with offset sums, or Q8_K blocks with sub-block pairs.
-        let (qs, d, side) = (&qs[..], &d[..], &side[..]);
-        let at = |t: usize, n: usize| (t - t0) * n_blocks..(t - t0 + n) * n_blocks;
+        let (qs, d, side) = (&tiles.qs[..], &tiles.d[..], &tiles.side[..]);
+        let at = |t: usize, n: usize| (t - first) * n_blocks..(t - first + n) * n_blocks;
         let q32_tile = |t: usize, n: usize| {
             let at = at(t, n);
             Q8_0Tile { qs: &qs[32 * at.start..32 * at.end], d: &d[at.clone()], neg: &side[at] }
