@@ -354,7 +354,7 @@ impl<'e> Worker<'e> {
                     seqs.push(SeqBatch { kv: &mut slot.kv, tokens, want: *want });
                 }
             }
-            self.engine.model.forward_multi(state, &mut seqs).map(|l| l.to_vec())
+            self.engine.model.forward_multi(state, &mut seqs)
         };
         let logits = match result {
             Ok(l) => l,
