@@ -302,6 +302,23 @@ impl Tiles {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl Tiles {
+    /// Blocks `blocks` (counted from the first token interleaved, `n_blocks` per token) as a tile of
+    /// `Q`-byte blocks with `S` dwords of side data each.
+    fn tile<const Q: usize, const S: usize>(
+        &self,
+        blocks: Range<usize>,
+    ) -> crate::x86::avx512::ActTile<'_, Q, S> {
+        let Range { start, end } = blocks;
+        crate::x86::avx512::ActTile {
+            qs: &self.qs[Q * start..Q * end],
+            d: &self.d[start..end],
+            side: &self.side[S * start..S * end],
+        }
+    }
+}
+
 /// Scratch of the panel kernels, one per thread (grows to the largest panel and batch seen).
 #[cfg(target_arch = "x86_64")]
 #[derive(Default)]
@@ -359,17 +376,9 @@ fn gemm_avx512(
             }
         };
         // The `n` tokens' tile from token t: Q8_0 quants with offset sums, or Q8_K blocks with sub-block pairs.
-        let (qs, d, side) = (&tiles.qs[..], &tiles.d[..], &tiles.side[..]);
         let at = |t: usize, n: usize| (t - first) * n_blocks..(t - first + n) * n_blocks;
-        let q32_tile = |t: usize, n: usize| {
-            let at = at(t, n);
-            Q8_0Tile { qs: &qs[32 * at.start..32 * at.end], d: &d[at.clone()], neg: &side[at] }
-        };
-        let k_tile = |t: usize, n: usize| {
-            let at = at(t, n);
-            let blocks = &qs[q8_k::BLOCK_BYTES * at.start..q8_k::BLOCK_BYTES * at.end];
-            Q8KTile { blocks, d: &d[at.clone()], sub_pairs: &side[4 * at.start..4 * at.end] }
-        };
+        let q32_tile = |t: usize, n: usize| -> Q8_0Tile { tiles.tile(at(t, n)) };
+        let k_tile = |t: usize, n: usize| -> Q8KTile { tiles.tile(at(t, n)) };
         let pack = |r0: usize, n: usize, dst: &mut [std::arch::x86_64::__m512i]| {
             let panel = Panel::new(w, row_bytes, r0, n);
             let from = match layout {

@@ -639,32 +639,44 @@ pub fn panel_pair_dots_q32(
     [join(lo0, hi0), join(lo1, hi1)]
 }
 
-/// A tile of Q8_0 activation rows interleaved block by block ([`interleave_q8_0`]): for block `b`, the
-/// 32 quants of token `t` at `qs[(b·T + t)·32..]`, its scale at `d[b·T + t]` and `−offset·Σ a` at
-/// `neg[b·T + t]`.
-pub struct Q8_0Tile<'a> {
+/// A tile of activation rows interleaved block by block ([`interleave_q8_0`], [`interleave_q8_k`]): for block
+/// `b`, token `t`'s `Q` bytes at `qs[(b·T + t)·Q..]`, its scale at `d[b·T + t]` and its `S` dwords of side data
+/// at `side[(b·T + t)·S..]`. The kernels then find each block's `T` tokens at fixed offsets from one pointer.
+pub struct ActTile<'a, const Q: usize, const S: usize> {
     pub qs: &'a [u8],
     pub d: &'a [f32],
-    pub neg: &'a [i32],
+    pub side: &'a [i32],
 }
 
-impl<'a> Q8_0Tile<'a> {
+/// Q8_0 tiles: a block's 32 quants, and `−offset·Σ a` as side data.
+pub type Q8_0Tile<'a> = ActTile<'a, 32, 1>;
+
+/// Q8_K tiles: whole Q8_K blocks, and four dwords of sub-block sum pairs `(s[2j], s[2j + 1])` as side data.
+pub type Q8KTile<'a> = ActTile<'a, { q8_k::BLOCK_BYTES }, 4>;
+
+impl<'a, const Q: usize, const S: usize> ActTile<'a, Q, S> {
     /// Panics unless the tile holds `n_blocks` blocks of `n` tokens.
     fn check(&self, n_blocks: usize, n: usize) {
         let m = n_blocks * n;
-        assert!(self.qs.len() >= 32 * m && self.d.len() >= m && self.neg.len() >= m);
+        assert!(self.qs.len() >= Q * m && self.d.len() >= m && self.side.len() >= S * m);
     }
 
-    /// Block `b` of the `n` tokens: their quants, scales and offset sums.
+    /// Block `b` of the `n` tokens: their bytes, scales and side data.
     #[inline(always)]
     fn block(&self, b: usize, n: usize) -> (&'a [u8], &'a [f32], &'a [i32]) {
         let i = b * n;
-        (&self.qs[32 * i..32 * (i + n)], &self.d[i..i + n], &self.neg[i..i + n])
+        (&self.qs[Q * i..Q * (i + n)], &self.d[i..i + n], &self.side[S * i..S * (i + n)])
+    }
+
+    /// The tile from block `b` on.
+    fn skip_blocks(&self, b: usize, n: usize) -> ActTile<'a, Q, S> {
+        let i = b * n;
+        ActTile { qs: &self.qs[Q * i..], d: &self.d[i..], side: &self.side[S * i..] }
     }
 }
 
 /// Interleaves `rows.len()` Q8_0 activation rows of `n_blocks` blocks (and their side data from
-/// `side_start[t]`) into `qs`, `d` and `neg` (`n_blocks · rows.len()` blocks each) as [`Q8_0Tile`] describes.
+/// `side_start[t]`) into `qs`, `d` and `neg` (`n_blocks · rows.len()` blocks each) as [`ActTile`] describes.
 pub fn interleave_q8_0(
     rows: &[&[u8]],
     side: &Q8_0Side,
@@ -692,43 +704,6 @@ pub fn interleave_q8_0(
 pub struct Q8KSide<'a> {
     pub d: &'a [f32],
     pub sub_pairs: &'a [i32],
-}
-
-/// A tile of Q8_K activation rows interleaved block by block ([`interleave_q8_k`]): for super-block `b`,
-/// token `t`'s Q8_K block at `blocks[(b·T + t)·292..]`, its scale at `d[b·T + t]` and its four dwords of
-/// sub-block sum pairs at `sub_pairs[(b·T + t)·4..]`. The kernels then find each block's `T` tokens at
-/// fixed offsets from one pointer.
-pub struct Q8KTile<'a> {
-    pub blocks: &'a [u8],
-    pub d: &'a [f32],
-    pub sub_pairs: &'a [i32],
-}
-
-impl<'a> Q8KTile<'a> {
-    /// Panics unless the tile holds `n_blocks` super-blocks of `n` tokens.
-    fn check(&self, n_blocks: usize, n: usize) {
-        let m = n_blocks * n;
-        assert!(
-            self.blocks.len() >= m * q8_k::BLOCK_BYTES && self.d.len() >= m && self.sub_pairs.len() >= 4 * m
-        );
-    }
-
-    /// Super-block `b` of the `n` tokens: their blocks, scales and sub-block sum pairs.
-    #[inline(always)]
-    fn block(&self, b: usize, n: usize) -> (&'a [u8], &'a [f32], &'a [i32]) {
-        let (i, bb) = (b * n, q8_k::BLOCK_BYTES);
-        (&self.blocks[i * bb..(i + n) * bb], &self.d[i..i + n], &self.sub_pairs[4 * i..4 * (i + n)])
-    }
-
-    /// The tile from super-block `b` on.
-    fn skip_blocks(&self, b: usize, n: usize) -> Q8KTile<'a> {
-        let i = b * n;
-        Q8KTile {
-            blocks: &self.blocks[i * q8_k::BLOCK_BYTES..],
-            d: &self.d[i..],
-            sub_pairs: &self.sub_pairs[4 * i..],
-        }
-    }
 }
 
 /// Interleaves `rows.len()` Q8_K activation rows of `n_blocks` super-blocks (and their side data from
