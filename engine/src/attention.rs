@@ -13,7 +13,7 @@
 //! (chunks start at multiples of [`KEY_CHUNK`] whatever the batch looks like). So a token gets bit-identical
 //! attention inside a prompt batch and alone, and for any thread count.
 
-use quire_kernels::{axpy_rows, dequantize_row, dot_rows, DType};
+use quire_kernels::{axpy_rows, dot_rows, widen_rows, DType};
 use rayon::prelude::*;
 
 use crate::config::Config;
@@ -105,7 +105,7 @@ fn head_block(
         for start in (0..n_keys).step_by(KEY_CHUNK) {
             let len = KEY_CHUNK.min(n_keys - start);
             let (dtype, chunk, chunk_stride) =
-                load_chunk(kv_type, &keys[start * stride..], stride, len, hd, &mut s.chunk, &mut s.row);
+                load_chunk(kv_type, &keys[start * stride..], stride, len, hd, &mut s.chunk);
             for i in 0..nq {
                 let m = visible(i).saturating_sub(start).min(len);
                 if m == 0 {
@@ -135,7 +135,7 @@ fn head_block(
         for start in (0..n_keys).step_by(KEY_CHUNK) {
             let len = KEY_CHUNK.min(n_keys - start);
             let (dtype, chunk, chunk_stride) =
-                load_chunk(kv_type, &values[start * stride..], stride, len, hd, &mut s.chunk, &mut s.row);
+                load_chunk(kv_type, &values[start * stride..], stride, len, hd, &mut s.chunk);
             for i in 0..nq {
                 let m = visible(i).saturating_sub(start).min(len);
                 if m == 0 {
@@ -162,20 +162,12 @@ fn load_chunk<'a>(
     len: usize,
     hd: usize,
     buf: &'a mut Vec<u8>,
-    row: &mut Vec<f32>,
 ) -> (DType, &'a [u8], usize) {
     match kv_type {
         KvType::F32 => (DType::F32, src, stride),
         KvType::F16 | KvType::Q8_0 => {
-            let head_bytes = kv_type.bytes_for(hd);
-            row.resize(hd, 0.0);
             buf.resize(len * hd * 4, 0);
-            for (t, dst) in buf.chunks_exact_mut(hd * 4).enumerate() {
-                dequantize_row(kv_type.dtype(), &src[t * stride..t * stride + head_bytes], row);
-                for (d, v) in dst.chunks_exact_mut(4).zip(row.iter()) {
-                    d.copy_from_slice(&v.to_le_bytes());
-                }
-            }
+            widen_rows(kv_type.dtype(), src, stride, hd, buf);
             (DType::F32, &buf[..], hd * 4)
         }
     }
@@ -185,7 +177,7 @@ fn load_chunk<'a>(
 /// task's queries against every visible key, the queries, and one chunk of keys converted to f32.
 pub fn task_scratch_bytes(c: &Config, n_ctx: usize) -> usize {
     let nq = QUERY_BLOCK * (c.n_heads / c.n_kv_heads);
-    4 * (nq * n_ctx + nq + nq * c.head_dim + KEY_CHUNK * c.head_dim + c.head_dim)
+    4 * (nq * n_ctx + nq + nq * c.head_dim + KEY_CHUNK * c.head_dim)
 }
 
 /// Per-thread scratch of one task.
@@ -197,9 +189,8 @@ struct TaskScratch {
     scores: Vec<f32>,
     /// 1 / softmax denominator of each query.
     inv: Vec<f32>,
-    /// An f16 or q8_0 chunk converted to f32 bytes, and one row of it as f32.
+    /// An f16 or q8_0 chunk converted to f32 bytes.
     chunk: Vec<u8>,
-    row: Vec<f32>,
 }
 
 thread_local! {

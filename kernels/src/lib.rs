@@ -238,6 +238,58 @@ fn check_rows(n: usize, row_bytes: usize, stride: usize, rows: &[u8]) {
     }
 }
 
+/// Widens `dst.len() / (4·n)` rows of `n` values of `dtype` (row `t` at byte `t·stride` of `src`) to `f32`
+/// little-endian bytes, back to back in `dst`: what [`dequantize_row`] gives row by row, in one call (attention
+/// widens a chunk of cached keys or values at a time; a call per 128-value row cost more than the widening).
+///
+/// # Panics
+/// If `dst` is not whole rows, `n` is not whole blocks of `dtype`, or the rows do not fit in `src`.
+pub fn widen_rows(dtype: DType, src: &[u8], stride: usize, n: usize, dst: &mut [u8]) {
+    widen_rows_with(dispatch::isa(), dtype, src, stride, n, dst)
+        .expect("the process instruction set is supported");
+}
+
+/// [`widen_rows`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
+pub fn widen_rows_with(
+    isa: dispatch::Isa,
+    dtype: DType,
+    src: &[u8],
+    stride: usize,
+    n: usize,
+    dst: &mut [u8],
+) -> Option<()> {
+    assert!(n > 0 && dst.len().is_multiple_of(4 * n), "{} bytes are not rows of {n} f32", dst.len());
+    let row_bytes = dtype.row_bytes(n).unwrap_or_else(|| panic!("{n} values are not whole {dtype} blocks"));
+    check_rows(dst.len() / (4 * n), row_bytes, stride, src);
+    if !isa.is_supported() {
+        return None;
+    }
+    match (dtype, isa) {
+        #[cfg(target_arch = "x86_64")]
+        (DType::F16, dispatch::Isa::Avx2 | dispatch::Isa::Avx512) => {
+            // SAFETY: `isa` is supported by this CPU, and both require AVX2, FMA and F16C, the features this
+            // kernel is compiled for.
+            unsafe { x86::avx2::widen_f16_rows(src, stride, n, dst) }
+        }
+        _ => {
+            // A block (or 32 halves) at a time through the format's scalar code.
+            let piece = if n.is_multiple_of(32) { 32 } else { dtype.block_len() };
+            let piece_bytes = dtype.row_bytes(piece).expect("whole blocks");
+            let mut buf = [0.0f32; 32];
+            for (t, out) in dst.chunks_exact_mut(4 * n).enumerate() {
+                let row = &src[t * stride..t * stride + row_bytes];
+                for (p, o) in row.chunks_exact(piece_bytes).zip(out.chunks_exact_mut(4 * piece)) {
+                    (format(dtype).dequantize)(p, &mut buf[..piece]);
+                    for (d, v) in o.chunks_exact_mut(4).zip(&buf) {
+                        d.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+    Some(())
+}
+
 /// Attention scores: `out[t] = scale · dot(row t, q)` for `t` in `0..out.len()`, where row `t`
 /// holds `q.len() / 4` values of `dtype` (F32 or F16) at byte `t·stride` of `rows` and `q` is
 /// `f32` little-endian bytes. Each score equals [`vec_dot`] of the same row times `scale`;

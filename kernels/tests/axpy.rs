@@ -77,3 +77,40 @@ fn f16_rows_widen_exactly() {
         }
     }
 }
+
+/// `widen_rows` (a chunk of cached keys or values at once) gives exactly `dequantize_row` of each row, as f32
+/// bytes, for F16 and Q8_0 rows at a stride wider than a row, on every instruction set, at widths with and
+/// without a tail of fewer than eight halves.
+#[test]
+fn widen_rows_equals_dequantize_row_by_row() {
+    let mut rng = common::rng(31);
+    let mut checked = 0;
+    for (dtype, n) in
+        [(DType::F16, 128usize), (DType::F16, 44), (DType::F16, 3), (DType::Q8_0, 128), (DType::Q8_0, 32)]
+    {
+        let row_bytes = dtype.row_bytes(n).unwrap();
+        for len in [1usize, 7, 64] {
+            let stride = row_bytes * 3 + 10;
+            let values = common::random_values(&mut rng, n, 3.0);
+            let mut src = vec![0u8; (len - 1) * stride + row_bytes];
+            for t in 0..len {
+                let scaled: Vec<f32> = values.iter().map(|v| v * (t as f32 + 0.5)).collect();
+                quire_kernels::quantize_row(dtype, &scaled, &mut src[t * stride..t * stride + row_bytes]);
+            }
+            let mut want = Vec::new();
+            let mut row = vec![0.0f32; n];
+            for t in 0..len {
+                quire_kernels::dequantize_row(dtype, &src[t * stride..t * stride + row_bytes], &mut row);
+                want.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+            }
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                let mut got = vec![0xAAu8; len * n * 4];
+                if quire_kernels::widen_rows_with(isa, dtype, &src, stride, n, &mut got).is_some() {
+                    assert_eq!(got, want, "{isa:?} {dtype} n={n} len={len}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 15, "the scalar path runs everywhere");
+}

@@ -699,6 +699,28 @@ fn axpy_rows_of<const F16: bool>(p: &[f32], rows: &[u8], stride: usize, y: &mut 
     }
 }
 
+/// [`crate::widen_rows`] for F16: row `t` (`n` halves at byte `t·stride` of `src`) widened into
+/// `dst[t·4n..]` as `f32` bytes, eight halves at a time with `vcvtph2ps`. Lengths are checked by the caller.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn widen_f16_rows(src: &[u8], stride: usize, n: usize, dst: &mut [u8]) {
+    for (t, out) in dst.chunks_exact_mut(4 * n).enumerate() {
+        let row = &src[t * stride..t * stride + 2 * n];
+        let (whole, tail) = (row.chunks_exact(16), row.chunks_exact(16).remainder());
+        let mut outs = out.chunks_exact_mut(32);
+        for (h, o) in whole.zip(&mut outs) {
+            let v = _mm256_cvtph_ps(load_128(array_at(h, 0)));
+            // SAFETY: `o` is 32 writable bytes; `storeu` has no alignment requirement.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().cast(), v) };
+        }
+        for (h, o) in tail.chunks_exact(2).zip(outs.into_remainder().chunks_exact_mut(4)) {
+            o.copy_from_slice(&f16_to_f32(array_at(h, 0)).to_le_bytes());
+        }
+    }
+}
+
 /// Widens halves (little-endian bytes) to `f32`, eight at a time with `vcvtph2ps` (exact, as the
 /// scalar conversion; NaNs stay NaNs).
 ///
