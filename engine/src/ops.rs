@@ -5,7 +5,7 @@
 //! Every output element is one dot product computed by one thread, so results are bit-identical for any
 //! thread count.
 
-use quire_kernels::{gemm, gemm_prepacked, DType, QuantizedActs};
+use quire_kernels::{gemm, gemm_into_rows, gemm_prepacked, gemm_prepacked_into_rows, DType, QuantizedActs};
 use rayon::prelude::*;
 
 /// A weight matrix: `rows` rows of `cols` values in `dtype`, row-major, at `range` of the mapped file, or
@@ -34,8 +34,6 @@ impl Matrix {
 pub struct MatmulScratch {
     /// The batch quantized for each weight format of a group (one entry per distinct format).
     acts: Vec<QuantizedActs>,
-    /// Per-task outputs of a row-split batch, `[n_batch][task rows]` blocks, before they are scattered.
-    parts: Vec<f32>,
 }
 
 /// One product of a [`matmuls`] group: `out = W · x` for the group's activations `x`.
@@ -104,49 +102,30 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
         return;
     }
 
-    // Row ranges (whole 16-row panels), about four per thread over the whole group so a thread slowed
-    // by other work can be helped. A batch of one writes its outputs in place; a larger one writes
-    // `[n_batch][task rows]` into `parts`, scattered afterwards.
+    // Row ranges (whole 16-row panels), about four per thread over the whole group so a thread slowed by
+    // other work can be helped. A task writes its piece of every token's output row in place.
     let total_rows: usize = products.iter().map(|p| p.w.rows).sum();
     let rows_per_task = total_rows.div_ceil(4 * threads).next_multiple_of(16).max(16);
-    scratch.parts.resize(if n_batch == 1 { 0 } else { n_batch * total_rows }, 0.0);
-    let mut parts = &mut scratch.parts[..];
     let mut tasks = Vec::new();
     for (p, &a) in products.iter_mut().zip(&which) {
         let (w, row_bytes) = (p.w, p.w.row_bytes());
-        let out: &mut [f32] = if n_batch == 1 {
-            &mut *p.out
-        } else {
-            let (mine, rest) = std::mem::take(&mut parts).split_at_mut(n_batch * w.rows);
-            parts = rest;
-            mine
-        };
-        let chunks = out.chunks_mut(rows_per_task * n_batch).zip(p.bytes.chunks(rows_per_task * row_bytes));
-        tasks.extend(chunks.map(|(o, wr)| (w, &acts[a], o, wr)));
-    }
-    tasks.into_par_iter().for_each(|(w, acts, o, wr)| gemm_of(w)(w.dtype, wr, acts, 0..n_batch, o));
-    if n_batch == 1 {
-        return;
-    }
-    // Product p's task i holds rows r0..r0+len as [n_batch][len] at its parts[r0 * n_batch..].
-    let mut parts = &scratch.parts[..];
-    for p in products.iter_mut() {
-        let rows = p.w.rows;
-        let (mine, rest) = parts.split_at(n_batch * rows);
-        parts = rest;
-        let scatter = |(b, ob): (usize, &mut [f32])| {
-            for (i, oc) in ob.chunks_mut(rows_per_task).enumerate() {
-                let base = i * rows_per_task * n_batch + b * oc.len();
-                oc.copy_from_slice(&mine[base..base + oc.len()]);
+        let first = tasks.len();
+        for wr in p.bytes.chunks(rows_per_task * row_bytes) {
+            tasks.push((w, &acts[a], wr, Vec::with_capacity(n_batch)));
+        }
+        for token_row in p.out.chunks_mut(w.rows) {
+            for (i, piece) in token_row.chunks_mut(rows_per_task).enumerate() {
+                tasks[first + i].3.push(piece);
             }
-        };
-        // A few decode rows are copied faster than the workers are woken.
-        if p.out.len() < 4 * PAR_MIN {
-            p.out.chunks_mut(rows).enumerate().for_each(scatter);
-        } else {
-            p.out.par_chunks_mut(rows).enumerate().for_each(scatter);
         }
     }
+    tasks.into_par_iter().for_each(|(w, acts, wr, mut out)| {
+        if w.packed.is_some() {
+            gemm_prepacked_into_rows(w.dtype, wr, acts, 0..n_batch, &mut out);
+        } else {
+            gemm_into_rows(w.dtype, wr, acts, 0..n_batch, &mut out);
+        }
+    });
 }
 
 /// Work items below this many values run on the calling thread: splitting them costs more than it saves.

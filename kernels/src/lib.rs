@@ -42,7 +42,9 @@ pub mod matmul;
 pub mod prepacked;
 pub mod x86;
 
-pub use matmul::{can_prepack, gemm, gemm_prepacked, prepack, QuantizedActs};
+pub use matmul::{
+    can_prepack, gemm, gemm_into_rows, gemm_prepacked, gemm_prepacked_into_rows, prepack, QuantizedActs,
+};
 
 use formats::{check_row, format};
 

@@ -134,7 +134,34 @@ impl QuantizedActs {
 /// If `acts` was quantized for another format, `w` is not whole rows, `tokens` is out
 /// of range or `out` has the wrong length.
 pub fn gemm(wtype: DType, w: &[u8], acts: &QuantizedActs, tokens: Range<usize>, out: &mut [f32]) {
+    let n = tokens.len();
+    gemm_checked(dispatch::isa(), wtype, w, acts, tokens, &mut token_rows(out, n));
+}
+
+/// [`gemm`] writing token `tokens.start + i`'s outputs to `out[i]` (`n_rows` values each): a thread that
+/// owns a range of rows of a batch's `[tokens][rows]` output writes its pieces of every token's row in
+/// place, with no scatter afterwards.
+///
+/// # Panics
+/// As [`gemm`].
+pub fn gemm_into_rows(
+    wtype: DType,
+    w: &[u8],
+    acts: &QuantizedActs,
+    tokens: Range<usize>,
+    out: &mut [&mut [f32]],
+) {
     gemm_checked(dispatch::isa(), wtype, w, acts, tokens, out);
+}
+
+/// `out` (`n_tokens` rows back to back) as one slice per token.
+fn token_rows(out: &mut [f32], n_tokens: usize) -> Vec<&mut [f32]> {
+    if out.is_empty() {
+        // no tokens, or a matrix of no rows
+        return (0..n_tokens).map(|_| Default::default()).collect();
+    }
+    assert!(n_tokens > 0 && out.len().is_multiple_of(n_tokens), "output length");
+    out.chunks_mut(out.len() / n_tokens).collect()
 }
 
 /// [`gemm`] with an explicit instruction set, for tests and benchmarks. `None` if this
@@ -153,7 +180,8 @@ pub fn gemm_with(
     if !isa.is_supported() {
         return None;
     }
-    gemm_checked(isa, wtype, w, acts, tokens, out);
+    let n = tokens.len();
+    gemm_checked(isa, wtype, w, acts, tokens, &mut token_rows(out, n));
     Some(())
 }
 
@@ -207,6 +235,21 @@ pub fn prepack(wtype: DType, k: usize, w: &[u8], out: &mut [u8]) {
 /// # Panics
 /// As [`gemm`], and if [`can_prepack`] is false for this matrix.
 pub fn gemm_prepacked(wtype: DType, w: &[u8], acts: &QuantizedActs, tokens: Range<usize>, out: &mut [f32]) {
+    let n = tokens.len();
+    gemm_prepacked_into_rows(wtype, w, acts, tokens, &mut token_rows(out, n));
+}
+
+/// [`gemm_into_rows`] for a matrix stored by [`prepack`].
+///
+/// # Panics
+/// As [`gemm_prepacked`].
+pub fn gemm_prepacked_into_rows(
+    wtype: DType,
+    w: &[u8],
+    acts: &QuantizedActs,
+    tokens: Range<usize>,
+    out: &mut [&mut [f32]],
+) {
     let (n_rows, tokens) = check_gemm(wtype, w, acts, tokens, out);
     assert!(can_prepack(wtype, n_rows), "{wtype} x {n_rows} rows is not a prepacked matrix");
     if tokens.is_empty() {
@@ -222,14 +265,14 @@ fn check_gemm(
     w: &[u8],
     acts: &QuantizedActs,
     tokens: Range<usize>,
-    out: &[f32],
+    out: &[&mut [f32]],
 ) -> (usize, Range<usize>) {
     assert_eq!(acts.wtype, Some(wtype), "activations quantized for {:?}, weights are {wtype}", acts.wtype);
     let row_bytes = wtype.row_bytes(acts.k).expect("checked when quantizing");
     assert!(w.len().is_multiple_of(row_bytes), "{wtype}: {} bytes are not rows of {row_bytes}", w.len());
     let n_rows = w.len() / row_bytes;
     assert!(tokens.start <= tokens.end && tokens.end <= acts.n_tokens, "tokens {tokens:?} out of range");
-    assert_eq!(out.len(), tokens.len() * n_rows, "output length");
+    assert!(out.len() == tokens.len() && out.iter().all(|o| o.len() == n_rows), "output length");
     (n_rows, tokens)
 }
 
@@ -239,7 +282,7 @@ fn gemm_checked(
     w: &[u8],
     acts: &QuantizedActs,
     tokens: Range<usize>,
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) {
     let (n_rows, tokens) = check_gemm(wtype, w, acts, tokens, out);
     let k = acts.k;
@@ -252,7 +295,7 @@ fn gemm_checked(
         gemm_avx512(wtype, k, w, n_rows, acts, tokens, out, false);
         return;
     }
-    for (t, out_t) in tokens.zip(out.chunks_exact_mut(n_rows)) {
+    for (t, out_t) in tokens.zip(out.iter_mut()) {
         let a = acts.row(t);
         for (o, wr) in out_t.iter_mut().zip(w.chunks_exact(row_bytes)) {
             *o = dispatch::vec_dot_checked(isa, wtype, k, wr, a);
@@ -349,7 +392,7 @@ fn gemm_avx512(
     n_rows: usize,
     acts: &QuantizedActs,
     tokens: Range<usize>,
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
     prepacked: bool,
 ) {
     use crate::x86::avx512::{self, Panel, PanelSrc, Q8KTile, Q8_0Tile};
@@ -407,8 +450,8 @@ fn gemm_avx512(
                     let res = unsafe { avx512::panel_pair_dots_q32(p0, p1, n_blocks, &q32_tile(t, TILE)) };
                     for (p, panel) in res.iter().enumerate() {
                         for (i, lanes) in panel.iter().enumerate() {
-                            let o = (t + i - t0) * n_rows + r_pairs + p * PANEL_ROWS;
-                            out[o..o + PANEL_ROWS].copy_from_slice(lanes);
+                            let r = r_pairs + p * PANEL_ROWS;
+                            out[t + i - t0][r..r + PANEL_ROWS].copy_from_slice(lanes);
                         }
                     }
                 }
@@ -424,8 +467,7 @@ fn gemm_avx512(
                 pack(r0, n, &mut packed[..]);
             }
             let mut put = |t: usize, lanes: &[f32; PANEL_ROWS]| {
-                let at = (t - t0) * n_rows + r0;
-                out[at..at + n].copy_from_slice(&lanes[..n]);
+                out[t - t0][r0..r0 + n].copy_from_slice(&lanes[..n]);
             };
             // `$n` tokens from `$t` against this panel.
             macro_rules! dots {
