@@ -89,8 +89,8 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
     let threads = rayon::current_num_threads().max(1);
 
     if n_batch >= TOKEN_SPLIT_MIN {
-        // Contiguous token ranges, whole tiles of the panel kernels: each task owns `[tokens][rows]` of
-        // the output outright.
+        // Contiguous token ranges of whole 8-token tiles (the panel kernels' tile, so each task reads the
+        // tiles `QuantizedActs` interleaved once): each task owns `[tokens][rows]` of the output outright.
         let per_task = n_batch.div_ceil(threads).next_multiple_of(8);
         for (p, &a) in products.iter_mut().zip(&which) {
             let (w, bytes, gemm) = (p.w, p.bytes, gemm_of(p.w));
