@@ -303,7 +303,7 @@ fn gemm_checked(
     }
 }
 
-/// Activation rows interleaved tile by tile (`crate::x86::avx512::Q8_0Tile` / `Q8KTile`): blocks, scales,
+/// Activation rows interleaved tile by tile (`crate::x86::avx512::ActTile`): blocks, scales,
 /// and the Q8_0 offset sums or Q8_K sub-block sum pairs. The tile from token `t` (a multiple of [`TILE`]
 /// past the first token interleaved) holds its tokens' blocks from block `(t − first)·n_blocks` on.
 #[cfg(target_arch = "x86_64")]
@@ -343,10 +343,7 @@ impl Tiles {
             }
         }
     }
-}
 
-#[cfg(target_arch = "x86_64")]
-impl Tiles {
     /// Blocks `blocks` (counted from the first token interleaved, `n_blocks` per token) as a tile of
     /// `Q`-byte blocks with `S` dwords of side data each.
     fn tile<const Q: usize, const S: usize>(
