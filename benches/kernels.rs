@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use quire_engine::ops::{matmul, MatmulScratch, Matrix};
+use quire_engine::ops::{matmul, MatmulScratch, Matrix, Weights};
 use quire_kernels::{quantize_row, DType};
 
 const ROWS: usize = 9728;
@@ -35,25 +35,21 @@ fn quantized(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
 
 fn matrix(dtype: DType, rows: usize, cols: usize) -> Matrix {
     let bytes = rows * dtype.row_bytes(cols).unwrap();
-    Matrix { name: format!("bench {dtype}"), dtype, rows, cols, range: 0..bytes, packed: None }
+    Matrix { name: format!("bench {dtype}"), dtype, rows, cols, range: 0..bytes, packed: Default::default() }
 }
 
 /// The weight layouts to measure: every format as stored in the file, and also prepacked (what
-/// the engine runs on AVX-512 machines). Returns (name, matrix, bytes).
-fn layouts(rows: usize, cols: usize) -> Vec<(String, Matrix, Vec<u8>)> {
+/// the engine runs on AVX-512 machines). Returns (name, matrix, bytes, whether prepacked).
+fn layouts(rows: usize, cols: usize) -> Vec<(String, Matrix, Vec<u8>, bool)> {
     let mut out = Vec::new();
     for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
         let w = quantized(dtype, rows, cols);
         if quire_kernels::can_prepack(dtype, rows) {
-            // as the engine holds it: in anonymous memory
-            let mut packed = memmap2::MmapMut::map_anon(w.len()).expect("memory for the prepacked copy");
+            let mut packed = vec![0; w.len()];
             quire_kernels::prepack(dtype, cols, &w, &mut packed);
-            let bytes = packed.to_vec();
-            let mut m = matrix(dtype, rows, cols);
-            m.packed = Some(std::sync::Arc::new(packed));
-            out.push((format!("{} prepacked", dtype.name()), m, bytes));
+            out.push((format!("{} prepacked", dtype.name()), matrix(dtype, rows, cols), packed, true));
         }
-        out.push((dtype.name().to_string(), matrix(dtype, rows, cols), w));
+        out.push((dtype.name().to_string(), matrix(dtype, rows, cols), w, false));
     }
     out
 }
@@ -80,7 +76,7 @@ fn read_bandwidth(c: &mut Criterion) {
 /// One token times a 9728×2560 matrix; the weights rotate over copies larger than the L3 cache.
 fn gemv(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemv_2560x9728");
-    for (name, m, one) in layouts(ROWS, COLS) {
+    for (name, m, one, prepacked) in layouts(ROWS, COLS) {
         let copies = (512usize << 20).div_ceil(one.len());
         let all: Vec<u8> = one.iter().copied().cycle().take(one.len() * copies).collect();
         let x = values(3, COLS);
@@ -92,7 +88,7 @@ fn gemv(c: &mut Criterion) {
             b.iter(|| {
                 let w = &all[i * one.len()..(i + 1) * one.len()];
                 i = (i + 1) % copies;
-                matmul(&m, w, &x, &mut out, &mut scratch);
+                matmul(&m, Weights { bytes: w, prepacked }, &x, &mut out, &mut scratch);
                 black_box(&out);
             })
         });
@@ -106,13 +102,13 @@ fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm_2560x9728_batch512");
     g.sample_size(10);
     g.throughput(Throughput::Elements((2 * ROWS * COLS * BATCH) as u64));
-    for (name, m, w) in layouts(ROWS, COLS) {
+    for (name, m, w, prepacked) in layouts(ROWS, COLS) {
         let x = values(3, COLS * BATCH);
         let mut out = vec![0.0f32; ROWS * BATCH];
         let mut scratch = MatmulScratch::default();
         g.bench_function(name, |b| {
             b.iter(|| {
-                matmul(&m, &w, &x, &mut out, &mut scratch);
+                matmul(&m, Weights { bytes: &w, prepacked }, &x, &mut out, &mut scratch);
                 black_box(&out);
             })
         });

@@ -3,7 +3,9 @@
 //! `ppN`: one forward pass over N prompt tokens from an empty cache (logits for the last one only);
 //! `tgN`: N single-token steps from an empty cache. Tokens are fixed pseudo-random ids, so runs are
 //! reproducible. One short warm-up of each precedes the timed repetitions (as llama-bench does). Also reports
-//! the load time (file in page cache or not, as it is) and the peak resident memory of the whole run.
+//! the load time (file in page cache or not, as it is), the time to the first token of an 8-token prompt right
+//! after load (while the weights are still being prepacked in the background), when prepacking finished (the
+//! timed tests wait for it), and the peak resident memory of the whole run.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -114,6 +116,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut kvs =
         (0..args.streams).map(|_| KvCache::with_type(c, n_ctx, args.kv_type)).collect::<Result<Vec<_>>>()?;
     let mut state = RunState::new();
+    time_prompt(model, &mut state, &mut kvs[0], 8.min(n_ctx), 0)?;
+    let first_token_secs = t0.elapsed().as_secs_f64();
+    model.wait_prepacked();
+    let prepacked_secs = t0.elapsed().as_secs_f64();
     let mut pp = Vec::new();
     let mut tg = Vec::new();
     if args.n_prompt > 0 {
@@ -154,6 +160,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "tg_tps_sd": tg_sd,
             "tg_samples": tg,
             "load_secs": load_secs,
+            "first_token_secs": first_token_secs,
+            "prepacked_secs": prepacked_secs,
             "peak_rss_bytes": peak_rss,
         });
         println!("{out}");
@@ -175,8 +183,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     println!();
     println!(
-        "load {:.2} s | peak RSS {} (file {} + KV cache {}) | {} repetitions",
+        "load {:.2} s, first token {:.2} s, prepacked {:.2} s | peak RSS {} (file {} + KV cache {}) | {} repetitions",
         load_secs,
+        first_token_secs,
+        prepacked_secs,
         human_bytes(peak_rss),
         size,
         human_bytes(kvs.iter().map(KvCache::bytes).sum()),

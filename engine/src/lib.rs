@@ -12,6 +12,7 @@ pub mod memory;
 pub mod model;
 pub mod ops;
 pub mod perplexity;
+pub mod prepack;
 pub mod sampler;
 pub mod scheduler;
 pub mod threads;

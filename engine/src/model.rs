@@ -4,15 +4,17 @@
 //! tokens through all layers. Qwen2 and Qwen3 share one forward pass; their two differences are the two
 //! `if let`s in the attention block (QKV bias for Qwen2, per-head Q/K RMSNorm for Qwen3).
 
+use std::sync::{Arc, RwLock};
+
 use anyhow::{bail, Context, Result};
 use quire_kernels::{dequantize_row, DType};
-use rayon::prelude::*;
 
 use crate::attention::{attention, SeqRows};
 use crate::config::{Arch, Config};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
-use crate::ops::{self, MatmulScratch, Matrix, Product};
+use crate::ops::{self, MatmulScratch, Matrix, Product, Weights};
+use crate::prepack::Prepacker;
 
 /// One transformer block's weights. Norms and biases are small and dequantized to f32 at load; the big
 /// matrices stay in the map.
@@ -34,12 +36,6 @@ pub struct Layer {
 
 impl Layer {
     /// The seven matrices, in the order the forward pass uses them.
-    pub fn matrices_mut(&mut self) -> [&mut Matrix; 7] {
-        let Layer { wq, wk, wv, wo, w_gate, w_up, w_down, .. } = self;
-        [wq, wk, wv, wo, w_gate, w_up, w_down]
-    }
-
-    /// [`Layer::matrices_mut`], read-only.
     pub fn matrices(&self) -> [&Matrix; 7] {
         [&self.wq, &self.wk, &self.wv, &self.wo, &self.w_gate, &self.w_up, &self.w_down]
     }
@@ -48,13 +44,17 @@ impl Layer {
 /// A loaded model: the mapped file, its config, and where every weight lives.
 pub struct Model {
     pub config: Config,
-    pub file: GgufFile,
+    pub file: Arc<GgufFile>,
     pub token_embd: Matrix,
     pub layers: Vec<Layer>,
     pub output_norm: Vec<f32>,
     /// The output head; `token_embd` itself when the file has no `output.weight` (tied embeddings).
     pub output: Matrix,
     inv_freq: Vec<f32>,
+    /// Held for reading by every forward pass (see [`Prepacker::start`]).
+    in_use: Arc<RwLock<()>>,
+    /// The background copy into the prepacked layout, while it runs.
+    prepacker: Option<Prepacker>,
 }
 
 /// One sequence's share of a `forward_multi` batch: its cache and its next tokens.
@@ -76,18 +76,21 @@ pub enum Logits {
 }
 
 impl Model {
-    /// Find and check every tensor of a Qwen2/Qwen3 model in an open GGUF file, and prepack the matrices
-    /// the kernels have a prepacked layout for (unless `QUIRE_PREPACK=0`).
+    /// Find and check every tensor of a Qwen2/Qwen3 model in an open GGUF file, and start prepacking the
+    /// matrices the kernels have a prepacked layout for in the background (unless `QUIRE_PREPACK=0`; see
+    /// [`crate::prepack`]). The model is usable at once.
     pub fn load(file: GgufFile) -> Result<Model> {
         Model::load_with(file, std::env::var("QUIRE_PREPACK").as_deref() != Ok("0"))
     }
 
-    /// [`Model::load`], prepacking or not as told.
+    /// [`Model::load`], prepacking in the background or not as told.
     pub fn load_with(file: GgufFile, prepack_weights: bool) -> Result<Model> {
         let config = Config::from_gguf(&file)?;
         let c = &config;
-        let mut token_embd = matrix(&file, "token_embd.weight", c.dim, c.vocab_size)?;
-        let mut output = match file.tensor_info("output.weight") {
+        let token_embd = matrix(&file, "token_embd.weight", c.dim, c.vocab_size)?;
+        // A tied output head is the embedding table itself (one shared prepacked copy; its rows are then
+        // read back from it).
+        let output = match file.tensor_info("output.weight") {
             Some(_) => matrix(&file, "output.weight", c.dim, c.vocab_size)?,
             None => token_embd.clone(),
         };
@@ -124,20 +127,27 @@ impl Model {
                 w_down: matrix(&file, &name("ffn_down.weight"), c.ffn_dim, c.dim)?,
             });
         }
-        if prepack_weights {
-            for layer in &mut layers {
-                for m in layer.matrices_mut() {
-                    prepack(&file, m)?;
-                }
-            }
-            prepack(&file, &mut output)?;
-            // A tied output head is also the embedding table: its rows are then read from the prepacked copy.
-            if file.tensor_info("output.weight").is_none() {
-                token_embd.packed = output.packed.clone();
-            }
-        }
         let inv_freq = ops::rope_inv_freq(c.head_dim, c.rope_base);
-        Ok(Model { config, file, token_embd, layers, output_norm, output, inv_freq })
+        let (file, in_use) = (Arc::new(file), Arc::new(RwLock::new(())));
+        let prepacker = match prepack_weights {
+            true => {
+                // in the order the forward pass reads them, so the first passes find more copies ready
+                let layers = layers.iter().flat_map(|l| l.matrices());
+                let matrices = layers.chain([&output]).cloned().collect();
+                let threads = rayon::current_num_threads().max(1);
+                Some(Prepacker::start(file.clone(), matrices, threads, in_use.clone())?)
+            }
+            false => None,
+        };
+        Ok(Model { config, file, token_embd, layers, output_norm, output, inv_freq, in_use, prepacker })
+    }
+
+    /// Block until the background prepacking has finished (at once if there is none). Benchmarks call this
+    /// so they measure the steady state; serving does not need to.
+    pub fn wait_prepacked(&self) {
+        if let Some(p) = &self.prepacker {
+            p.wait();
+        }
     }
 
     /// Open a GGUF file and load the model in it.
@@ -146,11 +156,11 @@ impl Model {
         Model::load(file)
     }
 
-    /// A matrix's bytes: its prepacked copy, or its range of the mapped file.
-    fn w<'a>(&'a self, m: &'a Matrix) -> &'a [u8] {
-        match &m.packed {
-            Some(p) => p,
-            None => self.file.bytes(m.range.clone()),
+    /// A matrix's data: its prepacked copy if ready, else its range of the mapped file.
+    fn w<'a>(&'a self, m: &'a Matrix) -> Weights<'a> {
+        match m.packed.get() {
+            Some(p) => Weights { bytes: p, prepacked: true },
+            None => Weights { bytes: self.file.bytes(m.range.clone()), prepacked: false },
         }
     }
 
@@ -192,6 +202,8 @@ impl Model {
                 bail!("token id {bad} is outside the vocabulary (size {})", c.vocab_size);
             }
         }
+        // no pass may still read the file's layout when the prepacker releases its pages for good
+        let _reading = self.in_use.read().unwrap_or_else(|e| e.into_inner());
         let n: usize = seqs.iter().map(|sq| sq.tokens.len()).sum();
         state.ensure(c, n);
         let s = state;
@@ -209,13 +221,14 @@ impl Model {
 
         // token embeddings
         let embd = &self.token_embd;
-        let (embd_bytes, embd_row) = (self.w(embd), embd.row_bytes());
-        s.embd_row.resize(if embd.packed.is_some() { embd_row } else { 0 }, 0);
+        let (embd_data, embd_row) = (self.w(embd), embd.row_bytes());
+        let embd_bytes = embd_data.bytes;
+        s.embd_row.resize(if embd_data.prepacked { embd_row } else { 0 }, 0);
         let all_tokens = seqs.iter().flat_map(|sq| sq.tokens.iter());
         for (b, &t) in all_tokens.enumerate() {
             let t = t as usize;
-            let row = match embd.packed {
-                Some(_) => {
+            let row = match embd_data.prepacked {
+                true => {
                     quire_kernels::prepacked::unpack_row(
                         embd.dtype,
                         embd.cols,
@@ -225,7 +238,7 @@ impl Model {
                     );
                     &s.embd_row[..]
                 }
-                None => &embd_bytes[t * embd_row..(t + 1) * embd_row],
+                false => &embd_bytes[t * embd_row..(t + 1) * embd_row],
             };
             dequantize_row(embd.dtype, row, &mut s.x[b * dim..(b + 1) * dim]);
         }
@@ -240,7 +253,7 @@ impl Model {
                 (&layer.wk, &mut s.k[..n * kv_dim]),
                 (&layer.wv, &mut s.v[..n * kv_dim]),
             ];
-            ops::matmuls(&mut qkv.map(|(w, out)| Product { w, bytes: self.w(w), out }), xb, &mut s.mm);
+            ops::matmuls(&mut qkv.map(|(w, out)| Product { w, data: self.w(w), out }), xb, &mut s.mm);
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 ops::add_bias(&mut s.q[..n * q_dim], bq);
                 ops::add_bias(&mut s.k[..n * kv_dim], bk);
@@ -271,7 +284,7 @@ impl Model {
             ops::rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], &layer.ffn_norm, c.rms_eps);
             let (xb, f) = (&s.xb[..n * dim], c.ffn_dim);
             let gate_up = [(&layer.w_gate, &mut s.hb[..n * f]), (&layer.w_up, &mut s.hb2[..n * f])];
-            ops::matmuls(&mut gate_up.map(|(w, out)| Product { w, bytes: self.w(w), out }), xb, &mut s.mm);
+            ops::matmuls(&mut gate_up.map(|(w, out)| Product { w, data: self.w(w), out }), xb, &mut s.mm);
             ops::swiglu(&mut s.hb[..n * f], &s.hb2[..n * f]);
             ops::matmul(
                 &layer.w_down,
@@ -308,10 +321,10 @@ impl Model {
         Ok(&s.logits)
     }
 
-    /// How many matrices are held prepacked (0 where the CPU or the formats have no prepacked layout).
+    /// How many matrices are held prepacked so far (0 where the CPU or the formats have no prepacked layout).
     pub fn n_prepacked(&self) -> usize {
         let layers = self.layers.iter().flat_map(|l| l.matrices());
-        layers.chain([&self.output]).filter(|m| m.packed.is_some()).count()
+        layers.chain([&self.output]).filter(|m| m.is_prepacked()).count()
     }
 
     /// Parameter count of every tensor in the file, as "1.54B" / "4.02B" / "2.1M".
@@ -409,42 +422,14 @@ fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Matri
             file.path().display()
         );
     }
-    Ok(Matrix { name: name.to_string(), dtype: t.dtype, rows, cols, range: t.range.clone(), packed: None })
-}
-
-/// Rewrites a quantized matrix into the kernels' prepacked layout where this CPU has the panel kernels
-/// (AVX-512), in parallel, then releases the file's pages of the original, so resident memory stays one
-/// copy of the weights. Decoding several sequences at once spends half its time transposing weight
-/// panels without this; prepacked, the transposition is done once here. Elsewhere (other formats, other
-/// CPUs, `QUIRE_PREPACK=0`) the matrix stays in the file's layout: results are the same bits either way.
-fn prepack(file: &GgufFile, m: &mut Matrix) -> Result<()> {
-    if !quire_kernels::can_prepack(m.dtype, m.rows) {
-        return Ok(());
-    }
-    let src = file.bytes(m.range.clone());
-    // Zeroed allocations come straight from the kernel as untouched pages, so they are faulted in (and
-    // cleared) by the parallel writers below rather than by a serial memset here. Resident memory stays
-    // one copy of the weights: the file's pages are released slab by slab as they are copied, so even the
-    // 300 MiB output head of a 4B model costs at most one slab twice.
-    //
-    // The copy asks for transparent huge pages: 2 MiB pages fault in 512 times less often than 4 KiB ones
-    // (half the load time of a 4B model went to page faults), and decoding, which streams every weight,
-    // misses the TLB less. Where THP is off the advice is ignored.
-    let mut dst = memmap2::MmapMut::map_anon(src.len())
-        .with_context(|| format!("{}: cannot allocate {} bytes for its prepacked copy", m.name, src.len()))?;
-    let _ = dst.advise(memmap2::Advice::HugePage);
-    // 64 panels of 16 rows per task, 16 tasks per slab
-    let chunk = 64 * quire_kernels::matmul::PANEL_ROWS * m.row_bytes();
-    let slab = 16 * chunk;
-    for (i, (d, s)) in dst.chunks_mut(slab).zip(src.chunks(slab)).enumerate() {
-        d.par_chunks_mut(chunk)
-            .zip(s.par_chunks(chunk))
-            .for_each(|(d, s)| quire_kernels::prepack(m.dtype, m.cols, s, d));
-        let at = m.range.start + i * slab;
-        file.release_pages(at..at + s.len());
-    }
-    m.packed = Some(std::sync::Arc::new(dst));
-    Ok(())
+    Ok(Matrix {
+        name: name.to_string(),
+        dtype: t.dtype,
+        rows,
+        cols,
+        range: t.range.clone(),
+        packed: Default::default(),
+    })
 }
 
 /// A 1-D weight of length `len`, dequantized to f32.

@@ -8,8 +8,9 @@
 use quire_kernels::{gemm, gemm_into_rows, gemm_prepacked, gemm_prepacked_into_rows, DType, QuantizedActs};
 use rayon::prelude::*;
 
-/// A weight matrix: `rows` rows of `cols` values in `dtype`, row-major, at `range` of the mapped file, or
-/// rewritten once at load into the kernels' prepacked layout (same size; see `quire_kernels::prepack`).
+/// A weight matrix: `rows` rows of `cols` values in `dtype`, row-major, at `range` of the mapped file, and
+/// once it exists, a copy rewritten into the kernels' prepacked layout (same size; see
+/// `quire_kernels::prepack`).
 #[derive(Clone, Debug)]
 pub struct Matrix {
     pub name: String,
@@ -17,9 +18,11 @@ pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
     pub range: std::ops::Range<usize>,
-    /// The prepacked copy, when there is one (the file's pages of `range` are then released): anonymous
-    /// memory asking for transparent huge pages (see `model::prepack`).
-    pub packed: Option<std::sync::Arc<memmap2::MmapMut>>,
+    /// The prepacked copy (the file's pages of `range` are then released): anonymous memory asking for
+    /// transparent huge pages, filled in after load by a background thread (see `model::Prepacker`), so a
+    /// matrix is read from the file until its copy is ready. Shared: a tied embedding table and output head
+    /// are one matrix.
+    pub packed: std::sync::Arc<std::sync::OnceLock<memmap2::MmapMut>>,
 }
 
 impl Matrix {
@@ -27,6 +30,20 @@ impl Matrix {
     pub fn row_bytes(&self) -> usize {
         self.dtype.row_bytes(self.cols).expect("validated at load")
     }
+
+    /// Whether the prepacked copy is ready.
+    pub fn is_prepacked(&self) -> bool {
+        self.packed.get().is_some()
+    }
+}
+
+/// A matrix's data as one matmul call reads it: the bytes and their layout, taken together once per call,
+/// because the prepacked copy may appear (from the background) between two reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Weights<'a> {
+    pub bytes: &'a [u8],
+    /// `bytes` is in the kernels' prepacked layout, not the file's.
+    pub prepacked: bool,
 }
 
 /// Scratch reused by `matmul` so the forward pass allocates little after warm-up.
@@ -40,7 +57,7 @@ pub struct MatmulScratch {
 pub struct Product<'a> {
     pub w: &'a Matrix,
     /// The matrix data (`w.rows` rows).
-    pub bytes: &'a [u8],
+    pub data: Weights<'a>,
     /// `n_batch × w.rows` outputs.
     pub out: &'a mut [f32],
 }
@@ -50,9 +67,9 @@ pub struct Product<'a> {
 const TOKEN_SPLIT_MIN: usize = 32;
 
 /// `out[b][r] = dot(W[r], x[b])` for a batch of `x.len() / cols` activation rows.
-/// `w_bytes` is the matrix data, `out` holds `n_batch * rows` values.
-pub fn matmul(w: &Matrix, w_bytes: &[u8], x: &[f32], out: &mut [f32], scratch: &mut MatmulScratch) {
-    matmuls(&mut [Product { w, bytes: w_bytes, out }], x, scratch);
+/// `data` is the matrix data, `out` holds `n_batch * rows` values.
+pub fn matmul(w: &Matrix, data: Weights, x: &[f32], out: &mut [f32], scratch: &mut MatmulScratch) {
+    matmuls(&mut [Product { w, data, out }], x, scratch);
 }
 
 /// Several products of the same activations (Q, K and V; gate and up): the batch is quantized once per
@@ -73,7 +90,7 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
         let w = p.w;
         assert_eq!(w.cols, cols, "{}: columns", w.name);
         assert_eq!(p.out.len(), n_batch * w.rows, "{}: output length", w.name);
-        assert_eq!(p.bytes.len(), w.rows * w.row_bytes(), "{}: weight bytes", w.name);
+        assert_eq!(p.data.bytes.len(), w.rows * w.row_bytes(), "{}: weight bytes", w.name);
         let i = formats.iter().position(|&f| f == w.dtype).unwrap_or_else(|| {
             if scratch.acts.len() <= formats.len() {
                 scratch.acts.push(QuantizedActs::new());
@@ -85,7 +102,6 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
         which.push(i);
     }
     let acts = &scratch.acts;
-    let gemm_of = |w: &Matrix| if w.packed.is_some() { gemm_prepacked } else { gemm };
     let threads = rayon::current_num_threads().max(1);
 
     if n_batch >= TOKEN_SPLIT_MIN {
@@ -93,10 +109,11 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
         // tiles `QuantizedActs` interleaved once): each task owns `[tokens][rows]` of the output outright.
         let per_task = n_batch.div_ceil(threads).next_multiple_of(8);
         for (p, &a) in products.iter_mut().zip(&which) {
-            let (w, bytes, gemm) = (p.w, p.bytes, gemm_of(p.w));
+            let (w, bytes) = (p.w, p.data.bytes);
+            let kernel = if p.data.prepacked { gemm_prepacked } else { gemm };
             p.out.par_chunks_mut(per_task * w.rows).enumerate().for_each(|(i, o)| {
                 let t0 = i * per_task;
-                gemm(w.dtype, bytes, &acts[a], t0..t0 + o.len() / w.rows, o);
+                kernel(w.dtype, bytes, &acts[a], t0..t0 + o.len() / w.rows, o);
             });
         }
         return;
@@ -110,20 +127,20 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
     for (p, &a) in products.iter_mut().zip(&which) {
         let (w, row_bytes) = (p.w, p.w.row_bytes());
         let first = tasks.len();
-        for wr in p.bytes.chunks(rows_per_task * row_bytes) {
-            tasks.push((w, &acts[a], wr, Vec::with_capacity(n_batch)));
+        for wr in p.data.bytes.chunks(rows_per_task * row_bytes) {
+            tasks.push((w.dtype, p.data.prepacked, &acts[a], wr, Vec::with_capacity(n_batch)));
         }
         for token_row in p.out.chunks_mut(w.rows) {
             for (i, piece) in token_row.chunks_mut(rows_per_task).enumerate() {
-                tasks[first + i].3.push(piece);
+                tasks[first + i].4.push(piece);
             }
         }
     }
-    tasks.into_par_iter().for_each(|(w, acts, wr, mut out)| {
-        if w.packed.is_some() {
-            gemm_prepacked_into_rows(w.dtype, wr, acts, 0..n_batch, &mut out);
+    tasks.into_par_iter().for_each(|(dtype, prepacked, acts, wr, mut out)| {
+        if prepacked {
+            gemm_prepacked_into_rows(dtype, wr, acts, 0..n_batch, &mut out);
         } else {
-            gemm_into_rows(w.dtype, wr, acts, 0..n_batch, &mut out);
+            gemm_into_rows(dtype, wr, acts, 0..n_batch, &mut out);
         }
     });
 }
