@@ -9,17 +9,22 @@
 //! copying 4.3 GB (a Q8_0 4B model) costs 1.5-2.5 s, most of it the kernel clearing fresh pages. A matmul
 //! reads a matrix's layout and bytes together once per call (`ops::Weights`); until the copy is set it reads
 //! the file. Both layouts give the same bits (tested), so when the switch happens is invisible in the output.
-//! The copying threads run at idle priority: a request that arrives meanwhile gets the cores, and the copy
-//! goes on in the gaps (on an idle server, at full speed).
+//! The copying threads run at idle priority for the first [`IDLE_FOR`]: a request that arrives meanwhile gets
+//! the cores, and the copy goes on in the gaps (on an idle server, at full speed). After that they run at
+//! normal priority, so a server that is never idle still gets its faster layout within seconds.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::gguf::GgufFile;
 use crate::ops::Matrix;
+
+/// How long after load the copy gives way to everything else.
+const IDLE_FOR: Duration = Duration::from_secs(5);
 
 /// The background copy of a model's matrices into the prepacked layout; stopped and joined when dropped.
 pub(crate) struct Prepacker {
@@ -39,14 +44,15 @@ impl Prepacker {
         in_use: Arc<RwLock<()>>,
     ) -> Result<Prepacker> {
         let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
+        let (stopped, started) = (stop.clone(), Instant::now());
         let thread = std::thread::Builder::new()
             .name("quire-prepack".into())
             .spawn(move || {
                 let matrices: Vec<&Matrix> =
                     matrices.iter().filter(|m| quire_kernels::can_prepack(m.dtype, m.rows)).collect();
                 for m in &matrices {
-                    match packed_copy(&file, m, threads, &stopped) {
+                    let idle = started.elapsed() < IDLE_FOR;
+                    match packed_copy(&file, m, threads, idle, &stopped) {
                         Ok(Some(copy)) => {
                             let _ = m.packed.set(copy);
                         }
@@ -88,7 +94,7 @@ impl Drop for Prepacker {
 
 /// `m` rewritten into the prepacked layout by `threads` threads, releasing the file's pages of each piece as it
 /// is copied (so even the 300 MiB output head of a 4B model exists twice only a few MiB at a time). `None`
-/// when `stop` was set meanwhile.
+/// when `stop` was set meanwhile. `idle`: the copying threads run at idle priority ([`run_when_idle`]).
 ///
 /// Zeroed anonymous memory comes straight from the kernel as untouched pages, so they are faulted in (and
 /// cleared) by the parallel writers rather than by one serial memset. The copy asks for transparent huge
@@ -99,6 +105,7 @@ fn packed_copy(
     file: &GgufFile,
     m: &Matrix,
     threads: usize,
+    idle: bool,
     stop: &AtomicBool,
 ) -> Result<Option<memmap2::MmapMut>> {
     let src = file.bytes(m.range.clone());
@@ -115,7 +122,9 @@ fn packed_copy(
     std::thread::scope(|scope| {
         for pieces in work {
             scope.spawn(move || {
-                run_when_idle();
+                if idle {
+                    run_when_idle();
+                }
                 for (at, d, s) in pieces {
                     if stop.load(Ordering::Relaxed) {
                         return;
