@@ -20,6 +20,11 @@ WRITE=0
 cargo build --release --quiet
 source scripts/lib/serve.sh
 start_server -m "$MODEL" --parallel 4 --queue 8 --ctx 2048
+# The server answers while it copies the weights into the kernels' layout in the background; measure after.
+for _ in $(seq 1 120); do
+  curl -fsS "http://127.0.0.1:$PORT/metrics" | grep -q '^quire_weights_prepacking 0' && break
+  sleep 0.5
+done
 
 python3 - "$PORT" "$N" "$MODEL" "$WRITE" "$(git rev-parse --short HEAD)" <<'PY'
 import datetime, json, os, sys, threading, time, urllib.request

@@ -142,6 +142,11 @@ impl Model {
         Ok(Model { config, file, token_embd, layers, output_norm, output, inv_freq, in_use, prepacker })
     }
 
+    /// Whether the background prepacking is still running (requests are then served, a little slower).
+    pub fn is_prepacking(&self) -> bool {
+        self.prepacker.as_ref().is_some_and(Prepacker::is_running)
+    }
+
     /// Block until the background prepacking has finished (at once if there is none). Benchmarks call this
     /// so they measure the steady state; serving does not need to.
     pub fn wait_prepacked(&self) {

@@ -76,6 +76,12 @@ impl Prepacker {
         Ok(Prepacker { stop, thread: Mutex::new(Some(thread)) })
     }
 
+    /// Whether the copy is still running.
+    pub fn is_running(&self) -> bool {
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Block until every matrix is prepacked (or prepacking gave up).
     pub fn wait(&self) {
         let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());

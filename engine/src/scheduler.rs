@@ -99,6 +99,8 @@ pub struct SchedulerStats {
     pub prefill_tps: f64,
     /// Generated tokens per second (all slots together) over the most recent decode step.
     pub decode_tps: f64,
+    /// The weights are still being copied into the kernels' layout in the background ([`crate::model::Model::is_prepacking`]).
+    pub weights_prepacking: bool,
 }
 
 struct Shared {
@@ -116,6 +118,7 @@ struct Shared {
 pub struct Scheduler {
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    engine: Arc<Engine>,
 }
 
 impl Scheduler {
@@ -142,12 +145,12 @@ impl Scheduler {
             shutting_down: AtomicBool::new(false),
             in_system: AtomicUsize::new(0),
         });
-        let worker_shared = shared.clone();
+        let (worker_shared, engine_ref) = (shared.clone(), engine.clone());
         let worker = std::thread::Builder::new().name("quire-scheduler".into()).spawn(move || {
             let slots = caches.into_iter().map(Slot::new).collect();
             Worker { engine: &engine, shared: &worker_shared, slots }.run()
         })?;
-        Ok(Scheduler { shared, worker: Mutex::new(Some(worker)) })
+        Ok(Scheduler { shared, worker: Mutex::new(Some(worker)), engine: engine_ref })
     }
 
     /// Queue a request. Checks what can be checked now (parameters, prompt length, queue room).
@@ -177,7 +180,8 @@ impl Scheduler {
 
     /// A snapshot of queue, slots and throughput.
     pub fn stats(&self) -> SchedulerStats {
-        self.shared.stats.lock().unwrap().clone()
+        let stats = self.shared.stats.lock().unwrap().clone();
+        SchedulerStats { weights_prepacking: self.engine.model.is_prepacking(), ..stats }
     }
 
     /// The configuration in force (n_batch raised to at least n_slots).

@@ -185,6 +185,7 @@ fn prepacked_weights_give_identical_logits() {
         let early = run_prompt(&packed, &ids, 5);
         packed.wait_prepacked();
         plain.wait_prepacked();
+        assert!(!packed.is_prepacking() && !plain.is_prepacking(), "{ty}");
         assert_eq!(plain.n_prepacked(), 0);
         assert!(packed.token_embd.is_prepacked() == packed.output.is_prepacked(), "{ty}: tied head");
         if quire_kernels::dispatch::isa() == quire_kernels::dispatch::Isa::Avx512 {

@@ -19,6 +19,7 @@ pub struct SchedulerGauges {
     pub generated_tokens_total: u64,
     pub prefill_tps: f64,
     pub decode_tps: f64,
+    pub weights_prepacking: bool,
 }
 
 impl From<&SchedulerStats> for SchedulerGauges {
@@ -33,6 +34,7 @@ impl From<&SchedulerStats> for SchedulerGauges {
             generated_tokens_total: s.generated_tokens_total,
             prefill_tps: s.prefill_tps,
             decode_tps: s.decode_tps,
+            weights_prepacking: s.weights_prepacking,
         }
     }
 }
@@ -155,7 +157,7 @@ impl Metrics {
         let _ = writeln!(out, "quire_queue_capacity {}", snap.queue_capacity);
 
         let s = snap.scheduler.clone().unwrap_or_default();
-        let gauges: [(&str, &str, &str, String); 9] = [
+        let gauges: [(&str, &str, &str, String); 10] = [
             (
                 "quire_prompt_tokens_total",
                 "counter",
@@ -194,6 +196,12 @@ impl Metrics {
                 "gauge",
                 "KV cache positions over all slots",
                 s.kv_capacity_tokens.to_string(),
+            ),
+            (
+                "quire_weights_prepacking",
+                "gauge",
+                "1 while the weights are copied into the kernels' layout after load (requests run meanwhile, slower)",
+                u8::from(s.weights_prepacking).to_string(),
             ),
         ];
         for (name, kind, text, value) in gauges {

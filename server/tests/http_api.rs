@@ -130,6 +130,7 @@ async fn info_endpoints() {
         "quire_generated_tokens_total",
         "quire_decode_tokens_per_second",
         "quire_prefill_tokens_per_second",
+        "quire_weights_prepacking",
     ] {
         assert!(m.contains(needle), "metrics lack {needle:?}:\n{m}");
     }
