@@ -2,14 +2,15 @@
 # Continuous batching, measured through the HTTP server: aggregate decode tokens/s with 1, 2 and 4 concurrent
 # streams, and the time to first token of a 512-token prompt while two other streams decode.
 #
-#   benches/server-concurrency.sh MODEL.gguf [N_TOKENS] [--write]
+#   benches/server-concurrency.sh MODEL.gguf [N_TOKENS] [--write]      (ROUNDS=3 by default)
 #
 # Starts `quire serve --parallel 4` on a free port; each stream is a greedy /v1/completions request of
 # N_TOKENS (default 128) tokens with ignore_eos. The aggregate decode rate of k streams is the sum of their
 # decode rates, each the tokens after its first one (from the usage chunk) over the time from its first to
 # its last streamed text piece: prompt processing is not decode, and the streams, started together and
-# equally long, decode side by side. Prints a Markdown section; --write also puts it into
-# benches/RESULTS.md above the server marker line.
+# equally long, decode side by side. On a shared VM single runs swing by ±20 %, so the 1-, 2- and 4-stream
+# runs alternate for ROUNDS rounds and the table gives each one's median (and the range). Prints a Markdown
+# section; --write also puts it into benches/RESULTS.md above the server marker line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:?usage: benches/server-concurrency.sh MODEL.gguf [N_TOKENS] [--write]}"
@@ -26,9 +27,10 @@ for _ in $(seq 1 120); do
   sleep 0.5
 done
 
-python3 - "$PORT" "$N" "$MODEL" "$WRITE" "$(git rev-parse --short HEAD)" <<'PY'
-import datetime, json, os, sys, threading, time, urllib.request
+python3 - "$PORT" "$N" "$MODEL" "$WRITE" "$(git rev-parse --short HEAD)" "${ROUNDS:-3}" <<'PY'
+import datetime, json, os, statistics, sys, threading, time, urllib.request
 port, n, model, write, commit = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1", sys.argv[5]
+rounds = int(sys.argv[6])
 
 def stream(prompt, max_tokens, out):
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, "stream": True,
@@ -60,7 +62,11 @@ def concurrent(k):
     return sum((o["tokens"] - 1) / (o["stamps"][-1] - o["stamps"][0]) for o in out)
 
 stream("warm up", 4, [])
-rates = {k: concurrent(k) for k in (1, 2, 4)}
+runs = {1: [], 2: [], 4: []}
+for _ in range(rounds):
+    for k in runs:
+        runs[k].append(concurrent(k))
+rates = {k: statistics.median(r) for k, r in runs.items()}
 # time to first token of a 512-token prompt while two streams decode
 bg = []
 threads = [threading.Thread(target=stream, args=(f"Background {i}", 4 * n, bg)) for i in range(2)]
@@ -80,11 +86,11 @@ lines = [
     "",
     f"Machine: {cpu}, {os.cpu_count()} cores. `benches/server-concurrency.sh {os.path.basename(model)} {n}`: "
     f"`quire serve --parallel 4`, greedy /v1/completions streams of {n} tokens started together; aggregate = "
-    "sum of the streams' decode rates (first to last token).",
+    f"sum of the streams' decode rates (first to last token); median of {rounds} alternating rounds.",
     "",
-    "| concurrent streams | aggregate decode t/s | vs 1 stream |",
+    "| concurrent streams | aggregate decode t/s, median (range) | vs 1 stream |",
     "|---|---|---|",
-] + [f"| {k} | {r:.2f} | {r / rates[1]:.2f}× |" for k, r in rates.items()] + [
+] + [f"| {k} | {rates[k]:.2f} ({min(r):.2f}–{max(r):.2f}) | {rates[k] / rates[1]:.2f}× |" for k, r in runs.items()] + [
     "",
     f"Time to first token of a 512-token prompt: {ttft:.2f} s while two streams decode, {ttft_alone:.2f} s alone.",
     "",

@@ -300,23 +300,48 @@ pub fn widen_rows_with(
 /// # Panics
 /// If `dtype` is not F32 or F16 or the rows do not fit in `rows`.
 pub fn dot_rows(dtype: DType, q: &[u8], rows: &[u8], stride: usize, scale: f32, out: &mut [f32]) {
+    dot_rows_with(dispatch::isa(), dtype, q, rows, stride, scale, out)
+        .expect("the process instruction set is supported");
+}
+
+/// [`dot_rows`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
+/// On AVX-512 f32 rows go through `x86::avx512_rows`, whose results are the AVX2 kernel's bit for bit.
+pub fn dot_rows_with(
+    isa: dispatch::Isa,
+    dtype: DType,
+    q: &[u8],
+    rows: &[u8],
+    stride: usize,
+    scale: f32,
+    out: &mut [f32],
+) -> Option<()> {
     assert!(matches!(dtype, DType::F32 | DType::F16), "dot_rows supports F32 and F16, not {dtype}");
     let n_values = q.len() / 4;
     let row_bytes = n_values * dtype.block_bytes();
     check_rows(out.len(), row_bytes, stride, rows);
-    match dispatch::isa() {
+    if !isa.is_supported() {
+        return None;
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        dispatch::Isa::Avx512 if dtype == DType::F32 => {
+            // SAFETY: `isa` is supported by this CPU: AVX-512 F/BW/VL/VNNI with AVX2, FMA and F16C.
+            unsafe { x86::avx512_rows::dot_rows_f32(q, rows, stride, scale, out) }
+        }
         #[cfg(target_arch = "x86_64")]
         dispatch::Isa::Avx2 | dispatch::Isa::Avx512 => {
-            // SAFETY: the process instruction set is supported, and both require AVX2, FMA
-            // and F16C, the features this kernel is compiled for.
+            // SAFETY: `isa` is supported by this CPU, and both require AVX2, FMA and F16C, the features this
+            // kernel is compiled for.
             unsafe { x86::avx2::dot_rows(dtype == DType::F16, q, rows, stride, scale, out) }
         }
         _ => {
             for (t, o) in out.iter_mut().enumerate() {
-                *o = vec_dot(dtype, n_values, &rows[t * stride..t * stride + row_bytes], q) * scale;
+                let row = &rows[t * stride..t * stride + row_bytes];
+                *o = dispatch::vec_dot_checked(isa, dtype, n_values, row, q) * scale;
             }
         }
     }
+    Some(())
 }
 
 /// Attention output: `y = fma(p[t], row t, y)` for `t` in order, where row `t` holds
@@ -326,22 +351,44 @@ pub fn dot_rows(dtype: DType, q: &[u8], rows: &[u8], stride: usize, scale: f32, 
 /// # Panics
 /// If `dtype` is not F32 or F16 or the rows do not fit in `rows`.
 pub fn axpy_rows(dtype: DType, p: &[f32], rows: &[u8], stride: usize, y: &mut [f32]) {
+    axpy_rows_with(dispatch::isa(), dtype, p, rows, stride, y)
+        .expect("the process instruction set is supported");
+}
+
+/// [`axpy_rows`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
+pub fn axpy_rows_with(
+    isa: dispatch::Isa,
+    dtype: DType,
+    p: &[f32],
+    rows: &[u8],
+    stride: usize,
+    y: &mut [f32],
+) -> Option<()> {
     assert!(matches!(dtype, DType::F32 | DType::F16), "axpy_rows supports F32 and F16, not {dtype}");
     let row_bytes = y.len() * dtype.block_bytes();
     check_rows(p.len(), row_bytes, stride, rows);
-    match dispatch::isa() {
+    if !isa.is_supported() {
+        return None;
+    }
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        dispatch::Isa::Avx512 if dtype == DType::F32 => {
+            // SAFETY: `isa` is supported by this CPU: AVX-512 F/BW/VL/VNNI with AVX2, FMA and F16C.
+            unsafe { x86::avx512_rows::axpy_rows_f32(p, rows, stride, y) }
+        }
         #[cfg(target_arch = "x86_64")]
         dispatch::Isa::Avx2 | dispatch::Isa::Avx512 => {
-            // SAFETY: the process instruction set is supported, and both require AVX2, FMA
-            // and F16C, the features this kernel is compiled for.
+            // SAFETY: `isa` is supported by this CPU, and both require AVX2, FMA and F16C, the features this
+            // kernel is compiled for.
             unsafe { x86::avx2::axpy_rows(dtype == DType::F16, p, rows, stride, y) }
         }
         _ => {
             for (t, &pt) in p.iter().enumerate() {
-                axpy(dtype, pt, &rows[t * stride..t * stride + row_bytes], y);
+                axpy_with(isa, dtype, pt, &rows[t * stride..t * stride + row_bytes], y)?;
             }
         }
     }
+    Some(())
 }
 
 #[cfg(test)]
