@@ -463,8 +463,15 @@ fn gemm_avx512(
             if !in_place {
                 pack(r0, n, &mut packed[..]);
             }
-            let mut put = |t: usize, lanes: &[f32; PANEL_ROWS]| {
-                out[t - t0][r0..r0 + n].copy_from_slice(&lanes[..n]);
+            // A whole panel's outputs as one fixed-size copy (a call to `memmove` per 16 floats cost ≈ 2 % of a
+            // Q4_K_M prefill).
+            let mut put = |t: usize, lanes: &[f32; PANEL_ROWS]| match n {
+                PANEL_ROWS => {
+                    let dst: &mut [f32; PANEL_ROWS] =
+                        (&mut out[t - t0][r0..r0 + PANEL_ROWS]).try_into().expect("a whole panel");
+                    *dst = *lanes;
+                }
+                _ => out[t - t0][r0..r0 + n].copy_from_slice(&lanes[..n]),
             };
             // `$n` tokens from `$t` against this panel.
             macro_rules! dots {
