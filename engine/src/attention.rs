@@ -122,12 +122,10 @@ fn head_block(
         for i in 0..nq {
             let p = &mut s.scores[i * n_keys..i * n_keys + visible(i)];
             let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0f32;
-            for v in p.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            s.inv[i] = 1.0 / sum;
+            p.iter_mut().for_each(|v| *v -= max);
+            // vectorized where the CPU allows, with libm's results bit for bit
+            quire_kernels::exp_in_place(p);
+            s.inv[i] = 1.0 / p.iter().fold(0.0f32, |sum, &v| sum + v);
         }
 
         // probability-weighted values, chunk by chunk

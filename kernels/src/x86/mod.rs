@@ -3,8 +3,8 @@
 //! `avx2.rs` holds `#[target_feature(enable = "avx2,fma,f16c")]` dot products for every
 //! weight format and the activation quantizers. `avx512.rs` holds the VNNI panel kernels
 //! behind [`crate::matmul`] for the quantized formats, and `avx512_rows.rs` the attention row kernels
-//! for f32 rows (the AVX2 ones' results bit for bit); other single dot products on AVX-512 machines
-//! still run the AVX2 kernels.
+//! for f32 rows (the AVX2 ones' results bit for bit), `avx512_exp.rs` an `e^x` with glibc's results bit for
+//! bit; other single dot products on AVX-512 machines still run the AVX2 kernels.
 //!
 //! Nothing here checks CPU features: [`crate::dispatch`] detects them once and is the
 //! only caller.
@@ -13,6 +13,8 @@
 pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub mod avx512_exp;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_rows;
 
