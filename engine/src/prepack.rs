@@ -6,7 +6,7 @@
 //! once spends half its time transposing weight panels without this.
 //!
 //! The copy runs on its own threads after `Model::load` returns, so the first request does not wait for it:
-//! copying 4.3 GB (a Q8_0 4B model) costs 1.5-2.5 s, most of it the kernel clearing fresh pages. A matmul
+//! copying 4.3 GB (a Q8_0 4B model) costs 1.5–4 s, most of it the kernel clearing fresh pages. A matmul
 //! reads a matrix's layout and bytes together once per call (`ops::Weights`); until the copy is set it reads
 //! the file. Both layouts give the same bits (tested), so when the switch happens is invisible in the output.
 //! The copying threads run at idle priority for the first [`IDLE_FOR`]: a request that arrives meanwhile gets
