@@ -4,8 +4,9 @@
 //! `tgN`: N single-token steps from an empty cache. Tokens are fixed pseudo-random ids, so runs are
 //! reproducible. One short warm-up of each precedes the timed repetitions (as llama-bench does). Also reports
 //! the load time (file in page cache or not, as it is), the time to the first token of an 8-token prompt right
-//! after load (while the weights are still being prepacked in the background), when prepacking finished (the
-//! timed tests wait for it), and the peak resident memory of the whole run.
+//! after load (while the weights are still being prepacked in the background) and when prepacking finished
+//! (the timed tests wait for it), both in seconds from the start of the load, and the peak resident memory of
+//! the whole run.
 
 use std::path::PathBuf;
 use std::time::Instant;

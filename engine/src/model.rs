@@ -53,7 +53,7 @@ pub struct Model {
     inv_freq: Vec<f32>,
     /// Held for reading by every forward pass (see [`Prepacker::start`]).
     in_use: Arc<RwLock<()>>,
-    /// The background copy into the prepacked layout, while it runs.
+    /// The background copy into the prepacked layout (kept after it finishes).
     prepacker: Option<Prepacker>,
 }
 

@@ -19,7 +19,7 @@ pub struct Matrix {
     pub cols: usize,
     pub range: std::ops::Range<usize>,
     /// The prepacked copy (the file's pages of `range` are then released): anonymous memory asking for
-    /// transparent huge pages, filled in after load by a background thread (see `model::Prepacker`), so a
+    /// transparent huge pages, filled in after load by a background thread (see `prepack::Prepacker`), so a
     /// matrix is read from the file until its copy is ready. Shared: a tied embedding table and output head
     /// are one matrix.
     pub packed: std::sync::Arc<std::sync::OnceLock<memmap2::MmapMut>>,

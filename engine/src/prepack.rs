@@ -9,9 +9,12 @@
 //! copying 4.3 GB (a Q8_0 4B model) costs 1.5–4 s, most of it the kernel clearing fresh pages. A matmul
 //! reads a matrix's layout and bytes together once per call (`ops::Weights`); until the copy is set it reads
 //! the file. Both layouts give the same bits (tested), so when the switch happens is invisible in the output.
-//! The copying threads run at idle priority for the first [`IDLE_FOR`]: a request that arrives meanwhile gets
-//! the cores, and the copy goes on in the gaps (on an idle server, at full speed). After that they run at
-//! normal priority, so a server that is never idle still gets its faster layout within seconds.
+//! The copies started in the first [`IDLE_FOR`] run at idle priority: a request that arrives meanwhile gets
+//! the cores, and the copy goes on in the gaps (on an idle server, at full speed). Later copies run at normal
+//! priority, so a server that is never idle still gets its faster layout within seconds. (An idle-priority
+//! thread preempted inside a page fault can make other threads' faults wait for it while an `mmap` is
+//! queued; they then sleep, the core frees up and the idle thread finishes: a delay of the order of a
+//! scheduler tick, within those first seconds only.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -63,12 +66,12 @@ impl Prepacker {
                             eprintln!(
                                 "warning: prepacking stopped, the rest stays in the file's layout: {e:#}"
                             );
-                            return;
+                            break;
                         }
                     }
                 }
                 let _no_reader = in_use.write().unwrap_or_else(|e| e.into_inner());
-                for m in &matrices {
+                for m in matrices.iter().filter(|m| m.is_prepacked()) {
                     file.release_pages(m.range.clone());
                 }
             })
@@ -82,7 +85,8 @@ impl Prepacker {
         thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
-    /// Block until every matrix is prepacked (or prepacking gave up).
+    /// Block until every matrix is prepacked (or prepacking gave up). Meanwhile [`Prepacker::is_running`]
+    /// waits too (only benchmarks and `Drop` call this).
     pub fn wait(&self) {
         let mut thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = thread.take() {

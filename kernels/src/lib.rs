@@ -391,9 +391,9 @@ pub fn axpy_rows_with(
     Some(())
 }
 
-/// `x[i] = e^x[i]` for every value: `f32::exp` (libm) element by element, or on AVX-512 sixteen at a time
-/// with libm's results bit for bit (`x86::avx512_exp`; glibc 2.27+ on CPUs with FMA, tested over every `f32`
-/// below 88 in magnitude). SwiGLU and the attention softmax spend their time here.
+/// `x[i] = e^x[i]` for every value: `f32::exp` (libm) element by element, or on AVX-512 with glibc sixteen at
+/// a time with glibc's results bit for bit (`x86::avx512_exp`; glibc 2.27+ on CPUs with FMA, tested over every
+/// `f32` below 88 in magnitude). SwiGLU and the attention softmax spend their time here.
 pub fn exp_in_place(x: &mut [f32]) {
     exp_in_place_with(dispatch::isa(), x).expect("the process instruction set is supported");
 }
@@ -404,7 +404,9 @@ pub fn exp_in_place_with(isa: dispatch::Isa, x: &mut [f32]) -> Option<()> {
         return None;
     }
     match isa {
-        #[cfg(target_arch = "x86_64")]
+        // Only where `f32::exp` is glibc's (the vector path reproduces glibc's `expf`; another libm would make
+        // results depend on which values fall in the vector path).
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
         // SAFETY: `isa` is supported by this CPU, so it has AVX-512 F and VL.
         dispatch::Isa::Avx512 => unsafe { x86::avx512_exp::exp_in_place(x) },
         _ => x.iter_mut().for_each(|v| *v = v.exp()),

@@ -124,6 +124,12 @@ fn avx512_row_kernels_equal_avx2() {
     use quire_kernels::{axpy_rows_with, dot_rows_with};
     let mut rng = common::rng(23);
     let isas: Vec<Isa> = [Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.is_supported()).collect();
+    // no rows: nothing to read, `y` unchanged
+    for &isa in &isas {
+        let mut y = vec![1.5f32; 100];
+        axpy_rows_with(isa, DType::F32, &[], &[], 400, &mut y).unwrap();
+        assert!(y.iter().all(|&v| v == 1.5), "{isa}: empty");
+    }
     for hd in [1usize, 8, 32, 64, 96, 128, 160, 200, 256] {
         for (n, pad) in [(1usize, 0usize), (5, 3), (37, 1)] {
             for scale in [1.0f32, 3e4, 1e-30, 0.0] {

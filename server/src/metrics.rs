@@ -200,7 +200,7 @@ impl Metrics {
             (
                 "quire_weights_prepacking",
                 "gauge",
-                "1 while the weights are copied into the kernels' layout after load (requests run meanwhile, slower)",
+                "1 while the weights are copied into the kernels' layout after load (requests run meanwhile, slower); 0 before the model is loaded",
                 u8::from(s.weights_prepacking).to_string(),
             ),
         ];

@@ -61,6 +61,9 @@ pub fn dot_rows_f32(q: &[u8], rows: &[u8], stride: usize, scale: f32, out: &mut 
 /// As [`dot_rows_f32`].
 #[target_feature(enable = "avx512f,avx2,fma,f16c")]
 pub fn axpy_rows_f32(p: &[f32], rows: &[u8], stride: usize, y: &mut [f32]) {
+    if p.is_empty() {
+        return; // no rows (and `rows` may then be shorter than one)
+    }
     let mut c0 = 0;
     while c0 + 128 <= y.len() {
         axpy_cols::<8>(p, rows, stride, &mut y[c0..c0 + 128], c0);
