@@ -5,7 +5,7 @@
 //! Every output element is one dot product computed by one thread, so results are bit-identical for any
 //! thread count.
 
-use quire_kernels::{gemm, gemm_into_rows, gemm_prepacked, gemm_prepacked_into_rows, DType, QuantizedActs};
+use quire_kernels::{gemm_into_rows, gemm_prepacked_into_rows, DType, QuantizedActs};
 use rayon::prelude::*;
 
 /// A weight matrix: `rows` rows of `cols` values in `dtype`, row-major, at `range` of the mapped file, and
@@ -44,6 +44,20 @@ pub struct Weights<'a> {
     pub bytes: &'a [u8],
     /// `bytes` is in the kernels' prepacked layout, not the file's.
     pub prepacked: bool,
+}
+
+/// A GEMM writing each token's outputs into its own slice (`quire_kernels::gemm_into_rows`).
+type GemmIntoRows = fn(DType, &[u8], &QuantizedActs, std::ops::Range<usize>, &mut [&mut [f32]]);
+
+impl Weights<'_> {
+    /// The kernel that reads this layout (both give the same bits).
+    fn gemm(&self) -> GemmIntoRows {
+        if self.prepacked {
+            gemm_prepacked_into_rows
+        } else {
+            gemm_into_rows
+        }
+    }
 }
 
 /// Scratch reused by `matmul` so the forward pass allocates little after warm-up.
@@ -109,11 +123,11 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
         // tiles `QuantizedActs` interleaved once): each task owns `[tokens][rows]` of the output outright.
         let per_task = n_batch.div_ceil(threads).next_multiple_of(8);
         for (p, &a) in products.iter_mut().zip(&which) {
-            let (w, bytes) = (p.w, p.data.bytes);
-            let kernel = if p.data.prepacked { gemm_prepacked } else { gemm };
+            let (w, bytes, gemm) = (p.w, p.data.bytes, p.data.gemm());
             p.out.par_chunks_mut(per_task * w.rows).enumerate().for_each(|(i, o)| {
+                let mut token_rows: Vec<&mut [f32]> = o.chunks_mut(w.rows).collect();
                 let t0 = i * per_task;
-                kernel(w.dtype, bytes, &acts[a], t0..t0 + o.len() / w.rows, o);
+                gemm(w.dtype, bytes, &acts[a], t0..t0 + token_rows.len(), &mut token_rows);
             });
         }
         return;
@@ -128,7 +142,7 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
         let (w, row_bytes) = (p.w, p.w.row_bytes());
         let first = tasks.len();
         for wr in p.data.bytes.chunks(rows_per_task * row_bytes) {
-            tasks.push((w.dtype, p.data.prepacked, &acts[a], wr, Vec::with_capacity(n_batch)));
+            tasks.push((w.dtype, p.data.gemm(), &acts[a], wr, Vec::with_capacity(n_batch)));
         }
         for token_row in p.out.chunks_mut(w.rows) {
             for (i, piece) in token_row.chunks_mut(rows_per_task).enumerate() {
@@ -136,13 +150,9 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
             }
         }
     }
-    tasks.into_par_iter().for_each(|(dtype, prepacked, acts, wr, mut out)| {
-        if prepacked {
-            gemm_prepacked_into_rows(dtype, wr, acts, 0..n_batch, &mut out);
-        } else {
-            gemm_into_rows(dtype, wr, acts, 0..n_batch, &mut out);
-        }
-    });
+    tasks
+        .into_par_iter()
+        .for_each(|(dtype, gemm, acts, wr, mut out)| gemm(dtype, wr, acts, 0..n_batch, &mut out));
 }
 
 /// Work items below this many values run on the calling thread: splitting them costs more than it saves.
