@@ -8,10 +8,20 @@
 //! values; f32 caches are read in place by the kernels crate's row kernels, f16 and q8_0 chunks are
 //! converted to f32 first (exact for f16, so the results are those of reading the halves in place).
 //!
+//! The keys are cut into splits of [`SPLIT`] positions (flash-decoding): each split gives a partial result,
+//! its own score maximum `m`, the sum `l` of `e^(score − m)` and the `e^(score − m)`-weighted sum of its
+//! values, and the partials are merged at the end ([`merge`]). When a batch has fewer (KV head, block) tasks
+//! than the threads can use (decoding one or two streams on a many-core machine) each split becomes a
+//! task of its own, so the threads share one head's keys instead of idling; otherwise a task computes its
+//! splits one after the other. Both ways run the same arithmetic, so the split of the work never shows in the
+//! results.
+//!
 //! Every query's result depends only on its own vector and the cache: its scores are one dot product per key,
-//! its softmax runs over its own visible keys, and its values are accumulated key by key in position order
-//! (chunks start at multiples of [`KEY_CHUNK`] whatever the batch looks like). So a token gets bit-identical
-//! attention inside a prompt batch and alone, and for any thread count.
+//! splits and chunks start at fixed positions whatever the batch looks like, each split's softmax runs over
+//! its own visible keys with values accumulated key by key in position order, and the partials are merged
+//! in split order. So a token gets bit-identical attention inside a prompt batch and alone, and for any
+//! thread count. A query that sees at most [`SPLIT`] keys has one partial, and merging one partial is exactly
+//! the plain softmax (weight `e^0 = 1`).
 
 use quire_kernels::{axpy_rows, dot_rows, widen_rows, DType};
 use rayon::prelude::*;
@@ -23,6 +33,9 @@ use crate::kv_cache::{KvCache, KvType};
 const QUERY_BLOCK: usize = 16;
 /// Keys (and values) per chunk: 64 positions of one head are 16 KiB of f16, 32 KiB as f32.
 const KEY_CHUNK: usize = 64;
+/// Keys per split (a multiple of [`KEY_CHUNK`]): 256 positions of one head are 128 KiB of f16 keys and
+/// values, a task worth handing to another thread.
+const SPLIT: usize = 256;
 
 /// One sequence of a batch: its cache (holding the new positions' keys and values already), the position of
 /// its first new token, and its rows of the batch.
@@ -32,32 +45,116 @@ pub struct SeqRows<'a> {
     pub rows: std::ops::Range<usize>,
 }
 
+/// Scratch of [`attention`], kept between calls.
+#[derive(Default)]
+pub struct AttnScratch {
+    /// Task outputs, `[kv head][position][group * head_dim]` per sequence, scattered into `out` afterwards.
+    tmp: Vec<f32>,
+    /// Split partials when splits are tasks of their own: `[task][query][head_dim + 2]`.
+    parts: Vec<f32>,
+}
+
+/// One (sequence, KV head, query block): its queries' output in `AttnScratch::tmp` and its first batch row.
+struct Block<'s, 'a> {
+    sq: &'s SeqRows<'a>,
+    kv_head: usize,
+    b0: usize,
+    out: &'s mut [f32],
+}
+
+/// Number of splits the keys `0..n_keys` span.
+fn n_splits(n_keys: usize) -> usize {
+    n_keys.div_ceil(SPLIT)
+}
+
 /// Attention for every sequence of a batch, each over its own cache: `q` and `out` are
 /// `[batch row][n_heads * head_dim]`. All sequences' tasks run in one parallel region (a decode step of
-/// several streams is a handful of tiny tasks per sequence). `tmp` is scratch.
-pub fn attention(c: &Config, layer: usize, seqs: &[SeqRows], q: &[f32], out: &mut [f32], tmp: &mut Vec<f32>) {
+/// several streams is a handful of tiny tasks per sequence).
+pub fn attention(
+    c: &Config,
+    layer: usize,
+    seqs: &[SeqRows],
+    q: &[f32],
+    out: &mut [f32],
+    scratch: &mut AttnScratch,
+) {
     let q_dim = c.q_dim();
-    let group_width = c.n_heads / c.n_kv_heads * c.head_dim;
-    // Tasks write, per sequence, `[kv head][position][group * head_dim]`, scattered into `out` afterwards.
-    tmp.resize(q.len(), 0.0);
-    let mut tasks = Vec::new();
-    let mut rest = &mut tmp[..];
+    let group = c.n_heads / c.n_kv_heads;
+    let group_width = group * c.head_dim;
+    let part_len = c.head_dim + 2;
+    scratch.tmp.resize(q.len(), 0.0);
+    let mut blocks = Vec::new();
+    let mut rest = &mut scratch.tmp[..];
     for sq in seqs {
         let n = sq.rows.len();
         let (seg, r) = std::mem::take(&mut rest).split_at_mut(n * q_dim);
         rest = r;
         for (kv_head, head) in seg.chunks_mut(n * group_width).enumerate() {
-            for (blk, o) in head.chunks_mut(QUERY_BLOCK * group_width).enumerate() {
-                tasks.push((sq, kv_head, blk * QUERY_BLOCK, o));
+            for (blk, out) in head.chunks_mut(QUERY_BLOCK * group_width).enumerate() {
+                blocks.push(Block { sq, kv_head, b0: blk * QUERY_BLOCK, out });
             }
         }
     }
-    tasks.into_par_iter().for_each(|(sq, kv_head, b0, o)| {
-        let q = &q[sq.rows.start * q_dim..sq.rows.end * q_dim];
-        head_block(c, sq.kv, layer, sq.pos, q, kv_head, b0..b0 + o.len() / group_width, o);
-    });
+    // The keys a block's last query sees.
+    let keys_of = |b: &Block| b.sq.pos + b.b0 + b.out.len() / group_width;
+    let splits = |b: &Block| n_splits(keys_of(b));
+    let threads = rayon::current_num_threads();
+    let split_tasks = blocks.len() < 2 * threads && blocks.iter().any(|b| splits(b) > 1);
+
+    if !split_tasks {
+        // one task per block, its splits one after the other
+        blocks.into_par_iter().for_each(|b| {
+            let q = &q[b.sq.rows.start * q_dim..b.sq.rows.end * q_dim];
+            let rows = b.b0..b.b0 + b.out.len() / group_width;
+            let nq = rows.len() * group;
+            let n = splits(&b);
+            TASK_PARTS.with_borrow_mut(|parts| {
+                parts.resize(n * nq * part_len, 0.0);
+                head_block(c, b.sq.kv, layer, b.sq.pos, q, b.kv_head, rows.clone(), 0..n, parts);
+                for (i, o) in b.out.chunks_exact_mut(c.head_dim).enumerate() {
+                    let seen = n_splits(b.sq.pos + rows.start + i / group + 1);
+                    merge(seen, |s| &parts[(s * nq + i) * part_len..][..part_len], o);
+                }
+            });
+        });
+    } else {
+        // one task per (block, split); the partials go to `parts`, merged block by block afterwards
+        let sizes: Vec<usize> = blocks.iter().map(|b| b.out.len() / c.head_dim * part_len).collect();
+        let total: usize = blocks.iter().zip(&sizes).map(|(b, &size)| splits(b) * size).sum();
+        scratch.parts.resize(total, 0.0);
+        let mut tasks = Vec::new();
+        let mut rest = &mut scratch.parts[..];
+        for (b, &size) in blocks.iter().zip(&sizes) {
+            for s in 0..splits(b) {
+                let (part, r) = std::mem::take(&mut rest).split_at_mut(size);
+                rest = r;
+                tasks.push((b, s, part));
+            }
+        }
+        tasks.into_par_iter().for_each(|(b, s, part)| {
+            let q = &q[b.sq.rows.start * q_dim..b.sq.rows.end * q_dim];
+            let rows = b.b0..b.b0 + b.out.len() / group_width;
+            head_block(c, b.sq.kv, layer, b.sq.pos, q, b.kv_head, rows, s..s + 1, part);
+        });
+        let mut rest = &scratch.parts[..];
+        let mut owned = Vec::with_capacity(blocks.len());
+        for (b, &size) in blocks.into_iter().zip(&sizes) {
+            let (mine, r) = rest.split_at(splits(&b) * size);
+            rest = r;
+            owned.push((b, mine));
+        }
+        owned.into_par_iter().for_each(|(b, parts)| {
+            let nq = b.out.len() / c.head_dim;
+            let first = b.sq.pos + b.b0;
+            for (i, o) in b.out.chunks_exact_mut(c.head_dim).enumerate() {
+                let seen = n_splits(first + i / group + 1);
+                merge(seen, |s| &parts[(s * nq + i) * part_len..][..part_len], o);
+            }
+        });
+    }
+
     for sq in seqs {
-        let (n, tmp) = (sq.rows.len(), &tmp[sq.rows.start * q_dim..sq.rows.end * q_dim]);
+        let (n, tmp) = (sq.rows.len(), &scratch.tmp[sq.rows.start * q_dim..sq.rows.end * q_dim]);
         for (b, row) in out[sq.rows.start * q_dim..sq.rows.end * q_dim].chunks_exact_mut(q_dim).enumerate() {
             for (h, dst) in row.chunks_exact_mut(group_width).enumerate() {
                 let src = (h * n + b) * group_width;
@@ -67,8 +164,32 @@ pub fn attention(c: &Config, layer: usize, seqs: &[SeqRows], q: &[f32], out: &mu
     }
 }
 
-/// One task: query heads `kv_head * group ..` at batch positions `rows`, into `out`
-/// (`[rows.len()][group * head_dim]`).
+/// Merges one query's split partials (`part(s)` = `[weighted value sum (head_dim) | max | sum]`, splits
+/// `0..n`) into its output: with `m` the largest split maximum and `w_s = e^(m_s − m)`,
+/// `out = Σ w_s·o_s / Σ w_s·l_s`, summed in split order. For one split that is `o_0 · (1 / l_0)`, the plain
+/// softmax.
+fn merge<'p>(n: usize, part: impl Fn(usize) -> &'p [f32], out: &mut [f32]) {
+    let hd = out.len();
+    let m = (0..n).map(|s| part(s)[hd]).fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for s in 0..n {
+        let p = part(s);
+        let w = (p[hd] - m).exp();
+        if s == 0 {
+            out.iter_mut().zip(&p[..hd]).for_each(|(o, &v)| *o = w * v);
+            sum = w * p[hd + 1];
+        } else {
+            out.iter_mut().zip(&p[..hd]).for_each(|(o, &v)| *o += w * v);
+            sum += w * p[hd + 1];
+        }
+    }
+    let inv = 1.0 / sum;
+    out.iter_mut().for_each(|v| *v *= inv);
+}
+
+/// One task: the partials of splits `splits` for query heads `kv_head * group ..` at batch positions `rows`,
+/// into `parts` (`[split − splits.start][query][head_dim + 2]`, see [`merge`]). A query that does not see a
+/// split leaves its partial alone.
 #[allow(clippy::too_many_arguments)]
 fn head_block(
     c: &Config,
@@ -78,9 +199,11 @@ fn head_block(
     q: &[f32],
     kv_head: usize,
     rows: std::ops::Range<usize>,
-    out: &mut [f32],
+    splits: std::ops::Range<usize>,
+    parts: &mut [f32],
 ) {
     let hd = c.head_dim;
+    let part_len = hd + 2;
     let group = c.n_heads / c.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let kv_type = kv.kv_type();
@@ -99,53 +222,61 @@ fn head_block(
             let qrow = &q[b * c.q_dim() + kv_head * group * hd..][..group * hd];
             s.queries.extend(qrow.iter().flat_map(|v| v.to_le_bytes()));
         }
-        s.scores.resize(nq * n_keys, 0.0);
+        s.scores.resize(nq * SPLIT, 0.0);
 
-        // scores, chunk by chunk of keys
-        for start in (0..n_keys).step_by(KEY_CHUNK) {
-            let len = KEY_CHUNK.min(n_keys - start);
-            let (dtype, chunk, chunk_stride) =
-                load_chunk(kv_type, &keys[start * stride..], stride, len, hd, &mut s.chunk);
+        for split in splits.clone() {
+            let keys_in = split * SPLIT..n_keys.min((split + 1) * SPLIT);
+            let parts = &mut parts[(split - splits.start) * nq * part_len..][..nq * part_len];
+            // query i's visible keys of this split, as a range of positions
+            let seen = |i: usize| keys_in.start..visible(i).min(keys_in.end);
+
+            // scores, chunk by chunk of keys
+            for start in keys_in.clone().step_by(KEY_CHUNK) {
+                let len = KEY_CHUNK.min(keys_in.end - start);
+                let (dtype, chunk, chunk_stride) =
+                    load_chunk(kv_type, &keys[start * stride..], stride, len, hd, &mut s.chunk);
+                for i in 0..nq {
+                    let m = seen(i).end.saturating_sub(start).min(len);
+                    if m == 0 {
+                        continue;
+                    }
+                    let qi = &s.queries[i * hd * 4..(i + 1) * hd * 4];
+                    let at = i * SPLIT + start - keys_in.start;
+                    dot_rows(dtype, qi, chunk, chunk_stride, scale, &mut s.scores[at..at + m]);
+                }
+            }
+
+            // each query's softmax over its own visible keys of the split (unnormalized; see `merge`)
             for i in 0..nq {
-                let m = visible(i).saturating_sub(start).min(len);
-                if m == 0 {
+                if seen(i).is_empty() {
                     continue;
                 }
-                let qi = &s.queries[i * hd * 4..(i + 1) * hd * 4];
-                let row = &mut s.scores[i * n_keys + start..i * n_keys + start + m];
-                dot_rows(dtype, qi, chunk, chunk_stride, scale, row);
+                let p = &mut s.scores[i * SPLIT..i * SPLIT + seen(i).len()];
+                let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                p.iter_mut().for_each(|v| *v -= max);
+                // vectorized where the CPU allows, with libm's results bit for bit
+                quire_kernels::exp_in_place(p);
+                let part = &mut parts[i * part_len..(i + 1) * part_len];
+                part[hd] = max;
+                part[hd + 1] = p.iter().fold(0.0f32, |sum, &v| sum + v);
+                part[..hd].fill(0.0);
             }
-        }
 
-        // softmax of each query over its own visible keys (unnormalized; divided at the end)
-        s.inv.resize(nq, 0.0);
-        for i in 0..nq {
-            let p = &mut s.scores[i * n_keys..i * n_keys + visible(i)];
-            let max = p.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            p.iter_mut().for_each(|v| *v -= max);
-            // vectorized where the CPU allows, with libm's results bit for bit
-            quire_kernels::exp_in_place(p);
-            s.inv[i] = 1.0 / p.iter().fold(0.0f32, |sum, &v| sum + v);
-        }
-
-        // probability-weighted values, chunk by chunk
-        out.fill(0.0);
-        for start in (0..n_keys).step_by(KEY_CHUNK) {
-            let len = KEY_CHUNK.min(n_keys - start);
-            let (dtype, chunk, chunk_stride) =
-                load_chunk(kv_type, &values[start * stride..], stride, len, hd, &mut s.chunk);
-            for i in 0..nq {
-                let m = visible(i).saturating_sub(start).min(len);
-                if m == 0 {
-                    continue;
+            // probability-weighted values, chunk by chunk
+            for start in keys_in.clone().step_by(KEY_CHUNK) {
+                let len = KEY_CHUNK.min(keys_in.end - start);
+                let (dtype, chunk, chunk_stride) =
+                    load_chunk(kv_type, &values[start * stride..], stride, len, hd, &mut s.chunk);
+                for i in 0..nq {
+                    let m = seen(i).end.saturating_sub(start).min(len);
+                    if m == 0 {
+                        continue;
+                    }
+                    let at = i * SPLIT + start - keys_in.start;
+                    let p = &s.scores[at..at + m];
+                    axpy_rows(dtype, p, chunk, chunk_stride, &mut parts[i * part_len..i * part_len + hd]);
                 }
-                let p = &s.scores[i * n_keys + start..i * n_keys + start + m];
-                axpy_rows(dtype, p, chunk, chunk_stride, &mut out[i * hd..(i + 1) * hd]);
             }
-        }
-        for (i, o) in out.chunks_exact_mut(hd).enumerate() {
-            let inv = s.inv[i];
-            o.iter_mut().for_each(|v| *v *= inv);
         }
     });
 }
@@ -171,11 +302,15 @@ fn load_chunk<'a>(
     }
 }
 
-/// Bytes of the per-thread scratch of attention tasks at a context of `n_ctx` positions: the scores of a
-/// task's queries against every visible key, the queries, and one chunk of keys converted to f32.
+/// Bytes of the attention scratch of one thread at a context of `n_ctx` positions: a task's scores against
+/// one split of keys, its queries, one chunk of keys converted to f32, and its split partials. Plus, once per
+/// forward pass (counted here per thread, which covers it), the partials of split tasks: those run only
+/// when there are fewer than two (KV head, block) tasks per thread, so for at most `2 · threads` blocks.
 pub fn task_scratch_bytes(c: &Config, n_ctx: usize) -> usize {
-    let nq = QUERY_BLOCK * (c.n_heads / c.n_kv_heads);
-    4 * (nq * n_ctx + nq + nq * c.head_dim + KEY_CHUNK * c.head_dim)
+    let group = c.n_heads / c.n_kv_heads;
+    let nq = QUERY_BLOCK * group;
+    let parts = n_splits(n_ctx) * (c.head_dim + 2);
+    4 * (nq * SPLIT + nq * c.head_dim + KEY_CHUNK * c.head_dim + 3 * nq * parts)
 }
 
 /// Per-thread scratch of one task.
@@ -183,14 +318,138 @@ pub fn task_scratch_bytes(c: &Config, n_ctx: usize) -> usize {
 struct TaskScratch {
     /// The task's query vectors as f32 bytes, `[nq][head_dim]`.
     queries: Vec<u8>,
-    /// Scores, then probabilities, `[nq][n_keys]`.
+    /// Scores, then probabilities, of one split, `[nq][SPLIT]`.
     scores: Vec<f32>,
-    /// 1 / softmax denominator of each query.
-    inv: Vec<f32>,
     /// An f16 or q8_0 chunk converted to f32 bytes.
     chunk: Vec<u8>,
 }
 
 thread_local! {
     static TASK_SCRATCH: std::cell::RefCell<TaskScratch> = std::cell::RefCell::new(TaskScratch::default());
+    /// Split partials of a task that computes all of its block's splits, `[split][query][head_dim + 2]`.
+    static TASK_PARTS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Arch;
+    use rand::{Rng, SeedableRng};
+
+    fn config() -> Config {
+        Config {
+            arch: Arch::Qwen3,
+            n_layers: 1,
+            dim: 64,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 32,
+            ffn_dim: 64,
+            vocab_size: 16,
+            rope_base: 10000.0,
+            rms_eps: 1e-6,
+            ctx_train: 4096,
+        }
+    }
+
+    /// A cache of `n` random positions and `rows` random queries at the end of it.
+    fn setup(c: &Config, n: usize, rows: usize, kv_type: KvType) -> (KvCache, Vec<f32>) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut kv = KvCache::with_type(c, n, kv_type).unwrap();
+        // a wide spread of scores, so the split maxima differ and the merge weights matter
+        let k: Vec<f32> = (0..n * c.kv_dim()).map(|_| rng.random_range(-3.0..3.0)).collect();
+        let v: Vec<f32> = (0..n * c.kv_dim()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        kv.write(0, 0, &k, &v);
+        kv.advance(n);
+        let q = (0..rows * c.q_dim()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        (kv, q)
+    }
+
+    /// Attention of the `rows` last positions, on a pool of `threads` threads.
+    fn run(c: &Config, kv: &KvCache, q: &[f32], threads: usize) -> Vec<f32> {
+        let rows = q.len() / c.q_dim();
+        let seqs = [SeqRows { kv, pos: kv.len() - rows, rows: 0..rows }];
+        let mut out = vec![0.0; q.len()];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| attention(c, 0, &seqs, q, &mut out, &mut AttnScratch::default()));
+        out
+    }
+
+    /// Softmax attention in f64 over the f32 cache, one query at a time.
+    fn reference(c: &Config, k: &[f32], v: &[f32], q: &[f32], pos: usize) -> Vec<f64> {
+        let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+        let mut out = Vec::new();
+        for (b, qrow) in q.chunks(c.q_dim()).enumerate() {
+            let n = pos + b + 1;
+            for h in 0..c.n_heads {
+                let qh = &qrow[h * hd..(h + 1) * hd];
+                let kv_off = (h / group) * hd;
+                let scores: Vec<f64> = (0..n)
+                    .map(|t| {
+                        let kt = &k[t * c.kv_dim() + kv_off..][..hd];
+                        qh.iter().zip(kt).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                            / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for d in 0..hd {
+                    out.push((0..n).map(|t| e[t] * v[t * c.kv_dim() + kv_off + d] as f64).sum::<f64>() / sum);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn merge_of_one_split_is_the_plain_softmax_sum() {
+        let part = [2.0f32, -4.0, 0.5, 3.0];
+        let mut out = [0.0f32; 2];
+        merge(1, |_| &part[..], &mut out);
+        assert_eq!(out, [2.0 * (1.0 / 3.0), -4.0 * (1.0 / 3.0)]);
+    }
+
+    /// Decoding at long contexts: split tasks (many threads) and whole blocks (one thread) give the same bits,
+    /// and both match an f64 softmax, at context lengths on and around split boundaries.
+    #[test]
+    fn split_keys_match_reference_for_any_thread_count() {
+        let c = config();
+        for n in [1, 255, 256, 257, 700, 1030] {
+            for rows in [1, 3].map(|r: usize| r.min(n)) {
+                let (kv, q) = setup(&c, n, rows, KvType::F32);
+                let one = run(&c, &kv, &q, 1);
+                // 2 (KV head, block) tasks: 8 threads take the split-task path
+                for threads in [2, 8] {
+                    let many = run(&c, &kv, &q, threads);
+                    assert!(
+                        one.iter().zip(&many).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "n {n}, {threads} threads"
+                    );
+                }
+                let keys: Vec<f32> = kv.keys(0)[..n * c.kv_dim() * 4]
+                    .chunks(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                let values: Vec<f32> = kv.values(0)[..n * c.kv_dim() * 4]
+                    .chunks(4)
+                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                    .collect();
+                let want = reference(&c, &keys, &values, &q, n - rows);
+                let worst = one.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+                assert!(worst < 1e-5, "n {n}, rows {rows}: off by {worst}");
+            }
+        }
+    }
+
+    /// A query block's partials for one split are the same whether its task computes that split alone or
+    /// all splits in a row (the two paths of `attention`), for f16 and q8_0 caches too.
+    #[test]
+    fn split_tasks_equal_whole_blocks_for_every_cache_type() {
+        let c = config();
+        for kv_type in [KvType::F16, KvType::Q8_0] {
+            let (kv, q) = setup(&c, 600, 2, kv_type);
+            assert_eq!(run(&c, &kv, &q, 1), run(&c, &kv, &q, 8), "{kv_type}");
+        }
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use anyhow::{bail, Context, Result};
 use quire_kernels::{dequantize_row, DType};
 
-use crate::attention::{attention, SeqRows};
+use crate::attention::{attention, AttnScratch, SeqRows};
 use crate::config::{Arch, Config};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
@@ -279,7 +279,7 @@ impl Model {
             let spans = seqs.iter().zip(&s.spans);
             let rows: Vec<SeqRows> =
                 spans.map(|(sq, r)| SeqRows { kv: sq.kv, pos: sq.kv.len(), rows: r.clone() }).collect();
-            attention(c, l, &rows, &s.q[..n * q_dim], &mut s.att[..n * q_dim], &mut s.att_tmp);
+            attention(c, l, &rows, &s.q[..n * q_dim], &mut s.att[..n * q_dim], &mut s.att_scratch);
 
             // output projection and residual
             ops::matmul(&layer.wo, self.w(&layer.wo), &s.att[..n * q_dim], &mut s.xb[..n * dim], &mut s.mm);
@@ -363,9 +363,9 @@ pub struct RunState {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
-    /// Attention output, `[n][q_dim]`, and the same values task by task before they are scattered there.
+    /// Attention output, `[n][q_dim]`, and the attention's scratch (task outputs before they are scattered there).
     att: Vec<f32>,
-    att_tmp: Vec<f32>,
+    att_scratch: AttnScratch,
     /// MLP gate and up, `[n][ffn_dim]`.
     hb: Vec<f32>,
     hb2: Vec<f32>,
@@ -402,7 +402,6 @@ impl RunState {
         self.k.resize(n * c.kv_dim(), 0.0);
         self.v.resize(n * c.kv_dim(), 0.0);
         self.att.resize(n * c.q_dim(), 0.0);
-        self.att_tmp.resize(n * c.q_dim(), 0.0);
         self.hb.resize(n * c.ffn_dim, 0.0);
         self.hb2.resize(n * c.ffn_dim, 0.0);
         self.rope.resize(n * c.head_dim, 0.0);

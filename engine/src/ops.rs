@@ -5,7 +5,7 @@
 //! Every output element is one dot product computed by one thread, so results are bit-identical for any
 //! thread count.
 
-use quire_kernels::{gemm_into_rows, gemm_prepacked_into_rows, DType, QuantizedActs};
+use quire_kernels::{gemm_into_rows, gemm_prepacked_into_rows, norm_rope, DType, QuantizedActs};
 use rayon::prelude::*;
 
 /// A weight matrix: `rows` rows of `cols` values in `dtype`, row-major, at `range` of the mapped file, and
@@ -200,22 +200,22 @@ pub fn rope_rows(x: &mut [f32], width: usize, table: &[f32]) {
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`, for one vector.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let scale = 1.0 / (ss + eps).sqrt();
-    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
-        *o = v * scale * w;
-    }
+    out.copy_from_slice(x);
+    rmsnorm_in_place(out, weight, eps);
+}
+
+/// [`rmsnorm`] in place. The sum of squares runs in f64 (as llama.cpp's does) in a fixed lane order on every
+/// instruction set ([`quire_kernels::norm_rope`]), the mean is rounded to f32, then each value is
+/// `x · (1 / sqrt(mean + eps)) · weight`.
+fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let mean = (norm_rope::sum_squares(x) / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    norm_rope::scale_mul(x, scale, weight);
 }
 
 /// RMSNorm in place over each `weight.len()`-wide piece of `x` (Qwen3's per-head norm on Q and K).
 pub fn rmsnorm_per_head(x: &mut [f32], weight: &[f32], eps: f32) {
-    rows_mut(x, weight.len(), |_, head| {
-        let ss: f32 = head.iter().map(|v| v * v).sum::<f32>() / head.len() as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
-        for (v, &w) in head.iter_mut().zip(weight) {
-            *v = *v * scale * w;
-        }
-    });
+    rows_mut(x, weight.len(), |_, head| rmsnorm_in_place(head, weight, eps));
 }
 
 /// Rotary position embedding, NEOX layout: dimension i pairs with i + head_dim/2 and turns by
@@ -232,11 +232,7 @@ fn rope_turn(x: &mut [f32], table: &[f32]) {
     let (cos, sin) = table.split_at(half);
     for head in x.chunks_mut(2 * half) {
         let (lo, hi) = head.split_at_mut(half);
-        for i in 0..half {
-            let (a, b) = (lo[i], hi[i]);
-            lo[i] = a * cos[i] - b * sin[i];
-            hi[i] = a * sin[i] + b * cos[i];
-        }
+        norm_rope::rope_turn(lo, hi, cos, sin);
     }
 }
 

@@ -39,6 +39,7 @@
 pub mod dispatch;
 pub mod formats;
 pub mod matmul;
+pub mod norm_rope;
 pub mod prepacked;
 pub mod x86;
 
