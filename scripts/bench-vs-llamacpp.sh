@@ -6,7 +6,10 @@
 # Builds llama.cpp's `llama-bench` once from the llama-cpp-python 0.3.36 source package (its vendored
 # llama.cpp, CPU only, -march=native) into $QUIRE_LLAMA_CACHE (default ~/.cache/quire/llama.cpp), builds
 # `quire` in release mode, then runs both benchmarks alternately (quire, llama, quire, llama, ...) and
-# appends a dated table with the ratios, the machine and the commands to benches/RESULTS.md.
+# appends a dated table with the ratios, the machine and the commands to benches/RESULTS.md. Before and
+# after the rounds it measures what memory delivers to a streaming reader (kernels/examples/stream_read.rs,
+# AVX-512 machines) and reports decode's weight bytes per second against the better of the two: the
+# bandwidth limit of decoding.
 #
 # `scripts/bench-vs-llamacpp.sh --build-only` just builds llama-bench.
 set -euo pipefail
@@ -65,10 +68,17 @@ done
 
 build_llama
 (cd "$ROOT" && cargo build --release --bin quire >&2)
+(cd "$ROOT" && cargo build --release -p quire-kernels --example stream_read >&2) || true
 QUIRE="$ROOT/target/release/quire"
 
 OUT="$(mktemp -d)"
 trap 'rm -rf "$OUT"' EXIT
+# Best GB/s a streaming reader gets with THREADS threads (empty where the example cannot run).
+stream_limit() {
+    "$ROOT/target/release/examples/stream_read" 2 3 "$THREADS" 2>/dev/null | awk '/^best/ {print $2}' || true
+}
+echo "memory: streaming read, $THREADS threads" >&2
+stream_limit >"$OUT/stream-0"
 QUIRE_CMD=("$QUIRE" bench -m "$MODEL" -p "$PP" -n "$TG" -r 1 -t "$THREADS" --json)
 LLAMA_CMD=("$LLAMA_BENCH" -m "$MODEL" -p "$PP" -n "$TG" -r 1 -t "$THREADS" -o json)
 for i in $(seq 1 "$REPS"); do
@@ -77,6 +87,7 @@ for i in $(seq 1 "$REPS"); do
     echo "round $i/$REPS: llama.cpp" >&2
     /usr/bin/time -f '%M' -o "$OUT/llama-rss-$i" "${LLAMA_CMD[@]}" >"$OUT/llama-$i.json" 2>"$OUT/llama-$i.err"
 done
+stream_limit >"$OUT/stream-1"
 
 python3 - "$OUT" "$REPS" "$MODEL" "$PP" "$TG" "$THREADS" "$WRITE" "$ROOT/benches/RESULTS.md" \
     "${QUIRE_CMD[*]}" "${LLAMA_CMD[*]}" <<'PY'
@@ -103,6 +114,13 @@ for line in open("/proc/cpuinfo"):
         cpu = line.split(":", 1)[1].strip(); break
 size = os.path.getsize(model) / 1e9
 date = datetime.date.today().isoformat()
+limits = []
+for i in (0, 1):
+    try:
+        limits.append(float(open(f"{out}/stream-{i}").read().strip()))
+    except (OSError, ValueError):
+        pass
+limit = max(limits) if limits else None
 def row(name, qs, ls, unit="t/s"):
     qm, qs_ = stats(qs); lm, ls_ = stats(ls)
     return f"| {name} | {qm:.2f} ± {qs_:.2f} | {lm:.2f} ± {ls_:.2f} | {qm / lm:.2f}× |"
@@ -117,8 +135,18 @@ lines = [
     row(f"pp{pp} t/s", q_pp, l_pp),
     row(f"tg{tg} t/s", q_tg, l_tg),
     f"| peak RSS MB | {max(q_rss):.0f} | {max(l_rss):.0f} | {max(q_rss) / max(l_rss):.2f}× |",
-    "",
 ]
+if limit:
+    # Decoding reads every weight once per token: the file's bytes per token, against the streaming limit.
+    qg, lg = stats(q_tg)[0] * size, stats(l_tg)[0] * size
+    lines += [
+        f"| tg{tg} weight GB/s (% of the {limit:.1f} GB/s streaming limit) | {qg:.1f} ({100 * qg / limit:.0f} %) "
+        f"| {lg:.1f} ({100 * lg / limit:.0f} %) | |",
+        "",
+        f"Streaming limit: best of `stream_read 2 3 {threads}` before and after the rounds "
+        f"({', '.join(f'{x:.1f}' for x in limits)} GB/s).",
+    ]
+lines.append("")
 text = "\n".join(lines)
 print(text)
 if write == "1":
