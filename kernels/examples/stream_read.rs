@@ -49,7 +49,7 @@ fn main() {
         Some(t) => vec![t],
         None => vec![1, 2],
     };
-    let buf: Vec<u8> = (0..gib << 30).map(|i| (i * 131 >> 7) as u8).collect();
+    let buf: Vec<u8> = (0..gib << 30).map(|i| ((i * 131) >> 7) as u8).collect();
     let mut best_rate = 0.0f64;
     for &threads in &thread_counts {
         best_rate = 0.0;
