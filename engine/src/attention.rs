@@ -10,9 +10,9 @@
 //!
 //! The keys are cut into splits of [`SPLIT`] positions (flash-decoding): each split gives a partial result,
 //! its own score maximum `m`, the sum `l` of `e^(score − m)` and the `e^(score − m)`-weighted sum of its
-//! values, and the partials are merged at the end ([`merge`]). When a batch has fewer (KV head, block) tasks
-//! than the threads can use (decoding one or two streams on a many-core machine) each split becomes a
-//! task of its own, so the threads share one head's keys instead of idling; otherwise a task computes its
+//! values, and the partials are merged at the end ([`merge`]). When a batch has fewer than two (KV head,
+//! block) tasks per thread and some block sees more than one split (decoding one or two streams on a
+//! many-core machine), each split becomes a task of its own, so the threads share one head's keys instead of idling; otherwise a task computes its
 //! splits one after the other. Both ways run the same arithmetic, so the split of the work never shows in the
 //! results.
 //!
@@ -54,7 +54,8 @@ pub struct AttnScratch {
     parts: Vec<f32>,
 }
 
-/// One (sequence, KV head, query block): its queries' output in `AttnScratch::tmp` and its first batch row.
+/// One (sequence, KV head, query block): its queries' output in `AttnScratch::tmp` and its first row within
+/// the sequence's rows.
 struct Block<'s, 'a> {
     sq: &'s SeqRows<'a>,
     kv_head: usize,
@@ -109,7 +110,7 @@ pub fn attention(
             let nq = rows.len() * group;
             let n = splits(&b);
             TASK_PARTS.with_borrow_mut(|parts| {
-                parts.resize(n * nq * part_len, 0.0);
+                grow_exact(parts, n * nq * part_len);
                 head_block(c, b.sq.kv, layer, b.sq.pos, q, b.kv_head, rows.clone(), 0..n, parts);
                 for (i, o) in b.out.chunks_exact_mut(c.head_dim).enumerate() {
                     let seen = n_splits(b.sq.pos + rows.start + i / group + 1);
@@ -121,7 +122,7 @@ pub fn attention(
         // one task per (block, split); the partials go to `parts`, merged block by block afterwards
         let sizes: Vec<usize> = blocks.iter().map(|b| b.out.len() / c.head_dim * part_len).collect();
         let total: usize = blocks.iter().zip(&sizes).map(|(b, &size)| splits(b) * size).sum();
-        scratch.parts.resize(total, 0.0);
+        grow_exact(&mut scratch.parts, total);
         let mut tasks = Vec::new();
         let mut rest = &mut scratch.parts[..];
         for (b, &size) in blocks.iter().zip(&sizes) {
@@ -161,6 +162,15 @@ pub fn attention(
                 dst.copy_from_slice(&tmp[src..src + group_width]);
             }
         }
+    }
+}
+
+/// Makes `v` at least `len` long without growing its capacity past what is asked (the memory estimate,
+/// [`task_scratch_bytes`], counts lengths; `resize` alone may double the capacity).
+fn grow_exact(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.reserve_exact(len - v.len());
+        v.resize(len, 0.0);
     }
 }
 
@@ -419,7 +429,7 @@ mod tests {
             for rows in [1, 3].map(|r: usize| r.min(n)) {
                 let (kv, q) = setup(&c, n, rows, KvType::F32);
                 let one = run(&c, &kv, &q, 1);
-                // 2 (KV head, block) tasks: 8 threads take the split-task path
+                // 2 (KV head, block) tasks: 2 and 8 threads take the split-task path (fewer than 2 per thread)
                 for threads in [2, 8] {
                     let many = run(&c, &kv, &q, threads);
                     assert!(
@@ -442,14 +452,41 @@ mod tests {
         }
     }
 
-    /// A query block's partials for one split are the same whether its task computes that split alone or
-    /// all splits in a row (the two paths of `attention`), for f16 and q8_0 caches too.
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// Split tasks (8 threads) give the bits of whole blocks (1 thread) for f16 and q8_0 caches too.
     #[test]
     fn split_tasks_equal_whole_blocks_for_every_cache_type() {
         let c = config();
         for kv_type in [KvType::F16, KvType::Q8_0] {
             let (kv, q) = setup(&c, 600, 2, kv_type);
-            assert_eq!(run(&c, &kv, &q, 1), run(&c, &kv, &q, 8), "{kv_type}");
+            assert_eq!(bits(&run(&c, &kv, &q, 1)), bits(&run(&c, &kv, &q, 8)), "{kv_type}");
         }
+    }
+
+    /// Two sequences in one batch, with different split counts and one of them spanning two query blocks:
+    /// split tasks and whole blocks give the same bits, and each sequence gets what it gets alone.
+    #[test]
+    fn split_tasks_in_a_mixed_batch_equal_each_sequence_alone() {
+        let c = config();
+        let (kv_a, q_a) = setup(&c, 300, 1, KvType::F16);
+        let (kv_b, q_b) = setup(&c, 700, 20, KvType::F16);
+        let q: Vec<f32> = q_a.iter().chain(&q_b).copied().collect();
+        let seqs =
+            [SeqRows { kv: &kv_a, pos: 299, rows: 0..1 }, SeqRows { kv: &kv_b, pos: 680, rows: 1..21 }];
+        let batch = |threads: usize| {
+            let mut out = vec![0.0; q.len()];
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| attention(&c, 0, &seqs, &q, &mut out, &mut AttnScratch::default()));
+            out
+        };
+        // 2 KV heads × (1 + 2) blocks = 6 tasks: 1 thread runs whole blocks, 8 threads split tasks
+        let (one, many) = (batch(1), batch(8));
+        assert_eq!(bits(&one), bits(&many));
+        let mut alone = run(&c, &kv_a, &q_a, 1);
+        alone.extend(run(&c, &kv_b, &q_b, 1));
+        assert_eq!(bits(&one), bits(&alone));
     }
 }

@@ -204,9 +204,9 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     rmsnorm_in_place(out, weight, eps);
 }
 
-/// [`rmsnorm`] in place. The sum of squares runs in f64 (as llama.cpp's does) in a fixed lane order on every
-/// instruction set ([`quire_kernels::norm_rope`]), the mean is rounded to f32, then each value is
-/// `x · (1 / sqrt(mean + eps)) · weight`.
+/// [`rmsnorm`] in place. The sum of squares runs in f64 (llama.cpp also sums in double, of f32 squares) in
+/// a fixed lane order on every instruction set ([`quire_kernels::norm_rope`]), the mean is rounded to f32,
+/// then each value is `x · (1 / sqrt(mean + eps)) · weight`.
 fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     let mean = (norm_rope::sum_squares(x) / x.len() as f64) as f32;
     let scale = 1.0 / (mean + eps).sqrt();

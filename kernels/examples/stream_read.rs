@@ -1,5 +1,5 @@
-//! What this machine's memory can deliver to a reading kernel: the decode limit. Each thread streams its
-//! own contiguous half of a buffer far larger than the caches (as the decode matmuls split rows), with
+//! What this machine's memory can deliver to a reading kernel: the decode limit. Each of T threads streams
+//! its own contiguous 1/T of a buffer far larger than the caches (as the decode matmuls split rows), with
 //! 512-bit loads folded by XOR (one cheap operation per load, so the loads are the only limit), with and
 //! without software prefetch ahead of the loads (what the matmul kernels do). Prints GB/s per variant, best
 //! of the repetitions; `benches/RESULTS.md` compares decode's weight bytes per second with it.
@@ -8,6 +8,7 @@
 //! and 2). The last line, `best N GB/s`, is the fastest variant at the largest thread count (what
 //! `scripts/bench-vs-llamacpp.sh` reads).
 
+#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::time::Instant;
 
@@ -15,6 +16,7 @@ use std::time::Instant;
 ///
 /// # Safety
 /// The CPU must support AVX-512 F.
+#[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 fn fold(buf: &[u8], ahead: usize) -> u64 {
     let mut acc = [_mm512_setzero_si512(); 4];
@@ -37,6 +39,13 @@ fn fold(buf: &[u8], ahead: usize) -> u64 {
     _mm512_reduce_add_epi64(x) as u64
 }
 
+#[cfg(not(target_arch = "x86_64"))]
+fn main() {
+    eprintln!("stream_read needs an x86-64 CPU with AVX-512 F");
+    std::process::exit(2);
+}
+
+#[cfg(target_arch = "x86_64")]
 fn main() {
     if !std::arch::is_x86_feature_detected!("avx512f") {
         eprintln!("stream_read needs AVX-512 F");
@@ -46,7 +55,7 @@ fn main() {
     let gib: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2);
     let reps: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(5);
     let thread_counts: Vec<usize> = match args.get(3).and_then(|s| s.parse().ok()) {
-        Some(t) => vec![t],
+        Some(t) => vec![std::cmp::max(t, 1)],
         None => vec![1, 2],
     };
     let buf: Vec<u8> = (0..gib << 30).map(|i| ((i * 131) >> 7) as u8).collect();

@@ -31,7 +31,7 @@ pub fn sum_squares(x: &[f32]) -> f64 {
     norm_rope::fold_lanes(&lanes)
 }
 
-/// See [`norm_rope::scale_mul`]. `w` has at least `x.len()` values (checked by the caller).
+/// See [`norm_rope::scale_mul`]. `w` has at least `x.len()` values (else it panics).
 ///
 /// # Safety
 /// The CPU must support AVX2.
@@ -49,13 +49,16 @@ pub fn scale_mul(x: &mut [f32], scale: f32, w: &[f32]) {
     norm_rope::scale_mul_scalar(&mut x[whole..], scale, &w[whole..]);
 }
 
-/// See [`norm_rope::rope_turn`]. All four slices have the same length (checked by the caller).
+/// See [`norm_rope::rope_turn`]. `hi`, `cos` and `sin` have at least `lo.len()` values (else it panics).
 ///
 /// # Safety
 /// The CPU must support AVX2.
 #[target_feature(enable = "avx2")]
 pub fn rope_turn(lo: &mut [f32], hi: &mut [f32], cos: &[f32], sin: &[f32]) {
-    let whole = lo.len() / 8 * 8;
+    // the pointer arithmetic below relies on these lengths (a short slice panics here, never reads past)
+    let n = lo.len();
+    let (hi, cos, sin) = (&mut hi[..n], &cos[..n], &sin[..n]);
+    let whole = n / 8 * 8;
     for i in (0..whole).step_by(8) {
         // SAFETY: `i + 8 <= whole <= len` for all four slices; no alignment requirement.
         unsafe {
