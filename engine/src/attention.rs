@@ -107,15 +107,11 @@ pub fn attention(
         blocks.into_par_iter().for_each(|b| {
             let q = &q[b.sq.rows.start * q_dim..b.sq.rows.end * q_dim];
             let rows = b.b0..b.b0 + b.out.len() / group_width;
-            let nq = rows.len() * group;
             let n = splits(&b);
             TASK_PARTS.with_borrow_mut(|parts| {
-                grow_exact(parts, n * nq * part_len);
-                head_block(c, b.sq.kv, layer, b.sq.pos, q, b.kv_head, rows.clone(), 0..n, parts);
-                for (i, o) in b.out.chunks_exact_mut(c.head_dim).enumerate() {
-                    let seen = n_splits(b.sq.pos + rows.start + i / group + 1);
-                    merge(seen, |s| &parts[(s * nq + i) * part_len..][..part_len], o);
-                }
+                grow_exact(parts, n * b.out.len() / c.head_dim * part_len);
+                head_block(c, b.sq.kv, layer, b.sq.pos, q, b.kv_head, rows, 0..n, parts);
+                merge_block(c, b, parts);
             });
         });
     } else {
@@ -144,14 +140,7 @@ pub fn attention(
             rest = r;
             owned.push((b, mine));
         }
-        owned.into_par_iter().for_each(|(b, parts)| {
-            let nq = b.out.len() / c.head_dim;
-            let first = b.sq.pos + b.b0;
-            for (i, o) in b.out.chunks_exact_mut(c.head_dim).enumerate() {
-                let seen = n_splits(first + i / group + 1);
-                merge(seen, |s| &parts[(s * nq + i) * part_len..][..part_len], o);
-            }
-        });
+        owned.into_par_iter().for_each(|(b, parts)| merge_block(c, b, parts));
     }
 
     for sq in seqs {
@@ -171,6 +160,18 @@ fn grow_exact(v: &mut Vec<f32>, len: usize) {
     if v.len() < len {
         v.reserve_exact(len - v.len());
         v.resize(len, 0.0);
+    }
+}
+
+/// Merges the split partials of each query of a block (`parts`: `[split][query][head_dim + 2]`, as
+/// [`head_block`] writes them) into its output; query `i` sees the splits of its own visible keys.
+fn merge_block(c: &Config, b: Block, parts: &[f32]) {
+    let (hd, group) = (c.head_dim, c.n_heads / c.n_kv_heads);
+    let nq = b.out.len() / hd;
+    let first = b.sq.pos + b.b0;
+    for (i, o) in b.out.chunks_exact_mut(hd).enumerate() {
+        let seen = n_splits(first + i / group + 1);
+        merge(seen, |s| &parts[(s * nq + i) * (hd + 2)..][..hd + 2], o);
     }
 }
 
