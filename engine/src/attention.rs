@@ -25,6 +25,7 @@
 
 use quire_kernels::{axpy_rows, dot_rows, widen_rows, DType};
 use rayon::prelude::*;
+use std::ops::Range;
 
 use crate::config::Config;
 use crate::kv_cache::{KvCache, KvType};
@@ -37,12 +38,16 @@ const KEY_CHUNK: usize = 64;
 /// values, a task worth handing to another thread.
 const SPLIT: usize = 256;
 
+/// What a task does with one chunk of key or value rows for one query: `(query, format, rows, row stride,
+/// that query's entries of the score scratch)`.
+type RowsFn<'a> = dyn FnMut(usize, DType, &[u8], usize, Range<usize>) + 'a;
+
 /// One sequence of a batch: its cache (holding the new positions' keys and values already), the position of
 /// its first new token, and its rows of the batch.
 pub struct SeqRows<'a> {
     pub kv: &'a KvCache,
     pub pos: usize,
-    pub rows: std::ops::Range<usize>,
+    pub rows: Range<usize>,
 }
 
 /// Scratch of [`attention`], kept between calls.
@@ -209,8 +214,8 @@ fn head_block(
     pos: usize,
     q: &[f32],
     kv_head: usize,
-    rows: std::ops::Range<usize>,
-    splits: std::ops::Range<usize>,
+    rows: Range<usize>,
+    splits: Range<usize>,
     parts: &mut [f32],
 ) {
     let hd = c.head_dim;
@@ -241,21 +246,29 @@ fn head_block(
             // query i's visible keys of this split, as a range of positions
             let seen = |i: usize| keys_in.start..visible(i).min(keys_in.end);
 
-            // scores, chunk by chunk of keys
-            for start in keys_in.clone().step_by(KEY_CHUNK) {
-                let len = KEY_CHUNK.min(keys_in.end - start);
-                let (dtype, chunk, chunk_stride) =
-                    load_chunk(kv_type, &keys[start * stride..], stride, len, hd, &mut s.chunk);
-                for i in 0..nq {
-                    let m = seen(i).end.saturating_sub(start).min(len);
-                    if m == 0 {
-                        continue;
+            // Each chunk of the split's keys (or values) once as f32 rows ([`load_chunk`]), then
+            // `f(i, dtype, rows, stride, at)` for every query i that sees some of them: `at` is the range of
+            // `s.scores` that holds i's entries for the rows it sees (the first `at.len()` rows of the chunk).
+            let walk = |src: &[u8], buf: &mut Vec<u8>, f: &mut RowsFn| {
+                for start in keys_in.clone().step_by(KEY_CHUNK) {
+                    let len = KEY_CHUNK.min(keys_in.end - start);
+                    let (dtype, chunk, chunk_stride) =
+                        load_chunk(kv_type, &src[start * stride..], stride, len, hd, buf);
+                    for i in 0..nq {
+                        let m = seen(i).end.saturating_sub(start).min(len);
+                        if m > 0 {
+                            let at = i * SPLIT + start - keys_in.start;
+                            f(i, dtype, chunk, chunk_stride, at..at + m);
+                        }
                     }
-                    let qi = &s.queries[i * hd * 4..(i + 1) * hd * 4];
-                    let at = i * SPLIT + start - keys_in.start;
-                    dot_rows(dtype, qi, chunk, chunk_stride, scale, &mut s.scores[at..at + m]);
                 }
-            }
+            };
+
+            // scores
+            walk(keys, &mut s.chunk, &mut |i, dtype, chunk, chunk_stride, at| {
+                let qi = &s.queries[i * hd * 4..(i + 1) * hd * 4];
+                dot_rows(dtype, qi, chunk, chunk_stride, scale, &mut s.scores[at]);
+            });
 
             // each query's softmax over its own visible keys of the split (unnormalized; see `merge`)
             for i in 0..nq {
@@ -273,21 +286,11 @@ fn head_block(
                 part[..hd].fill(0.0);
             }
 
-            // probability-weighted values, chunk by chunk
-            for start in keys_in.clone().step_by(KEY_CHUNK) {
-                let len = KEY_CHUNK.min(keys_in.end - start);
-                let (dtype, chunk, chunk_stride) =
-                    load_chunk(kv_type, &values[start * stride..], stride, len, hd, &mut s.chunk);
-                for i in 0..nq {
-                    let m = seen(i).end.saturating_sub(start).min(len);
-                    if m == 0 {
-                        continue;
-                    }
-                    let at = i * SPLIT + start - keys_in.start;
-                    let p = &s.scores[at..at + m];
-                    axpy_rows(dtype, p, chunk, chunk_stride, &mut parts[i * part_len..i * part_len + hd]);
-                }
-            }
+            // probability-weighted values
+            walk(values, &mut s.chunk, &mut |i, dtype, chunk, chunk_stride, at| {
+                let out = &mut parts[i * part_len..i * part_len + hd];
+                axpy_rows(dtype, &s.scores[at], chunk, chunk_stride, out);
+            });
         }
     });
 }
