@@ -396,23 +396,25 @@ pub fn axpy_rows_with(
 /// a time with glibc's results bit for bit (`x86::avx512_exp`; glibc 2.27+ on CPUs with FMA, tested over every
 /// `f32` below 88 in magnitude). SwiGLU and the attention softmax spend their time here.
 pub fn exp_in_place(x: &mut [f32]) {
-    exp_in_place_with(dispatch::isa(), x).expect("the process instruction set is supported");
+    exp_in_place_on(dispatch::isa(), x);
 }
 
 /// [`exp_in_place`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
 pub fn exp_in_place_with(isa: dispatch::Isa, x: &mut [f32]) -> Option<()> {
-    if !isa.is_supported() {
-        return None;
-    }
+    isa.is_supported().then(|| exp_in_place_on(isa, x))
+}
+
+/// [`exp_in_place`] on `isa`, which the CPU supports (callers check; [`dispatch::isa`] once per process): the
+/// softmax calls this once per query and split, so it does not test the CPU again each time.
+fn exp_in_place_on(isa: dispatch::Isa, x: &mut [f32]) {
     match isa {
         // Only where `f32::exp` is glibc's (the vector path reproduces glibc's `expf`; another libm would make
         // results depend on which values fall in the vector path).
         #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-        // SAFETY: `isa` is supported by this CPU, so it has AVX-512 F and VL.
+        // SAFETY: `isa` is supported by this CPU (callers check), so it has AVX-512 F and VL.
         dispatch::Isa::Avx512 => unsafe { x86::avx512_exp::exp_in_place(x) },
         _ => x.iter_mut().for_each(|v| *v = v.exp()),
     }
-    Some(())
 }
 
 #[cfg(test)]
