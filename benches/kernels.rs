@@ -7,7 +7,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use quire_engine::ops::{matmul, MatmulScratch, Matrix, Weights};
+use quire_engine::ops::{matmul, MatmulScratch};
+use quire_engine::weights::Matrix;
 use quire_kernels::{quantize_row, DType};
 
 const ROWS: usize = 9728;
@@ -33,23 +34,25 @@ fn quantized(dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
     w
 }
 
-fn matrix(dtype: DType, rows: usize, cols: usize) -> Matrix {
-    let bytes = rows * dtype.row_bytes(cols).unwrap();
-    Matrix { name: format!("bench {dtype}"), dtype, rows, cols, range: 0..bytes, packed: Default::default() }
-}
-
-/// The weight layouts to measure: every format as stored in the file, and also prepacked (what
-/// the engine runs on AVX-512 machines). Returns (name, matrix, bytes, whether prepacked).
-fn layouts(rows: usize, cols: usize) -> Vec<(String, Matrix, Vec<u8>, bool)> {
+/// The weight layouts to measure: every format as stored in the file, and also prepacked (what the engine
+/// runs on AVX-512 machines), each as `copies` matrices (rotating over copies larger than the L3 cache keeps
+/// the weights coming from memory). Returns (name, matrices).
+fn layouts(rows: usize, cols: usize, copies: impl Fn(usize) -> usize) -> Vec<(String, Vec<Matrix>)> {
     let mut out = Vec::new();
     for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
         let w = quantized(dtype, rows, cols);
+        let n = copies(w.len());
+        let make = |prepack: bool| -> Vec<Matrix> {
+            let name = format!("bench {dtype}");
+            let ms: Vec<Matrix> =
+                (0..n).map(|_| Matrix::in_memory(&name, dtype, rows, cols, w.clone())).collect();
+            ms.iter().for_each(|m| assert_eq!(m.prepack_now(), prepack));
+            ms
+        };
         if quire_kernels::can_prepack(dtype, rows) {
-            let mut packed = vec![0; w.len()];
-            quire_kernels::prepack(dtype, cols, &w, &mut packed);
-            out.push((format!("{} prepacked", dtype.name()), matrix(dtype, rows, cols), packed, true));
+            out.push((format!("{} prepacked", dtype.name()), make(true)));
         }
-        out.push((dtype.name().to_string(), matrix(dtype, rows, cols), w, false));
+        out.push((dtype.name().to_string(), make(false)));
     }
     out
 }
@@ -76,19 +79,16 @@ fn read_bandwidth(c: &mut Criterion) {
 /// One token times a 9728×2560 matrix; the weights rotate over copies larger than the L3 cache.
 fn gemv(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemv_2560x9728");
-    for (name, m, one, prepacked) in layouts(ROWS, COLS) {
-        let copies = (512usize << 20).div_ceil(one.len());
-        let all: Vec<u8> = one.iter().copied().cycle().take(one.len() * copies).collect();
+    for (name, ms) in layouts(ROWS, COLS, |bytes| (512usize << 20).div_ceil(bytes)) {
         let x = values(3, COLS);
         let mut out = vec![0.0f32; ROWS];
         let mut scratch = MatmulScratch::default();
         let mut i = 0;
-        g.throughput(Throughput::Bytes(one.len() as u64));
+        g.throughput(Throughput::Bytes((ROWS * ms[0].row_bytes()) as u64));
         g.bench_function(name, |b| {
             b.iter(|| {
-                let w = &all[i * one.len()..(i + 1) * one.len()];
-                i = (i + 1) % copies;
-                matmul(&m, Weights { bytes: w, prepacked }, &x, &mut out, &mut scratch);
+                matmul(&ms[i], &x, &mut out, &mut scratch);
+                i = (i + 1) % ms.len();
                 black_box(&out);
             })
         });
@@ -102,13 +102,13 @@ fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm_2560x9728_batch512");
     g.sample_size(10);
     g.throughput(Throughput::Elements((2 * ROWS * COLS * BATCH) as u64));
-    for (name, m, w, prepacked) in layouts(ROWS, COLS) {
+    for (name, ms) in layouts(ROWS, COLS, |_| 1) {
         let x = values(3, COLS * BATCH);
         let mut out = vec![0.0f32; ROWS * BATCH];
         let mut scratch = MatmulScratch::default();
         g.bench_function(name, |b| {
             b.iter(|| {
-                matmul(&m, Weights { bytes: &w, prepacked }, &x, &mut out, &mut scratch);
+                matmul(&ms[0], &x, &mut out, &mut scratch);
                 black_box(&out);
             })
         });

@@ -8,22 +8,22 @@
 //! (the timed tests wait for it), both in seconds from the start of the load, and the peak resident memory of
 //! the whole run.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use quire_engine::generate::Engine;
-use quire_engine::kv_cache::{KvCache, KvType};
+use quire_engine::kv_cache::KvCache;
 use quire_engine::memory::{human_bytes, peak_rss_bytes};
-use quire_engine::model::{Logits, Model, RunState, SeqBatch};
-use quire_engine::threads::{self, parse_cpu_list};
+use quire_engine::model::{LoadOptions, Logits, Model, RunState, SeqBatch};
+
+use crate::args::ModelArgs;
 
 /// Benchmark prompt processing and generation on a model file.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Path to a GGUF model file.
-    #[arg(short = 'm', long = "model")]
-    pub model: PathBuf,
+    /// The model, threads and KV cache type (`--ctx`: the caches' size, default prompt + generated tokens).
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Prompt tokens processed in one batch (0 = skip the pp test).
     #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
     pub n_prompt: usize,
@@ -33,15 +33,6 @@ pub struct BenchArgs {
     /// Timed repetitions of each test.
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     pub repetitions: usize,
-    /// Worker threads (default: all cores).
-    #[arg(short = 't', long)]
-    pub threads: Option<usize>,
-    /// Pin the workers to these cores, e.g. `0,2-3` (default: all usable cores).
-    #[arg(long = "cpu-list")]
-    pub cpu_list: Option<String>,
-    /// KV cache element type: f16, q8_0 or f32.
-    #[arg(long = "kv-type", default_value = "f16")]
-    pub kv_type: KvType,
     /// Sequences decoded together in the tg test (continuous batching, as `quire serve --parallel N`
     /// does): each step runs one token of every sequence in one pass. Reports the aggregate tokens/s.
     #[arg(long, default_value_t = 1)]
@@ -97,25 +88,28 @@ fn time_gen(model: &Model, state: &mut RunState, kvs: &mut [KvCache], n: usize, 
     Ok(t.elapsed().as_secs_f64())
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(args: BenchArgs, opts: &LoadOptions) -> Result<()> {
     if args.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }
     if args.streams == 0 {
         bail!("--streams must be at least 1");
     }
-    let cpu_list = args.cpu_list.as_deref().map(parse_cpu_list).transpose()?;
-    let threads = threads::init(args.threads, cpu_list.as_deref())?;
+    let threads = args.model.threads.init()?;
+    let kv_type = args.model.kv_type;
     let t0 = Instant::now();
-    let engine = Engine::load(&args.model)?;
+    let engine = Engine::load_with(&args.model.model, opts)?;
     let load_secs = t0.elapsed().as_secs_f64();
     let model = &engine.model;
     let c = &model.config;
 
-    let n_ctx = (args.n_prompt + args.n_gen).max(1);
+    let n_ctx = args.model.ctx.unwrap_or((args.n_prompt + args.n_gen).max(1));
+    if n_ctx < args.n_prompt + args.n_gen {
+        bail!("--ctx {n_ctx} is smaller than the {} prompt and generated tokens", args.n_prompt + args.n_gen);
+    }
     // one cache per stream; the pp test uses the first
     let mut kvs =
-        (0..args.streams).map(|_| KvCache::with_type(c, n_ctx, args.kv_type)).collect::<Result<Vec<_>>>()?;
+        (0..args.streams).map(|_| KvCache::with_type(c, n_ctx, kv_type)).collect::<Result<Vec<_>>>()?;
     let mut state = RunState::new();
     time_prompt(model, &mut state, &mut kvs[0], 8.min(n_ctx), 0)?;
     let first_token_secs = t0.elapsed().as_secs_f64();
@@ -145,11 +139,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let (pp_mean, pp_sd) = if pp.is_empty() { (0.0, 0.0) } else { mean_sd(&pp) };
         let (tg_mean, tg_sd) = if tg.is_empty() { (0.0, 0.0) } else { mean_sd(&tg) };
         let out = serde_json::json!({
-            "model": args.model.display().to_string(),
+            "model": args.model.model.display().to_string(),
             "model_name": name,
             "file_bytes": file_bytes,
             "threads": threads,
-            "kv_type": args.kv_type.name(),
+            "kv_type": kv_type.name(),
             "n_prompt": args.n_prompt,
             "n_gen": args.n_gen,
             "streams": args.streams,
@@ -180,7 +174,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             continue;
         }
         let (mean, sd) = mean_sd(samples);
-        println!("| {name} | {size} | {threads} | {} | {test} | {mean:.2} ± {sd:.2} |", args.kv_type);
+        println!("| {name} | {size} | {threads} | {kv_type} | {test} | {mean:.2} ± {sd:.2} |");
     }
     println!();
     println!(

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use quire_engine::convert::{convert, ConvertOptions, OutType};
+use quire_convert::{convert, ConvertOptions, OutType};
 use quire_engine::memory::human_bytes;
 
 /// Convert a Hugging Face checkpoint (safetensors + config + tokenizer) to GGUF.

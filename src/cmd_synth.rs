@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Result};
-use quire_engine::convert::synth::{find_fixtures, synthesize, Preset, SynthOptions};
+use quire_convert::synth::{find_fixtures, synthesize, Preset, SynthOptions};
 use quire_engine::memory::human_bytes;
 
 /// Make a random-weight checkpoint (sharded bf16 safetensors, config, real Qwen3 tokenizer).
@@ -21,7 +21,7 @@ pub struct SynthArgs {
     pub seed: u64,
     /// The shared fixtures directory with qwen3-tokenizer/ and the Qwen3-4B config (default:
     /// $QUIRE_FIXTURES, else ../shared/fixtures found from here).
-    #[arg(long)]
+    #[arg(long, env = "QUIRE_FIXTURES")]
     pub fixtures: Option<PathBuf>,
     /// No progress bar.
     #[arg(short = 'q', long)]

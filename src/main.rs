@@ -1,7 +1,9 @@
 //! `quire`: the command line. Each subcommand is a thin layer over the engine crate.
 
+mod args;
 mod cmd_bench;
 mod cmd_convert;
+mod cmd_serve;
 mod cmd_synth;
 
 use std::io::{BufRead, Write};
@@ -10,13 +12,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use args::{ModelArgs, SamplingArgs};
 use clap::{Args, Parser, Subcommand};
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{Engine, GenerateParams, GenerationStats, Session, DEFAULT_BATCH};
 use quire_engine::gguf::GgufFile;
 use quire_engine::kv_cache::KvType;
 use quire_engine::memory::{human_bytes, MemoryPlan};
-use quire_engine::sampler::SamplerConfig;
+use quire_engine::model::LoadOptions;
+use quire_kernels::dispatch::{self, IsaKind};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +31,15 @@ use quire_engine::sampler::SamplerConfig;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Kernel instruction set: scalar, avx2 or avx512 (default: the best this CPU has; a set the CPU lacks
+    /// falls back to the best one below it, with a warning).
+    #[arg(long, global = true, env = "QUIRE_ISA", value_enum, ignore_case = true)]
+    isa: Option<IsaKind>,
+    /// Copy the weights into the kernels' faster layout in the background after load (0 = read the file's
+    /// layout only; same results).
+    #[arg(long, global = true, env = "QUIRE_PREPACK", default_value = "1", action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new(), hide_default_value = true)]
+    prepack: bool,
 }
 
 #[derive(Subcommand)]
@@ -46,71 +59,7 @@ enum Command {
     /// Prompt-processing and generation speed (like llama-bench): pp and tg tokens/s, load time, peak RSS.
     Bench(cmd_bench::BenchArgs),
     /// Serve the model over HTTP: OpenAI-compatible API, /generate, /stream, /health, /metrics, chat page.
-    Serve(quire_server::cli::ServeArgs),
-}
-
-/// Options shared by everything that runs the model.
-#[derive(Args, Clone)]
-struct ModelArgs {
-    /// Path to a GGUF model file.
-    #[arg(short = 'm', long = "model")]
-    model: PathBuf,
-    /// Worker threads (default: one per physical core, or per listed core).
-    #[arg(short = 't', long)]
-    threads: Option<usize>,
-    /// Pin the workers to these CPUs, e.g. `0,2-3` (default: one per physical core).
-    #[arg(long = "cpu-list")]
-    cpu_list: Option<String>,
-    /// Context size in tokens (default: 4096, or the model's trained context if smaller).
-    #[arg(short = 'c', long = "ctx")]
-    ctx: Option<usize>,
-    /// KV cache element type: f16 (default), q8_0 (half the memory of f16) or f32 (exact).
-    #[arg(long = "kv-type", default_value = "f16")]
-    kv_type: KvType,
-}
-
-/// Sampling options shared by `run` and `chat`.
-#[derive(Args, Clone)]
-struct SamplingArgs {
-    /// Maximum number of tokens to generate.
-    #[arg(short = 'n', long = "max-tokens", default_value_t = 512)]
-    max_tokens: usize,
-    /// Temperature; 0 = greedy (always the most likely token).
-    #[arg(long)]
-    temp: Option<f32>,
-    /// Keep only the K most likely tokens (0 = off).
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Keep the smallest set of tokens whose probability reaches P (1 = off).
-    #[arg(long)]
-    top_p: Option<f32>,
-    /// Drop tokens less likely than P × the most likely one (0 = off).
-    #[arg(long)]
-    min_p: Option<f32>,
-    /// Repetition penalty over the last 64 tokens (1 = off).
-    #[arg(long)]
-    repeat_penalty: Option<f32>,
-    /// OpenAI-style presence penalty.
-    #[arg(long)]
-    presence_penalty: Option<f32>,
-    /// OpenAI-style frequency penalty.
-    #[arg(long)]
-    frequency_penalty: Option<f32>,
-    /// Random seed (same seed, same output).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Stop when this text appears (repeatable); the stop text is not printed.
-    #[arg(long = "stop")]
-    stop: Vec<String>,
-    /// Keep generating past end-of-generation tokens.
-    #[arg(long)]
-    ignore_eos: bool,
-    /// System prompt.
-    #[arg(long)]
-    system: Option<String>,
-    /// For hybrid-thinking Qwen3 models: let the model think first (default) or not (`--think false`).
-    #[arg(long)]
-    think: Option<bool>,
+    Serve(cmd_serve::ServeArgs),
 }
 
 #[derive(Args)]
@@ -142,11 +91,11 @@ struct ChatArgs {
 struct InfoArgs {
     /// Path to a GGUF model file.
     model: PathBuf,
-    /// Context size for the memory estimate.
-    #[arg(short = 'c', long = "ctx", default_value_t = 4096)]
-    ctx: usize,
+    /// Context size for the memory estimate (default: 4096, or the model's trained context if smaller).
+    #[arg(short = 'c', long = "ctx")]
+    ctx: Option<usize>,
     /// KV cache element type for the memory estimate: f16, q8_0 or f32.
-    #[arg(long = "kv-type", default_value = "f16")]
+    #[arg(long = "kv-type", value_enum, ignore_case = true, default_value_t = KvType::F16)]
     kv_type: KvType,
     /// List every tensor.
     #[arg(long)]
@@ -167,15 +116,23 @@ struct PerplexityArgs {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(kind) = cli.isa {
+        match dispatch::force(kind) {
+            Ok(isa) if isa.kind() != kind => eprintln!("warning: this CPU does not run {kind}; using {isa}"),
+            Ok(_) => {}
+            Err(e) => eprintln!("warning: {e}"),
+        }
+    }
+    let load = LoadOptions { prepack: cli.prepack };
     let result = match cli.command {
-        Command::Run(a) => cmd_run(a),
-        Command::Chat(a) => cmd_chat(a),
+        Command::Run(a) => cmd_run(a, &load),
+        Command::Chat(a) => cmd_chat(a, &load),
         Command::Info(a) => cmd_info(a),
-        Command::Perplexity(a) => cmd_perplexity(a),
+        Command::Perplexity(a) => cmd_perplexity(a, &load),
         Command::Convert(a) => cmd_convert::run(a),
         Command::Synth(a) => cmd_synth::run(a),
-        Command::Bench(a) => cmd_bench::run(a),
-        Command::Serve(a) => quire_server::cli::run(&a),
+        Command::Bench(a) => cmd_bench::run(a, &load),
+        Command::Serve(a) => cmd_serve::run(&a, cli.prepack),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -183,24 +140,15 @@ fn main() {
     }
 }
 
-/// Start the pinned worker pool once, before any parallel work.
-fn init_threads(args: &ModelArgs) -> Result<()> {
-    let cpu_list = args.cpu_list.as_deref().map(quire_engine::threads::parse_cpu_list).transpose()?;
-    quire_engine::threads::init(args.threads, cpu_list.as_deref())?;
-    Ok(())
-}
-
-/// Load the model, print how long it took, and check the memory it will need at this context size.
-fn load(args: &ModelArgs) -> Result<(Engine, usize)> {
-    init_threads(args)?;
+/// Start the worker pool, load the model, print how long it took, and check the memory it will need at this
+/// context size.
+fn load(args: &ModelArgs, opts: &LoadOptions) -> Result<(Engine, usize)> {
+    args.threads.init()?;
     let t0 = Instant::now();
-    let mut engine = Engine::load(&args.model)?;
+    let mut engine = Engine::load_with(&args.model, opts)?;
     engine.kv_type = args.kv_type;
     let c = &engine.model.config;
-    let n_ctx = args.ctx.unwrap_or_else(|| c.ctx_train.min(4096));
-    if n_ctx == 0 {
-        bail!("--ctx must be at least 1");
-    }
+    let n_ctx = args.ctx.unwrap_or_else(|| c.default_ctx());
     let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH, engine.kv_type);
     plan.check_available()?;
     eprintln!(
@@ -219,36 +167,9 @@ fn load(args: &ModelArgs) -> Result<(Engine, usize)> {
 }
 
 fn params(s: &SamplingArgs) -> Result<GenerateParams> {
-    let mut cfg = SamplerConfig::default();
-    if let Some(t) = s.temp {
-        cfg.temperature = t;
-    }
-    if let Some(k) = s.top_k {
-        cfg.top_k = k;
-    }
-    if let Some(p) = s.top_p {
-        cfg.top_p = p;
-    }
-    if let Some(p) = s.min_p {
-        cfg.min_p = p;
-    }
-    if let Some(p) = s.repeat_penalty {
-        cfg.repetition_penalty = p;
-    }
-    if let Some(p) = s.presence_penalty {
-        cfg.presence_penalty = p;
-    }
-    if let Some(p) = s.frequency_penalty {
-        cfg.frequency_penalty = p;
-    }
-    cfg.seed = s.seed;
-    cfg.validate()?;
-    Ok(GenerateParams {
-        max_tokens: s.max_tokens,
-        sampler: cfg,
-        stop: s.stop.clone(),
-        ignore_eos: s.ignore_eos,
-    })
+    let sampler = s.sampler().resolve();
+    sampler.validate()?;
+    Ok(GenerateParams { max_tokens: s.max_tokens, sampler, stop: s.stop.clone(), ignore_eos: s.ignore_eos })
 }
 
 /// Generate and stream to stdout; returns the generated text.
@@ -287,7 +208,7 @@ fn render_opts(s: &SamplingArgs) -> RenderOptions {
     RenderOptions { add_generation_prompt: true, enable_thinking: s.think, tools: None }
 }
 
-fn cmd_run(a: RunArgs) -> Result<()> {
+fn cmd_run(a: RunArgs, opts: &LoadOptions) -> Result<()> {
     let prompt_text = match (&a.prompt, &a.file) {
         (Some(p), _) => p.clone(),
         (None, Some(f)) => {
@@ -296,7 +217,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
         (None, None) => bail!("give a prompt with -p TEXT or -f FILE"),
     };
     let p = params(&a.sampling)?;
-    let (engine, n_ctx) = load(&a.model)?;
+    let (engine, n_ctx) = load(&a.model, opts)?;
     let prompt = if a.raw {
         engine.tokenizer.encode(&prompt_text)?
     } else {
@@ -313,9 +234,9 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_chat(a: ChatArgs) -> Result<()> {
+fn cmd_chat(a: ChatArgs, opts: &LoadOptions) -> Result<()> {
     let p = params(&a.sampling)?;
-    let (engine, n_ctx) = load(&a.model)?;
+    let (engine, n_ctx) = load(&a.model, opts)?;
     let mut session = engine.session(n_ctx)?;
     let mut history: Vec<Message> = Vec::new();
     if let Some(sys) = &a.sampling.system {
@@ -387,7 +308,7 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         }
     }
     // no prepacking: nothing is computed here
-    let model = quire_engine::model::Model::load_with(file, false)?;
+    let model = quire_engine::model::Model::load_with(file, &LoadOptions { prepack: false })?;
     let c = &model.config;
     println!(
         "\nmodel: {} | {} layers | dim {} | heads {} (KV {}) x {} | ffn {} | vocab {} | rope base {} | rms eps {} | trained context {}",
@@ -403,10 +324,11 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         c.rms_eps,
         c.ctx_train
     );
-    let plan = MemoryPlan::new(&model, a.ctx, DEFAULT_BATCH, a.kv_type);
+    let n_ctx = a.ctx.unwrap_or_else(|| c.default_ctx());
+    let plan = MemoryPlan::new(&model, n_ctx, DEFAULT_BATCH, a.kv_type);
     println!(
         "memory at context {}: weights {} (memory-mapped) + KV cache {} ({}) + scratch {} = {}",
-        a.ctx,
+        n_ctx,
         human_bytes(plan.weights_mapped),
         human_bytes(plan.kv_cache),
         a.kv_type,
@@ -416,9 +338,10 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_perplexity(a: PerplexityArgs) -> Result<()> {
+fn cmd_perplexity(a: PerplexityArgs, opts: &LoadOptions) -> Result<()> {
     let text = read_text(&a.file)?;
-    let (engine, n_ctx) = load(&ModelArgs { ctx: Some(a.model.ctx.unwrap_or(512)), ..a.model.clone() })?;
+    let (engine, n_ctx) =
+        load(&ModelArgs { ctx: Some(a.model.ctx.unwrap_or(512)), ..a.model.clone() }, opts)?;
     let tokens = engine.tokenizer.encode(&text)?;
     eprintln!("{} tokens, {} windows of {n_ctx}", tokens.len(), tokens.len() / n_ctx);
     let t0 = Instant::now();

@@ -102,6 +102,12 @@ impl Config {
         })
     }
 
+    /// The context a session or server slot gets unless told otherwise: 4096 tokens, or the trained context
+    /// if that is smaller (the trained one is often 32k–256k: far more KV cache than a small box has).
+    pub fn default_ctx(&self) -> usize {
+        self.ctx_train.clamp(1, 4096)
+    }
+
     /// Width of the concatenated query heads.
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use crate::chat::{ChatTemplate, Message, RenderOptions};
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvType};
-use crate::model::{Logits, Model, RunState};
+use crate::model::{LoadOptions, Logits, Model, RunState};
 use crate::sampler::{Sampler, SamplerConfig, StopMatcher};
 use crate::tokenizer::{StreamDecoder, Tokenizer, VocabSpec};
 
@@ -28,8 +28,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Load everything from a GGUF file (weights stay memory-mapped).
+    /// Load everything from a GGUF file (weights stay memory-mapped), with the default [`LoadOptions`].
     pub fn load(path: impl AsRef<Path>) -> Result<Engine> {
+        Engine::load_with(path, &LoadOptions::default())
+    }
+
+    /// [`Engine::load`] with `opts`.
+    pub fn load_with(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Engine> {
         let file = GgufFile::open(path.as_ref())?;
         let spec = VocabSpec::from_metadata(file.metadata())
             .with_context(|| format!("{}: cannot build the tokenizer", path.as_ref().display()))?;
@@ -41,7 +46,7 @@ impl Engine {
             &token_text(spec.eos_id),
         )
         .context("cannot compile the model's chat template")?;
-        let model = Model::load(file)?;
+        let model = Model::load_with(file, opts)?;
         if tokenizer.vocab_size() > model.config.vocab_size {
             bail!(
                 "tokenizer has {} tokens but the embedding has only {} rows",
@@ -62,6 +67,35 @@ impl Engine {
     pub fn session(&self, n_ctx: usize) -> Result<Session<'_>> {
         Session::new(self, n_ctx)
     }
+}
+
+/// Why a prompt cannot be generated from: empty, or too long for the context. One rule for every caller
+/// (sessions, the scheduler, the server): a prompt must leave at least one position for the reply.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PromptError {
+    #[error("the prompt is empty")]
+    Empty,
+    #[error(
+        "the prompt is {prompt_tokens} tokens but the context holds only {n_ctx} \
+         (at least one position must be left for the reply): raise --ctx or shorten the prompt"
+    )]
+    TooLong { prompt_tokens: usize, n_ctx: usize },
+}
+
+/// Checks that a prompt of `prompt_tokens` can be generated from in a context of `n_ctx` tokens.
+pub fn check_prompt(prompt_tokens: usize, n_ctx: usize) -> Result<(), PromptError> {
+    match prompt_tokens {
+        0 => Err(PromptError::Empty),
+        p if p >= n_ctx => Err(PromptError::TooLong { prompt_tokens: p, n_ctx }),
+        _ => Ok(()),
+    }
+}
+
+/// How many leading tokens of `prompt` a cache holding `held` can keep: their common prefix, less the last
+/// prompt token, which is always recomputed because its logits are needed.
+pub fn reusable_prefix(held: &[u32], prompt: &[u32]) -> usize {
+    let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+    common.min(prompt.len().saturating_sub(1))
 }
 
 /// What to generate and when to stop.
@@ -155,19 +189,9 @@ impl<'e> Session<'e> {
     /// Bring the cache to exactly `prompt`, reusing the longest common prefix with what it holds, and
     /// return the logits after the last prompt token plus the number of reused tokens.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
-        if prompt.is_empty() {
-            bail!("the prompt is empty");
-        }
-        if prompt.len() > self.kv.capacity() {
-            bail!(
-                "the prompt is {} tokens but the context holds only {} (raise --ctx or shorten the prompt)",
-                prompt.len(),
-                self.kv.capacity()
-            );
-        }
-        // At least the last prompt token is always recomputed: its logits are needed.
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-        let reuse = common.min(prompt.len() - 1);
+        check_prompt(prompt.len(), self.kv.capacity())?;
+        self.engine.model.check_tokens(prompt)?;
+        let reuse = reusable_prefix(&self.tokens, prompt);
         self.kv.truncate(reuse);
         self.tokens.truncate(reuse);
         let model = &self.engine.model;

@@ -155,9 +155,9 @@ impl GgufFile {
     /// for other readers, and the kernel may reclaim them. Reading the range again later is still
     /// correct (the pages fault back in from the file), only slower. Best effort: errors are ignored.
     pub fn release_pages(&self, range: Range<usize>) {
-        const PAGE: usize = 4096;
-        let start = range.start.next_multiple_of(PAGE);
-        let end = range.end.min(self.map.len()) / PAGE * PAGE;
+        let page = page_size();
+        let start = range.start.next_multiple_of(page);
+        let end = range.end.min(self.map.len()) / page * page;
         if start >= end {
             return;
         }
@@ -191,6 +191,16 @@ impl GgufFile {
     pub fn architecture(&self) -> Option<&str> {
         self.get_str("general.architecture")
     }
+}
+
+/// The OS page size (4 KiB on most x86 Linux systems; ask rather than assume).
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        // SAFETY: `sysconf` only reads a system constant; `_SC_PAGESIZE` is a valid name.
+        let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        usize::try_from(n).ok().filter(|&n| n.is_power_of_two()).unwrap_or(4096)
+    })
 }
 
 /// Run gguf-rs over the header with a buffered reader and untruncated arrays; turn its errors and its one

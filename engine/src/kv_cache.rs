@@ -11,8 +11,9 @@ use quire_kernels::{quantize_row, DType};
 
 use crate::config::Config;
 
-/// The element type of a KV cache.
+/// The element type of a KV cache (`--kv-type`: `f16`, `q8_0` or `f32`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum KvType {
     /// IEEE half precision (default): keys and values rounded to nearest even when written.
     #[default]
@@ -20,6 +21,7 @@ pub enum KvType {
     /// Single precision: the keys and values exactly as computed.
     F32,
     /// llama.cpp's Q8_0 blocks (32 values, one f16 scale each): 1.06 bytes per value, half of f16.
+    #[cfg_attr(feature = "clap", value(name = "q8_0", alias = "q8"))]
     Q8_0,
 }
 
@@ -30,16 +32,6 @@ impl KvType {
             KvType::F16 => "f16",
             KvType::F32 => "f32",
             KvType::Q8_0 => "q8_0",
-        }
-    }
-
-    /// Parses a `--kv-type` value (case-insensitive).
-    pub fn parse(s: &str) -> Result<KvType> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "f16" => Ok(KvType::F16),
-            "f32" => Ok(KvType::F32),
-            "q8_0" | "q8" => Ok(KvType::Q8_0),
-            other => bail!("unknown KV cache type {other:?} (expected f16, q8_0 or f32)"),
         }
     }
 
@@ -56,13 +48,6 @@ impl KvType {
     pub fn bytes_for(self, n: usize) -> usize {
         let d = self.dtype();
         n.div_ceil(d.block_len()) * d.block_bytes()
-    }
-}
-
-impl std::str::FromStr for KvType {
-    type Err = anyhow::Error;
-    fn from_str(s: &str) -> Result<KvType> {
-        KvType::parse(s)
     }
 }
 
@@ -198,12 +183,9 @@ mod tests {
 
     #[test]
     fn kv_type_names_round_trip() {
-        for t in [KvType::F16, KvType::F32, KvType::Q8_0] {
-            assert_eq!(KvType::parse(t.name()).unwrap(), t);
-            assert_eq!(t.to_string().parse::<KvType>().unwrap(), t);
-        }
-        assert_eq!(KvType::parse(" F16 ").unwrap(), KvType::F16);
-        assert!(KvType::parse("q4").is_err());
+        // (parsing `--kv-type` is the CLI's: src/args.rs tests it)
+        assert_eq!([KvType::F16, KvType::F32, KvType::Q8_0].map(KvType::name), ["f16", "f32", "q8_0"]);
+        assert_eq!(KvType::Q8_0.to_string(), "q8_0");
         assert_eq!(KvType::default(), KvType::F16);
         assert_eq!(KvType::F16.bytes_for(128), 256);
         assert_eq!(KvType::F32.bytes_for(128), 512);

@@ -4,7 +4,6 @@
 pub mod attention;
 pub mod chat;
 pub mod config;
-pub mod convert;
 pub mod generate;
 pub mod gguf;
 pub mod kv_cache;
@@ -17,3 +16,4 @@ pub mod sampler;
 pub mod scheduler;
 pub mod threads;
 pub mod tokenizer;
+pub mod weights;

@@ -4,7 +4,7 @@
 //! tokens through all layers. Qwen2 and Qwen3 share one forward pass; their two differences are the two
 //! `if let`s in the attention block (QKV bias for Qwen2, per-head Q/K RMSNorm for Qwen3).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use quire_kernels::{dequantize_row, DType};
@@ -13,8 +13,9 @@ use crate::attention::{attention, AttnScratch, SeqRows};
 use crate::config::{Arch, Config};
 use crate::gguf::GgufFile;
 use crate::kv_cache::KvCache;
-use crate::ops::{self, MatmulScratch, Matrix, Product, Weights};
+use crate::ops::{self, MatmulScratch, Product};
 use crate::prepack::Prepacker;
+use crate::weights::{Matrix, WeightStore};
 
 /// One transformer block's weights. Norms and biases are small and dequantized to f32 at load; the big
 /// matrices stay in the map.
@@ -51,10 +52,22 @@ pub struct Model {
     /// The output head; `token_embd` itself when the file has no `output.weight` (tied embeddings).
     pub output: Matrix,
     inv_freq: Vec<f32>,
-    /// Held for reading by every forward pass (see [`Prepacker::start`]).
-    in_use: Arc<RwLock<()>>,
     /// The background copy into the prepacked layout (kept after it finishes).
     prepacker: Option<Prepacker>,
+}
+
+/// How to load a model.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Copy the matrices into the kernels' prepacked layout in the background after load, where this CPU
+    /// has one (see [`crate::prepack`]); off, everything is read from the file's layout (same results).
+    pub prepack: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { prepack: true }
+    }
 }
 
 /// One sequence's share of a `forward_multi` batch: its cache and its next tokens.
@@ -76,22 +89,24 @@ pub enum Logits {
 }
 
 impl Model {
-    /// Find and check every tensor of a Qwen2/Qwen3 model in an open GGUF file, and start prepacking the
-    /// matrices the kernels have a prepacked layout for in the background (unless `QUIRE_PREPACK=0`; see
-    /// [`crate::prepack`]). The model is usable at once.
+    /// Find and check every tensor of a Qwen2/Qwen3 model in an open GGUF file, with the default
+    /// [`LoadOptions`] (prepacking in the background). The model is usable at once.
     pub fn load(file: GgufFile) -> Result<Model> {
-        Model::load_with(file, std::env::var("QUIRE_PREPACK").as_deref() != Ok("0"))
+        Model::load_with(file, &LoadOptions::default())
     }
 
-    /// [`Model::load`], prepacking in the background or not as told.
-    pub fn load_with(file: GgufFile, prepack_weights: bool) -> Result<Model> {
+    /// [`Model::load`] with `opts`.
+    pub fn load_with(file: GgufFile, opts: &LoadOptions) -> Result<Model> {
         let config = Config::from_gguf(&file)?;
         let c = &config;
-        let token_embd = matrix(&file, "token_embd.weight", c.dim, c.vocab_size)?;
+        let file = Arc::new(file);
+        let store = WeightStore::file(file.clone());
+        let matrix = |name: &str, cols, rows| matrix(&file, &store, name, cols, rows);
+        let token_embd = matrix("token_embd.weight", c.dim, c.vocab_size)?;
         // A tied output head is the embedding table itself (one shared prepacked copy; its rows are then
         // read back from it).
         let output = match file.tensor_info("output.weight") {
-            Some(_) => matrix(&file, "output.weight", c.dim, c.vocab_size)?,
+            Some(_) => matrix("output.weight", c.dim, c.vocab_size)?,
             None => token_embd.clone(),
         };
         let output_norm = vector(&file, "output_norm.weight", c.dim)?;
@@ -115,31 +130,29 @@ impl Model {
             };
             layers.push(Layer {
                 attn_norm: vector(&file, &name("attn_norm.weight"), c.dim)?,
-                wq: matrix(&file, &name("attn_q.weight"), c.dim, c.q_dim())?,
-                wk: matrix(&file, &name("attn_k.weight"), c.dim, c.kv_dim())?,
-                wv: matrix(&file, &name("attn_v.weight"), c.dim, c.kv_dim())?,
+                wq: matrix(&name("attn_q.weight"), c.dim, c.q_dim())?,
+                wk: matrix(&name("attn_k.weight"), c.dim, c.kv_dim())?,
+                wv: matrix(&name("attn_v.weight"), c.dim, c.kv_dim())?,
                 qkv_bias,
                 qk_norm,
-                wo: matrix(&file, &name("attn_output.weight"), c.q_dim(), c.dim)?,
+                wo: matrix(&name("attn_output.weight"), c.q_dim(), c.dim)?,
                 ffn_norm: vector(&file, &name("ffn_norm.weight"), c.dim)?,
-                w_gate: matrix(&file, &name("ffn_gate.weight"), c.dim, c.ffn_dim)?,
-                w_up: matrix(&file, &name("ffn_up.weight"), c.dim, c.ffn_dim)?,
-                w_down: matrix(&file, &name("ffn_down.weight"), c.ffn_dim, c.dim)?,
+                w_gate: matrix(&name("ffn_gate.weight"), c.dim, c.ffn_dim)?,
+                w_up: matrix(&name("ffn_up.weight"), c.dim, c.ffn_dim)?,
+                w_down: matrix(&name("ffn_down.weight"), c.ffn_dim, c.dim)?,
             });
         }
         let inv_freq = ops::rope_inv_freq(c.head_dim, c.rope_base);
-        let (file, in_use) = (Arc::new(file), Arc::new(RwLock::new(())));
-        let prepacker = match prepack_weights {
+        let prepacker = match opts.prepack {
             true => {
                 // in the order the forward pass reads them, so the first passes find more copies ready
                 let layers = layers.iter().flat_map(|l| l.matrices());
                 let matrices = layers.chain([&output]).cloned().collect();
-                let threads = rayon::current_num_threads().max(1);
-                Some(Prepacker::start(file.clone(), matrices, threads, in_use.clone())?)
+                Some(Prepacker::start(matrices, rayon::current_num_threads().max(1))?)
             }
             false => None,
         };
-        Ok(Model { config, file, token_embd, layers, output_norm, output, inv_freq, in_use, prepacker })
+        Ok(Model { config, file, token_embd, layers, output_norm, output, inv_freq, prepacker })
     }
 
     /// Whether the background prepacking is still running (requests are then served, a little slower).
@@ -161,14 +174,6 @@ impl Model {
         Model::load(file)
     }
 
-    /// A matrix's data: its prepacked copy if ready, else its range of the mapped file.
-    fn w<'a>(&'a self, m: &'a Matrix) -> Weights<'a> {
-        match m.packed.get() {
-            Some(p) => Weights { bytes: p, prepacked: true },
-            None => Weights { bytes: self.file.bytes(m.range.clone()), prepacked: false },
-        }
-    }
-
     /// Run `tokens` (at positions `kv.len()..`) through the model, appending their keys and values to
     /// `kv`. Returns the logits asked for: `vocab_size` floats per position, in order. `pos` must equal
     /// `kv.len()`; it is passed to make call sites read like the math.
@@ -186,6 +191,32 @@ impl Model {
         self.forward_multi(state, &mut [SeqBatch { kv, tokens, want }])
     }
 
+    /// Token ids this model has (an embedding row each), or an error naming the first that is not.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(bad) => bail!("token id {bad} is outside the vocabulary (size {vocab})"),
+            None => Ok(()),
+        }
+    }
+
+    /// What [`Model::forward_multi`] checks of each sequence before computing anything: some tokens, valid
+    /// ids, room in its cache. A scheduler checks each sequence with this first, so one bad sequence fails
+    /// alone instead of failing its whole batch.
+    pub fn check_seq(&self, kv: &KvCache, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            bail!("forward called with no tokens");
+        }
+        if kv.len() + tokens.len() > kv.capacity() {
+            bail!(
+                "context full: {} tokens would exceed the context size of {} tokens",
+                kv.len() + tokens.len(),
+                kv.capacity()
+            );
+        }
+        self.check_tokens(tokens)
+    }
+
     /// Run several sequences, each with its own KV cache, through the model in one pass: the matmuls see
     /// all their tokens as one batch (so the weights are read once for all of them, which is what makes
     /// continuous batching pay on a memory-bound CPU); RoPE, the cache and attention stay per sequence.
@@ -193,26 +224,12 @@ impl Model {
     pub fn forward_multi<'s>(&self, state: &'s mut RunState, seqs: &mut [SeqBatch]) -> Result<&'s [f32]> {
         let c = &self.config;
         for sq in seqs.iter() {
-            if sq.tokens.is_empty() {
-                bail!("forward called with no tokens");
-            }
-            if sq.kv.len() + sq.tokens.len() > sq.kv.capacity() {
-                bail!(
-                    "context full: {} tokens would exceed the context size of {} tokens",
-                    sq.kv.len() + sq.tokens.len(),
-                    sq.kv.capacity()
-                );
-            }
-            if let Some(&bad) = sq.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                bail!("token id {bad} is outside the vocabulary (size {})", c.vocab_size);
-            }
+            self.check_seq(sq.kv, sq.tokens)?;
         }
-        // no pass may still read the file's layout when the prepacker releases its pages for good
-        let _reading = self.in_use.read().unwrap_or_else(|e| e.into_inner());
         let n: usize = seqs.iter().map(|sq| sq.tokens.len()).sum();
         state.ensure(c, n);
         let s = state;
-        let (dim, q_dim, kv_dim) = (c.dim, c.q_dim(), c.kv_dim());
+        let dim = c.dim;
         // Where each sequence's tokens sit in the batch, and their positions.
         s.spans.clear();
         s.positions.clear();
@@ -225,80 +242,12 @@ impl Model {
         ops::rope_table(&s.positions, &self.inv_freq, &mut s.rope);
 
         // token embeddings
-        let embd = &self.token_embd;
-        let (embd_data, embd_row) = (self.w(embd), embd.row_bytes());
-        let embd_bytes = embd_data.bytes;
-        s.embd_row.resize(if embd_data.prepacked { embd_row } else { 0 }, 0);
-        let all_tokens = seqs.iter().flat_map(|sq| sq.tokens.iter());
-        for (b, &t) in all_tokens.enumerate() {
-            let t = t as usize;
-            let row = match embd_data.prepacked {
-                true => {
-                    quire_kernels::prepacked::unpack_row(
-                        embd.dtype,
-                        embd.cols,
-                        embd_bytes,
-                        t,
-                        &mut s.embd_row,
-                    );
-                    &s.embd_row[..]
-                }
-                false => &embd_bytes[t * embd_row..(t + 1) * embd_row],
-            };
-            dequantize_row(embd.dtype, row, &mut s.x[b * dim..(b + 1) * dim]);
-        }
+        let ids = seqs.iter().flat_map(|sq| sq.tokens.iter().map(|&t| t as usize));
+        self.token_embd.dequantize_rows(ids, &mut s.x[..n * dim]);
 
         for (l, layer) in self.layers.iter().enumerate() {
-            // attention rmsnorm
-            ops::rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], &layer.attn_norm, c.rms_eps);
-            // qkv matmuls for every token of the batch
-            let xb = &s.xb[..n * dim];
-            let qkv = [
-                (&layer.wq, &mut s.q[..n * q_dim]),
-                (&layer.wk, &mut s.k[..n * kv_dim]),
-                (&layer.wv, &mut s.v[..n * kv_dim]),
-            ];
-            ops::matmuls(&mut qkv.map(|(w, out)| Product { w, data: self.w(w), out }), xb, &mut s.mm);
-            if let Some([bq, bk, bv]) = &layer.qkv_bias {
-                ops::add_bias(&mut s.q[..n * q_dim], bq);
-                ops::add_bias(&mut s.k[..n * kv_dim], bk);
-                ops::add_bias(&mut s.v[..n * kv_dim], bv);
-            }
-            if let Some([q_norm, k_norm]) = &layer.qk_norm {
-                ops::rmsnorm_per_head(&mut s.q[..n * q_dim], q_norm, c.rms_eps);
-                ops::rmsnorm_per_head(&mut s.k[..n * kv_dim], k_norm, c.rms_eps);
-            }
-            // RoPE at each token's own position
-            ops::rope_rows(&mut s.q[..n * q_dim], q_dim, &s.rope);
-            ops::rope_rows(&mut s.k[..n * kv_dim], kv_dim, &s.rope);
-            // keys and values into each sequence's cache, then causal grouped-query attention over it
-            for (sq, span) in seqs.iter_mut().zip(&s.spans) {
-                let (pos, kv_rows) = (sq.kv.len(), span.start * kv_dim..span.end * kv_dim);
-                sq.kv.write(l, pos, &s.k[kv_rows.clone()], &s.v[kv_rows]);
-            }
-            let spans = seqs.iter().zip(&s.spans);
-            let rows: Vec<SeqRows> =
-                spans.map(|(sq, r)| SeqRows { kv: sq.kv, pos: sq.kv.len(), rows: r.clone() }).collect();
-            attention(c, l, &rows, &s.q[..n * q_dim], &mut s.att[..n * q_dim], &mut s.att_scratch);
-
-            // output projection and residual
-            ops::matmul(&layer.wo, self.w(&layer.wo), &s.att[..n * q_dim], &mut s.xb[..n * dim], &mut s.mm);
-            ops::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
-
-            // ffn rmsnorm, SwiGLU MLP, residual
-            ops::rmsnorm_rows(&mut s.xb[..n * dim], &s.x[..n * dim], &layer.ffn_norm, c.rms_eps);
-            let (xb, f) = (&s.xb[..n * dim], c.ffn_dim);
-            let gate_up = [(&layer.w_gate, &mut s.hb[..n * f]), (&layer.w_up, &mut s.hb2[..n * f])];
-            ops::matmuls(&mut gate_up.map(|(w, out)| Product { w, data: self.w(w), out }), xb, &mut s.mm);
-            ops::swiglu(&mut s.hb[..n * f], &s.hb2[..n * f]);
-            ops::matmul(
-                &layer.w_down,
-                self.w(&layer.w_down),
-                &s.hb[..n * f],
-                &mut s.xb[..n * dim],
-                &mut s.mm,
-            );
-            ops::add_in_place(&mut s.x[..n * dim], &s.xb[..n * dim]);
+            self.attention_block(l, layer, s, seqs, n);
+            self.ffn_block(layer, s, n);
         }
         for sq in seqs.iter_mut() {
             sq.kv.advance(sq.tokens.len());
@@ -322,8 +271,61 @@ impl Model {
             return Ok(&[]);
         }
         s.logits.resize(m * c.vocab_size, 0.0);
-        ops::matmul(&self.output, self.w(&self.output), &s.xb[..m * dim], &mut s.logits, &mut s.mm);
+        ops::matmul(&self.output, &s.xb[..m * dim], &mut s.logits, &mut s.mm);
         Ok(&s.logits)
+    }
+
+    /// One layer's attention over the batch of `n` tokens: norm, Q/K/V, (Qwen2) bias, (Qwen3) Q/K norm, RoPE,
+    /// keys and values into each sequence's cache, attention, output projection, residual.
+    fn attention_block(&self, l: usize, layer: &Layer, s: &mut RunState, seqs: &mut [SeqBatch], n: usize) {
+        let c = &self.config;
+        let (dim, q_dim, kv_dim) = (n * c.dim, n * c.q_dim(), n * c.kv_dim());
+        ops::rmsnorm_rows(&mut s.xb[..dim], &s.x[..dim], &layer.attn_norm, c.rms_eps);
+        let qkv = [
+            (&layer.wq, &mut s.q[..q_dim]),
+            (&layer.wk, &mut s.k[..kv_dim]),
+            (&layer.wv, &mut s.v[..kv_dim]),
+        ];
+        ops::matmuls(&mut qkv.map(|(w, out)| Product { w, out }), &s.xb[..dim], &mut s.mm);
+        if let Some([bq, bk, bv]) = &layer.qkv_bias {
+            ops::add_bias(&mut s.q[..q_dim], bq);
+            ops::add_bias(&mut s.k[..kv_dim], bk);
+            ops::add_bias(&mut s.v[..kv_dim], bv);
+        }
+        if let Some([q_norm, k_norm]) = &layer.qk_norm {
+            ops::rmsnorm_per_head(&mut s.q[..q_dim], q_norm, c.rms_eps);
+            ops::rmsnorm_per_head(&mut s.k[..kv_dim], k_norm, c.rms_eps);
+        }
+        // RoPE at each token's own position
+        ops::rope_rows(&mut s.q[..q_dim], c.q_dim(), &s.rope);
+        ops::rope_rows(&mut s.k[..kv_dim], c.kv_dim(), &s.rope);
+        // keys and values into each sequence's cache, then causal grouped-query attention over it
+        for (sq, span) in seqs.iter_mut().zip(&s.spans) {
+            let rows = span.start * c.kv_dim()..span.end * c.kv_dim();
+            let pos = sq.kv.len();
+            sq.kv.write(l, pos, &s.k[rows.clone()], &s.v[rows]);
+        }
+        let rows: Vec<SeqRows> = seqs
+            .iter()
+            .zip(&s.spans)
+            .map(|(sq, r)| SeqRows { kv: sq.kv, pos: sq.kv.len(), rows: r.clone() })
+            .collect();
+        attention(c, l, &rows, &s.q[..q_dim], &mut s.att[..q_dim], &mut s.att_scratch);
+        // output projection and residual
+        ops::matmul(&layer.wo, &s.att[..q_dim], &mut s.xb[..dim], &mut s.mm);
+        ops::add_in_place(&mut s.x[..dim], &s.xb[..dim]);
+    }
+
+    /// One layer's MLP over the batch of `n` tokens: norm, gate and up, SwiGLU, down, residual.
+    fn ffn_block(&self, layer: &Layer, s: &mut RunState, n: usize) {
+        let c = &self.config;
+        let (dim, f) = (n * c.dim, n * c.ffn_dim);
+        ops::rmsnorm_rows(&mut s.xb[..dim], &s.x[..dim], &layer.ffn_norm, c.rms_eps);
+        let gate_up = [(&layer.w_gate, &mut s.hb[..f]), (&layer.w_up, &mut s.hb2[..f])];
+        ops::matmuls(&mut gate_up.map(|(w, out)| Product { w, out }), &s.xb[..dim], &mut s.mm);
+        ops::swiglu(&mut s.hb[..f], &s.hb2[..f]);
+        ops::matmul(&layer.w_down, &s.hb[..f], &mut s.xb[..dim], &mut s.mm);
+        ops::add_in_place(&mut s.x[..dim], &s.xb[..dim]);
     }
 
     /// How many matrices are held prepacked so far (0 where the CPU or the formats have no prepacked layout).
@@ -377,8 +379,6 @@ pub struct RunState {
     /// ([`ops::rope_table`]).
     positions: Vec<usize>,
     rope: Vec<f32>,
-    /// One embedding row read back from a prepacked table.
-    embd_row: Vec<u8>,
 }
 
 impl RunState {
@@ -409,7 +409,7 @@ impl RunState {
 }
 
 /// A 2-D weight `[cols, rows]` (GGUF order: ne0 = cols, the input dimension) with the expected shape.
-fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Matrix> {
+fn matrix(file: &GgufFile, store: &Arc<WeightStore>, name: &str, cols: usize, rows: usize) -> Result<Matrix> {
     let t = file
         .tensor_info(name)
         .with_context(|| format!("{}: missing tensor '{name}'", file.path().display()))?;
@@ -426,14 +426,7 @@ fn matrix(file: &GgufFile, name: &str, cols: usize, rows: usize) -> Result<Matri
             file.path().display()
         );
     }
-    Ok(Matrix {
-        name: name.to_string(),
-        dtype: t.dtype,
-        rows,
-        cols,
-        range: t.range.clone(),
-        packed: Default::default(),
-    })
+    Ok(Matrix::new(store.clone(), name.to_string(), t.dtype, rows, cols, t.range.clone()))
 }
 
 /// A 1-D weight of length `len`, dequantized to f32.

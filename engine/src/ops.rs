@@ -1,64 +1,14 @@
 //! The small numeric steps of the forward pass: RMSNorm, RoPE, SiLU, softmax and the quantized matmul.
 //!
 //! Each works on plain `f32` slices. The matmul quantizes the activations once into the weight format's
-//! partner type (Q8_0 or Q8_K) and then runs the kernels crate's dot products, parallel over output rows.
-//! Every output element is one dot product computed by one thread, so results are bit-identical for any
-//! thread count.
+//! partner type (Q8_0 or Q8_K) and runs the kernels crate's products in parallel; every output element is one
+//! dot product computed by one thread, so results are bit-identical for any thread count.
 
-use quire_kernels::{gemm_into_rows, gemm_prepacked_into_rows, norm_rope, DType, QuantizedActs};
+use quire_kernels::matmul::{PANEL_ROWS, TOKEN_TILE};
+use quire_kernels::{norm_rope, DType, QuantizedActs};
 use rayon::prelude::*;
 
-/// A weight matrix: `rows` rows of `cols` values in `dtype`, row-major, at `range` of the mapped file, and
-/// once it exists, a copy rewritten into the kernels' prepacked layout (same size; see
-/// `quire_kernels::prepack`).
-#[derive(Clone, Debug)]
-pub struct Matrix {
-    pub name: String,
-    pub dtype: DType,
-    pub rows: usize,
-    pub cols: usize,
-    pub range: std::ops::Range<usize>,
-    /// The prepacked copy (the file's pages of `range` are then released): anonymous memory asking for
-    /// transparent huge pages, filled in after load by a background thread (see `prepack::Prepacker`), so a
-    /// matrix is read from the file until its copy is ready. Shared: a tied embedding table and output head
-    /// are one matrix.
-    pub packed: std::sync::Arc<std::sync::OnceLock<memmap2::MmapMut>>,
-}
-
-impl Matrix {
-    /// Bytes of one row.
-    pub fn row_bytes(&self) -> usize {
-        self.dtype.row_bytes(self.cols).expect("validated at load")
-    }
-
-    /// Whether the prepacked copy is ready.
-    pub fn is_prepacked(&self) -> bool {
-        self.packed.get().is_some()
-    }
-}
-
-/// A matrix's data as one matmul call reads it: the bytes and their layout, taken together once per call,
-/// because the prepacked copy may appear (from the background) between two reads.
-#[derive(Clone, Copy, Debug)]
-pub struct Weights<'a> {
-    pub bytes: &'a [u8],
-    /// `bytes` is in the kernels' prepacked layout, not the file's.
-    pub prepacked: bool,
-}
-
-/// A GEMM writing each token's outputs into its own slice (`quire_kernels::gemm_into_rows`).
-type GemmIntoRows = fn(DType, &[u8], &QuantizedActs, std::ops::Range<usize>, &mut [&mut [f32]]);
-
-impl Weights<'_> {
-    /// The kernel that reads this layout (both give the same bits).
-    fn gemm(&self) -> GemmIntoRows {
-        if self.prepacked {
-            gemm_prepacked_into_rows
-        } else {
-            gemm_into_rows
-        }
-    }
-}
+use crate::weights::Matrix;
 
 /// Scratch reused by `matmul` so the forward pass allocates little after warm-up.
 #[derive(Default)]
@@ -70,8 +20,6 @@ pub struct MatmulScratch {
 /// One product of a [`matmuls`] group: `out = W · x` for the group's activations `x`.
 pub struct Product<'a> {
     pub w: &'a Matrix,
-    /// The matrix data (`w.rows` rows).
-    pub data: Weights<'a>,
     /// `n_batch × w.rows` outputs.
     pub out: &'a mut [f32],
 }
@@ -80,10 +28,10 @@ pub struct Product<'a> {
 /// call, which the arithmetic of that many tokens hides); smaller ones by rows, so the weights are read once.
 const TOKEN_SPLIT_MIN: usize = 32;
 
-/// `out[b][r] = dot(W[r], x[b])` for a batch of `x.len() / cols` activation rows.
-/// `data` is the matrix data, `out` holds `n_batch * rows` values.
-pub fn matmul(w: &Matrix, data: Weights, x: &[f32], out: &mut [f32], scratch: &mut MatmulScratch) {
-    matmuls(&mut [Product { w, data, out }], x, scratch);
+/// `out[b][r] = dot(W[r], x[b])` for a batch of `x.len() / cols` activation rows; `out` holds
+/// `n_batch * rows` values.
+pub fn matmul(w: &Matrix, x: &[f32], out: &mut [f32], scratch: &mut MatmulScratch) {
+    matmuls(&mut [Product { w, out }], x, scratch);
 }
 
 /// Several products of the same activations (Q, K and V; gate and up): the batch is quantized once per
@@ -100,11 +48,14 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
     // The activations, quantized once per format; `which[i]` is product i's.
     let mut which = Vec::with_capacity(products.len());
     let mut formats: Vec<DType> = Vec::new();
+    // one guard for the whole group (see `WeightStore::reading`), each matrix's layout read once
+    let reading = first.w.store().reading();
+    let data: Vec<_> = products.iter().map(|p| p.w.data(&reading)).collect();
     for p in products.iter() {
         let w = p.w;
+        assert!(std::sync::Arc::ptr_eq(w.store(), first.w.store()), "{}: one model's matrices", w.name);
         assert_eq!(w.cols, cols, "{}: columns", w.name);
         assert_eq!(p.out.len(), n_batch * w.rows, "{}: output length", w.name);
-        assert_eq!(p.data.bytes.len(), w.rows * w.row_bytes(), "{}: weight bytes", w.name);
         let i = formats.iter().position(|&f| f == w.dtype).unwrap_or_else(|| {
             if scratch.acts.len() <= formats.len() {
                 scratch.acts.push(QuantizedActs::new());
@@ -119,11 +70,10 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
     let threads = rayon::current_num_threads().max(1);
 
     if n_batch >= TOKEN_SPLIT_MIN {
-        // Contiguous token ranges of whole 8-token tiles (the panel kernels' tile, so each task reads the
-        // tiles `QuantizedActs` interleaved once): each task owns `[tokens][rows]` of the output outright.
-        let per_task = n_batch.div_ceil(threads).next_multiple_of(8);
-        for (p, &a) in products.iter_mut().zip(&which) {
-            let (w, bytes, gemm) = (p.w, p.data.bytes, p.data.gemm());
+        // Contiguous token ranges of whole activation tiles: each task owns `[tokens][rows]` of the output.
+        let per_task = n_batch.div_ceil(threads).next_multiple_of(TOKEN_TILE);
+        for ((p, &a), d) in products.iter_mut().zip(&which).zip(&data) {
+            let (w, bytes, gemm) = (p.w, d.bytes, d.gemm());
             p.out.par_chunks_mut(per_task * w.rows).enumerate().for_each(|(i, o)| {
                 let mut token_rows: Vec<&mut [f32]> = o.chunks_mut(w.rows).collect();
                 let t0 = i * per_task;
@@ -133,16 +83,16 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
         return;
     }
 
-    // Row ranges (whole 16-row panels), about four per thread over the whole group so a thread slowed by
-    // other work can be helped. A task writes its piece of every token's output row in place.
+    // Row ranges (whole panels), about four per thread over the whole group so a thread slowed by other
+    // work can be helped. A task writes its piece of every token's output row in place.
     let total_rows: usize = products.iter().map(|p| p.w.rows).sum();
-    let rows_per_task = total_rows.div_ceil(4 * threads).next_multiple_of(16).max(16);
+    let rows_per_task = total_rows.div_ceil(4 * threads).next_multiple_of(PANEL_ROWS).max(PANEL_ROWS);
     let mut tasks = Vec::new();
-    for (p, &a) in products.iter_mut().zip(&which) {
+    for ((p, &a), d) in products.iter_mut().zip(&which).zip(&data) {
         let (w, row_bytes) = (p.w, p.w.row_bytes());
         let first = tasks.len();
-        for wr in p.data.bytes.chunks(rows_per_task * row_bytes) {
-            tasks.push((w.dtype, p.data.gemm(), &acts[a], wr, Vec::with_capacity(n_batch)));
+        for wr in d.bytes.chunks(rows_per_task * row_bytes) {
+            tasks.push((w.dtype, d.gemm(), &acts[a], wr, Vec::with_capacity(n_batch)));
         }
         for token_row in p.out.chunks_mut(w.rows) {
             for (i, piece) in token_row.chunks_mut(rows_per_task).enumerate() {
@@ -241,11 +191,9 @@ pub fn rope_inv_freq(head_dim: usize, base: f32) -> Vec<f32> {
     (0..head_dim / 2).map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32)).collect()
 }
 
-/// SwiGLU: `gate = silu(gate) * up`, element-wise, `silu(g) = g / (1 + e^−g)`. `e^x` makes this heavy for an
-/// element-wise step (through libm one by one, ≈ 50 µs for one token's 9728 values, 9 ms of a four-stream
-/// decode step on the calling thread alone), so it runs vectorized ([`quire_kernels::exp_in_place`], libm's
-/// results bit for bit) and even one token's values are split between the threads. Each value is computed
-/// the same way wherever it lands.
+/// SwiGLU: `gate = silu(gate) * up`, element-wise, `silu(g) = g / (1 + e^−g)`. `e^x` is vectorized
+/// ([`quire_kernels::exp_in_place`], libm's bits) and even one token's values are split between threads: it
+/// is heavy for an element-wise step (RESULTS.md, "SwiGLU").
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     const MIN_PER_TASK: usize = 2048;
     const MAX_PER_TASK: usize = 1 << 16;
@@ -290,15 +238,26 @@ pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
     logits[target] as f64 - max - sum.ln()
 }
 
-/// Index of the largest value (lowest index on ties).
+/// Index of the largest value, ties to the lowest index; NaN never wins (0 if every value is NaN).
+///
+/// Two passes: a lane-wise maximum the compiler turns into SIMD (a NaN compares false and is skipped), then
+/// the first index holding that maximum; over a 152k vocabulary several times faster than one branchy pass.
 pub fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
         }
     }
-    best
+    let max = lanes.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    if max == f32::NEG_INFINITY {
+        // every value is -inf or NaN: the first non-NaN one, else 0
+        return x.iter().position(|v| !v.is_nan()).unwrap_or(0);
+    }
+    x.iter().position(|&v| v == max).unwrap_or(0)
 }
 
 #[cfg(test)]

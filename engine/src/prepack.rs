@@ -1,30 +1,18 @@
-//! Prepacking: rewriting weight matrices into the kernels' prepacked layout, in the background after load.
+//! Prepacking: the copy of the weight matrices into the kernels' faster layout, in the background after load.
 //!
-//! Where this CPU has the panel kernels (AVX-512), each quantized matrix is copied once into the layout they
-//! read (`quire_kernels::prepack`: same size, rows of a 16-row panel interleaved), and the file's pages of the
-//! original are released, so resident memory stays one copy of the weights. Decoding several sequences at
-//! once spends half its time transposing weight panels without this.
-//!
-//! The copy runs on its own threads after `Model::load` returns, so the first request does not wait for it:
-//! copying 4.3 GB (a Q8_0 4B model) costs 1.5–4 s, most of it the kernel clearing fresh pages. A matmul
-//! reads a matrix's layout and bytes together once per call (`ops::Weights`); until the copy is set it reads
-//! the file. Both layouts give the same bits (tested), so when the switch happens is invisible in the output.
-//! The copies started in the first [`IDLE_FOR`] run at idle priority: a request that arrives meanwhile gets
-//! the cores, and the copy goes on in the gaps (on an idle server, at full speed). Later copies run at normal
-//! priority, so a server that is never idle still gets its faster layout within seconds. (An idle-priority
-//! thread preempted inside a page fault can make other threads' faults wait for it while an `mmap` is
-//! queued; they then sleep, the core frees up and the idle thread finishes: a delay of the order of a
-//! scheduler tick, within those first seconds only.)
+//! Each matrix the kernels have a prepacked layout for is copied once (same size) and the file's pages are
+//! released as the copy proceeds, so resident memory stays one copy of the weights; matmuls read whichever
+//! layout is ready ([`crate::weights`]). Copies started in the first [`IDLE_FOR`] run at idle priority so
+//! early requests get the cores. Timings: RESULTS.md, "Background prepacking".
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::gguf::GgufFile;
-use crate::ops::Matrix;
+use crate::weights::Matrix;
 
 /// How long after load the copy gives way to everything else.
 const IDLE_FOR: Duration = Duration::from_secs(5);
@@ -36,29 +24,20 @@ pub(crate) struct Prepacker {
 }
 
 impl Prepacker {
-    /// Start copying `matrices` (those with a prepacked layout on this CPU; the others are skipped) on
-    /// `threads` threads. `in_use` is held for reading by every forward pass: once every copy is set, the
-    /// prepacker takes it for writing, so no pass that might still read the file's layout is running, and
-    /// releases the file's pages once more (a pass may have faulted some back in while they were copied).
-    pub fn start(
-        file: Arc<GgufFile>,
-        matrices: Vec<Matrix>,
-        threads: usize,
-        in_use: Arc<RwLock<()>>,
-    ) -> Result<Prepacker> {
+    /// Start copying `matrices` (those this CPU has no prepacked layout for are skipped) on `threads` threads.
+    /// Once every copy is set, the file's pages are released once more when no call reads the file's layout
+    /// any longer ([`crate::weights::WeightStore`]).
+    pub fn start(matrices: Vec<Matrix>, threads: usize) -> Result<Prepacker> {
         let stop = Arc::new(AtomicBool::new(false));
         let (stopped, started) = (stop.clone(), Instant::now());
         let thread = std::thread::Builder::new()
             .name("quire-prepack".into())
             .spawn(move || {
-                let matrices: Vec<&Matrix> =
-                    matrices.iter().filter(|m| quire_kernels::can_prepack(m.dtype, m.rows)).collect();
+                let matrices: Vec<&Matrix> = matrices.iter().filter(|m| m.can_prepack()).collect();
                 for m in &matrices {
                     let idle = started.elapsed() < IDLE_FOR;
-                    match packed_copy(&file, m, threads, idle, &stopped) {
-                        Ok(Some(copy)) => {
-                            let _ = m.packed.set(copy);
-                        }
+                    match packed_copy(m, threads, idle, &stopped) {
+                        Ok(Some(copy)) => m.set_packed(copy),
                         Ok(None) => return, // asked to stop
                         Err(e) => {
                             // Not fatal: the matrices not yet copied stay in the file's layout (same results,
@@ -70,9 +49,8 @@ impl Prepacker {
                         }
                     }
                 }
-                let _no_reader = in_use.write().unwrap_or_else(|e| e.into_inner());
-                for m in matrices.iter().filter(|m| m.is_prepacked()) {
-                    file.release_pages(m.range.clone());
+                if let Some(first) = matrices.first() {
+                    first.store().release_when_unread(&matrices);
                 }
             })
             .context("cannot start the prepacking thread")?;
@@ -103,26 +81,20 @@ impl Drop for Prepacker {
 }
 
 /// `m` rewritten into the prepacked layout by `threads` threads, releasing the file's pages of each piece as it
-/// is copied (so even the 300 MiB output head of a 4B model exists twice only a few MiB at a time). `None`
-/// when `stop` was set meanwhile. `idle`: the copying threads run at idle priority ([`run_when_idle`]).
-///
-/// Zeroed anonymous memory comes straight from the kernel as untouched pages, so they are faulted in (and
-/// cleared) by the parallel writers rather than by one serial memset. The copy asks for transparent huge
-/// pages: 2 MiB pages fault in 512 times less often than 4 KiB ones (half the load time of a 4B model went
-/// to page faults before), and decoding, which streams every weight, misses the TLB less. Where THP is off the
-/// advice is ignored.
+/// is copied (so even a 4B model's output head exists twice only a few MiB at a time). `None` when `stop` was
+/// set meanwhile. `idle`: the copying threads run at idle priority ([`run_when_idle`]). The zeroed anonymous
+/// memory is faulted in by the parallel writers, in transparent huge pages where the kernel allows.
 fn packed_copy(
-    file: &GgufFile,
     m: &Matrix,
     threads: usize,
     idle: bool,
     stop: &AtomicBool,
 ) -> Result<Option<memmap2::MmapMut>> {
-    let src = file.bytes(m.range.clone());
+    let src = m.file_bytes();
     let mut dst = memmap2::MmapMut::map_anon(src.len())
         .with_context(|| format!("{}: cannot allocate {} bytes for its prepacked copy", m.name, src.len()))?;
     let _ = dst.advise(memmap2::Advice::HugePage);
-    // 64 panels of 16 rows per piece, dealt round-robin to the threads
+    // 64 panels per piece, dealt round-robin to the threads
     let piece = 64 * quire_kernels::matmul::PANEL_ROWS * m.row_bytes();
     let threads = threads.max(1);
     let mut work: Vec<Vec<Piece>> = (0..threads).map(|_| Vec::new()).collect();
@@ -140,8 +112,7 @@ fn packed_copy(
                         return;
                     }
                     quire_kernels::prepack(m.dtype, m.cols, s, d);
-                    let at = m.range.start + at;
-                    file.release_pages(at..at + s.len());
+                    m.release_file_pages(at..at + s.len());
                 }
             });
         }

@@ -109,6 +109,38 @@ impl SamplerConfig {
     }
 }
 
+/// Sampler settings as a user gave them (flags, request fields): `None` keeps [`SamplerConfig::default`]'s
+/// value. The one place where given settings meet the defaults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SamplerOptions {
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u64>,
+}
+
+impl SamplerOptions {
+    /// The defaults with these settings applied (not validated: see [`SamplerConfig::validate`]).
+    pub fn resolve(&self) -> SamplerConfig {
+        let d = SamplerConfig::default();
+        SamplerConfig {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k: self.top_k.unwrap_or(d.top_k),
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            seed: self.seed,
+            ..d
+        }
+    }
+}
+
 /// A candidate token: its id and its (scaled) logit, later its unnormalized probability.
 #[derive(Clone, Copy, Debug)]
 struct Cand {
@@ -283,32 +315,9 @@ impl Sampler {
     }
 }
 
-/// Argmax with ties to the lowest id; NaN never wins. Returns 0 if every logit is NaN.
-///
-/// Two passes: a lane-wise maximum the compiler turns into SIMD (a NaN compares false and is skipped),
-/// then the first index holding that maximum. Over a 152k vocabulary this is several times faster than
-/// a single branchy pass.
+/// Argmax with ties to the lowest id; NaN never wins ([`crate::ops::argmax`]).
 fn argmax(logits: &[f32]) -> u32 {
-    const LANES: usize = 16;
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let chunks = logits.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (m, &v) in lanes.iter_mut().zip(chunk) {
-            *m = if v > *m { v } else { *m };
-        }
-    }
-    let mut max = f32::NEG_INFINITY;
-    for &v in lanes.iter().chain(tail) {
-        if v > max {
-            max = v;
-        }
-    }
-    if max == f32::NEG_INFINITY {
-        // every logit is -inf or NaN: the first non-NaN one, else 0
-        return logits.iter().position(|v| !v.is_nan()).unwrap_or(0) as u32;
-    }
-    logits.iter().position(|&v| v == max).unwrap_or(0) as u32
+    crate::ops::argmax(logits) as u32
 }
 
 /// Find the nucleus: reorder `cand` (weights) so that its first `k` entries are the `k` heaviest tokens,

@@ -20,7 +20,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use crate::generate::{Engine, FinishReason, GenerateParams, Generation};
+use crate::generate::{
+    check_prompt, reusable_prefix, Engine, FinishReason, GenerateParams, Generation, PromptError,
+};
 use crate::kv_cache::KvCache;
 use crate::memory::MemoryPlan;
 use crate::model::{Logits, RunState, SeqBatch};
@@ -44,7 +46,7 @@ pub struct SchedulerConfig {
 pub struct Request {
     pub prompt: Vec<u32>,
     pub params: GenerateParams,
-    /// Past this instant the request is ended with `Event::Failed("timed out ...")`.
+    /// Past this instant (queue wait included) the request ends with [`Failure::TimedOut`].
     pub deadline: Option<Instant>,
     pub on_event: Box<dyn FnMut(Event) -> ControlFlow<()> + Send>,
 }
@@ -56,8 +58,19 @@ pub enum Event {
     Text(String),
     /// Generation ended normally (or was cancelled by the consumer).
     Done(Usage),
-    /// Generation could not go on; the message says why.
-    Failed(String),
+    /// Generation could not go on.
+    Failed(Failure),
+}
+
+/// Why a request ended without finishing.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Failure {
+    /// It ran past its deadline, in the queue or generating.
+    #[error("request timed out after {secs:.1} s ({generated} tokens generated)")]
+    TimedOut { secs: f64, generated: usize },
+    /// The model could not run it (a bug or a resource failure, never the request's own content).
+    #[error("inference failed: {0}")]
+    Inference(String),
 }
 
 /// Token counts and timings of a finished request.
@@ -77,8 +90,11 @@ pub struct Usage {
 pub enum SubmitError {
     #[error("the server is busy: {capacity} requests are already waiting; retry shortly")]
     QueueFull { capacity: usize },
-    #[error("the prompt is {prompt_tokens} tokens but the context holds only {n_ctx}")]
-    PromptTooLong { prompt_tokens: usize, n_ctx: usize },
+    #[error(transparent)]
+    Prompt(#[from] PromptError),
+    /// A token id the model does not have.
+    #[error("{0}")]
+    BadToken(String),
     #[error("{0}")]
     Invalid(String),
     #[error("the server is shutting down")]
@@ -105,7 +121,8 @@ pub struct SchedulerStats {
 
 struct Shared {
     cfg: SchedulerConfig,
-    queue: Mutex<VecDeque<Request>>,
+    /// Waiting requests, with when each was submitted.
+    queue: Mutex<VecDeque<(Instant, Request)>>,
     wake: Condvar,
     shutting_down: AtomicBool,
     stats: Mutex<SchedulerStats>,
@@ -153,25 +170,22 @@ impl Scheduler {
         Ok(Scheduler { shared, worker: Mutex::new(Some(worker)), engine: engine_ref })
     }
 
-    /// Queue a request. Checks what can be checked now (parameters, prompt length, queue room).
+    /// Queue a request. Checks what can be checked now (prompt length and token ids, parameters, queue room).
     pub fn submit(&self, req: Request) -> Result<(), SubmitError> {
         let cfg = &self.shared.cfg;
         if self.shared.shutting_down.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
-        if req.prompt.is_empty() {
-            return Err(SubmitError::Invalid("the prompt is empty".into()));
-        }
-        if req.prompt.len() > cfg.n_ctx {
-            return Err(SubmitError::PromptTooLong { prompt_tokens: req.prompt.len(), n_ctx: cfg.n_ctx });
-        }
+        check_prompt(req.prompt.len(), cfg.n_ctx)?;
+        // a bad id would fail the whole batch it runs in
+        self.engine.model.check_tokens(&req.prompt).map_err(|e| SubmitError::BadToken(e.to_string()))?;
         req.params.sampler.validate().map_err(|e| SubmitError::Invalid(e.to_string()))?;
         let mut queue = self.shared.queue.lock().unwrap();
         if self.shared.in_system.load(Ordering::SeqCst) >= cfg.queue_capacity + cfg.n_slots {
             return Err(SubmitError::QueueFull { capacity: cfg.queue_capacity });
         }
         self.shared.in_system.fetch_add(1, Ordering::SeqCst);
-        queue.push_back(req);
+        queue.push_back((Instant::now(), req));
         self.shared.stats.lock().unwrap().queued = queue.len();
         drop(queue);
         self.shared.wake.notify_all();
@@ -233,6 +247,7 @@ struct Active<'e> {
     cached: usize,
     /// The token sampled last, to feed next (decode phase).
     next: Option<u32>,
+    submitted: Instant,
     started: Instant,
     prompt_secs: f64,
     first_token_at: Option<Instant>,
@@ -262,6 +277,7 @@ impl<'e> Worker<'e> {
                 continue;
             }
             self.expire_deadlines();
+            self.expire_queued();
             if self.slots.iter().all(|s| s.active.is_none()) {
                 self.publish_occupancy();
                 continue;
@@ -277,18 +293,16 @@ impl<'e> Worker<'e> {
             if !self.slots.iter().any(|s| s.active.is_none()) {
                 return;
             }
-            let Some(req) = self.shared.queue.lock().unwrap().pop_front() else { return };
-            let common = |s: &Slot| s.tokens.iter().zip(&req.prompt).take_while(|(a, b)| a == b).count();
+            let Some((submitted, req)) = self.shared.queue.lock().unwrap().pop_front() else { return };
             let (i, _) = self
                 .slots
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.active.is_none())
-                .max_by_key(|(i, s)| (common(s), usize::MAX - i))
+                .max_by_key(|(i, s)| (reusable_prefix(&s.tokens, &req.prompt), usize::MAX - i))
                 .expect("a free slot exists");
             let slot = &mut self.slots[i];
-            // At least the last prompt token is recomputed: its logits are needed.
-            let reuse = common(slot).min(req.prompt.len() - 1);
+            let reuse = reusable_prefix(&slot.tokens, &req.prompt);
             slot.kv.truncate(reuse);
             slot.tokens.truncate(reuse);
             let gen = Generation::new(&self.engine.tokenizer, &req.params);
@@ -297,6 +311,7 @@ impl<'e> Worker<'e> {
                 prompt_done: reuse,
                 cached: reuse,
                 next: None,
+                submitted,
                 started: Instant::now(),
                 prompt_secs: 0.0,
                 first_token_at: None,
@@ -307,20 +322,43 @@ impl<'e> Worker<'e> {
         }
     }
 
+    /// End the active requests past their deadline.
     fn expire_deadlines(&mut self) {
         let now = Instant::now();
-        for slot in &mut self.slots {
-            let expired = slot.active.as_ref().is_some_and(|a| a.req.deadline.is_some_and(|d| now >= d));
-            if expired {
-                let mut a = slot.active.take().unwrap();
-                self.shared.in_system.fetch_sub(1, Ordering::SeqCst);
-                let _ = (a.req.on_event)(Event::Failed(format!(
-                    "request timed out after {:.1} s ({} tokens generated)",
-                    a.started.elapsed().as_secs_f64(),
-                    a.gen.tokens.len()
-                )));
+        for i in 0..self.slots.len() {
+            let slot = &mut self.slots[i];
+            if slot.active.as_ref().is_some_and(|a| a.req.deadline.is_some_and(|d| now >= d)) {
+                let a = slot.active.take().unwrap();
+                let (secs, generated) = (a.submitted.elapsed().as_secs_f64(), a.gen.tokens.len());
+                self.fail(a.req, Failure::TimedOut { secs, generated });
             }
         }
+    }
+
+    /// End the queued requests past their deadline (they would wait for nothing).
+    fn expire_queued(&mut self) {
+        let now = Instant::now();
+        let late = |r: &Request| r.deadline.is_some_and(|d| now >= d);
+        let expired: VecDeque<(Instant, Request)> = {
+            let mut queue = self.shared.queue.lock().unwrap();
+            if !queue.iter().any(|(_, r)| late(r)) {
+                return;
+            }
+            let (gone, kept) = std::mem::take(&mut *queue).into_iter().partition(|(_, r)| late(r));
+            *queue = kept;
+            self.shared.stats.lock().unwrap().queued = queue.len();
+            gone
+        };
+        for (submitted, req) in expired {
+            let secs = (now - submitted).as_secs_f64();
+            self.fail(req, Failure::TimedOut { secs, generated: 0 });
+        }
+    }
+
+    /// Tell a request's consumer it failed; it leaves the system.
+    fn fail(&self, mut req: Request, failure: Failure) {
+        self.shared.in_system.fetch_sub(1, Ordering::SeqCst);
+        let _ = (req.on_event)(Event::Failed(failure));
     }
 
     /// One forward pass over every active slot, then sampling and events.
@@ -349,6 +387,21 @@ impl<'e> Worker<'e> {
             }
         }
 
+        // A sequence the model would refuse fails alone, before the batch runs without it.
+        let mut refused = Vec::new();
+        plan.retain(|(i, tokens, _)| match self.engine.model.check_seq(&self.slots[*i].kv, tokens) {
+            Ok(()) => true,
+            Err(e) => {
+                refused.push((*i, e));
+                false
+            }
+        });
+        for (i, e) in refused {
+            self.drop_slot(i, Failure::Inference(format!("{e:#}")));
+        }
+        if plan.is_empty() {
+            return;
+        }
         let result = {
             let mut seqs: Vec<SeqBatch> = Vec::with_capacity(plan.len());
             let mut planned = plan.iter().peekable();
@@ -363,13 +416,9 @@ impl<'e> Worker<'e> {
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
+                // Only a resource failure can get here (every sequence passed its checks).
                 for (i, _, _) in &plan {
-                    if let Some(mut a) = self.slots[*i].active.take() {
-                        self.shared.in_system.fetch_sub(1, Ordering::SeqCst);
-                        let _ = (a.req.on_event)(Event::Failed(format!("inference failed: {e:#}")));
-                    }
-                    self.slots[*i].tokens.clear();
-                    self.slots[*i].kv.clear();
+                    self.drop_slot(*i, Failure::Inference(format!("{e:#}")));
                 }
                 return;
             }
@@ -436,6 +485,15 @@ impl<'e> Worker<'e> {
             self.shared.in_system.fetch_sub(1, Ordering::SeqCst);
             let _ = (a.req.on_event)(Event::Done(usage));
         }
+    }
+
+    /// Fail slot `i`'s request and forget what its cache holds (it may be half written).
+    fn drop_slot(&mut self, i: usize, failure: Failure) {
+        if let Some(a) = self.slots[i].active.take() {
+            self.fail(a.req, failure);
+        }
+        self.slots[i].tokens.clear();
+        self.slots[i].kv.clear();
     }
 
     fn publish_occupancy(&self) {

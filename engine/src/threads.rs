@@ -44,6 +44,42 @@ pub fn init(threads: Option<usize>, cpu_list: Option<&[usize]>) -> Result<usize>
     PoolPlan::new(threads, cpu_list)?.start()
 }
 
+/// The CPUs this process may run on and which of them share a physical core.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// Logical CPUs this process may run on, ascending.
+    pub available: Vec<usize>,
+    /// The SMT siblings of each available CPU (itself included), where known.
+    pub siblings: Vec<Option<Vec<usize>>>,
+}
+
+impl Topology {
+    /// This machine's, from the process's affinity mask and Linux sysfs.
+    pub fn detect() -> Topology {
+        let mut available: Vec<usize> =
+            core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+        available.sort_unstable();
+        let siblings = available
+            .iter()
+            .map(|cpu| {
+                let path = format!("/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list");
+                std::fs::read_to_string(path).ok().and_then(|s| parse_cpu_list(&s).ok())
+            })
+            .collect();
+        Topology { available, siblings }
+    }
+
+    /// The first logical CPU of each physical core; every available CPU where the topology is unknown.
+    pub fn one_per_physical_core(&self) -> Vec<usize> {
+        if self.siblings.iter().any(Option::is_none) {
+            return self.available.clone();
+        }
+        let mut seen = std::collections::HashSet::new();
+        let cores = self.available.iter().zip(&self.siblings);
+        cores.filter(|(_, sib)| seen.insert(*sib)).map(|(&cpu, _)| cpu).collect()
+    }
+}
+
 /// How many workers to start and where to pin them, checked before anything starts.
 #[derive(Clone, Debug)]
 pub struct PoolPlan {
@@ -55,10 +91,36 @@ pub struct PoolPlan {
 }
 
 impl PoolPlan {
-    /// The plan for `--threads` / `--cpu-list`. Errors: `threads == Some(0)`, or a listed CPU this process
-    /// may not use.
+    /// The plan for `--threads` / `--cpu-list` on this machine ([`PoolPlan::for_topology`]).
     pub fn new(threads: Option<usize>, cpu_list: Option<&[usize]>) -> Result<PoolPlan> {
-        plan(threads, cpu_list)
+        PoolPlan::for_topology(threads, cpu_list, &Topology::detect())
+    }
+
+    /// The plan for `--threads` / `--cpu-list` on `topo`. Errors: `threads == Some(0)`, or a listed CPU this
+    /// process may not use.
+    pub fn for_topology(
+        threads: Option<usize>,
+        cpu_list: Option<&[usize]>,
+        topo: &Topology,
+    ) -> Result<PoolPlan> {
+        if threads == Some(0) {
+            bail!("--threads must be at least 1");
+        }
+        let available = &topo.available;
+        let cores: Vec<usize> = match cpu_list {
+            Some(list) => {
+                if let Some(bad) = list.iter().find(|c| !available.is_empty() && !available.contains(c)) {
+                    bail!(
+                        "CPU {bad} in --cpu-list is not available to this process (available: {available:?})"
+                    );
+                }
+                list.to_vec()
+            }
+            None => topo.one_per_physical_core(),
+        };
+        let n = threads.unwrap_or(if cores.is_empty() { num_cpus_fallback() } else { cores.len() });
+        let pin = !cores.is_empty() && (cpu_list.is_some() || n <= cores.len());
+        Ok(PoolPlan { n, cores, pin })
     }
 
     /// Start rayon's global pool as planned; returns the number of workers. Fails if it already runs.
@@ -84,45 +146,6 @@ impl PoolPlan {
     }
 }
 
-fn plan(threads: Option<usize>, cpu_list: Option<&[usize]>) -> Result<PoolPlan> {
-    if threads == Some(0) {
-        bail!("--threads must be at least 1");
-    }
-    let available: Vec<usize> =
-        core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
-    let cores: Vec<usize> = match cpu_list {
-        Some(list) => {
-            if let Some(bad) = list.iter().find(|c| !available.is_empty() && !available.contains(c)) {
-                bail!("CPU {bad} in --cpu-list is not available to this process (available: {available:?})");
-            }
-            list.to_vec()
-        }
-        None => one_per_physical_core(&available),
-    };
-    let n = threads.unwrap_or(if cores.is_empty() { num_cpus_fallback() } else { cores.len() });
-    let pin = !cores.is_empty() && (cpu_list.is_some() || n <= cores.len());
-    Ok(PoolPlan { n, cores, pin })
-}
-
-/// The first logical CPU of each physical core among `available` (Linux sysfs topology); `available`
-/// unchanged where the topology cannot be read.
-fn one_per_physical_core(available: &[usize]) -> Vec<usize> {
-    let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::new();
-    for &cpu in available {
-        let path = format!("/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list");
-        match std::fs::read_to_string(path).ok().and_then(|s| parse_cpu_list(&s).ok()) {
-            Some(siblings) => {
-                if seen.insert(siblings) {
-                    out.push(cpu);
-                }
-            }
-            None => return available.to_vec(),
-        }
-    }
-    out
-}
-
 fn num_cpus_fallback() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
@@ -130,6 +153,13 @@ fn num_cpus_fallback() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Four cores with two SMT threads each (CPU i and i + 4 are siblings), all available.
+    fn smt_box() -> Topology {
+        let available: Vec<usize> = (0..8).collect();
+        let siblings = available.iter().map(|&c| Some(vec![c % 4, c % 4 + 4])).collect();
+        Topology { available, siblings }
+    }
 
     #[test]
     fn cpu_lists_parse() {
@@ -141,23 +171,35 @@ mod tests {
     }
 
     #[test]
-    fn pool_plans_check_their_arguments() {
-        assert!(PoolPlan::new(Some(0), None).is_err());
-        assert!(PoolPlan::new(None, Some(&[usize::MAX])).is_err());
-        let p = PoolPlan::new(Some(1), None).unwrap();
-        assert_eq!(p.n, 1);
-        assert!(p.pin, "one worker fits on the first core");
-        let listed = PoolPlan::new(None, Some(&[0])).unwrap();
-        assert_eq!((listed.n, listed.cores.as_slice(), listed.pin), (1, &[0][..], true));
+    fn one_worker_per_physical_core_by_default() {
+        let topo = smt_box();
+        assert_eq!(topo.one_per_physical_core(), vec![0, 1, 2, 3]);
+        let p = PoolPlan::for_topology(None, None, &topo).unwrap();
+        assert_eq!((p.n, p.cores.as_slice(), p.pin), (4, &[0, 1, 2, 3][..], true));
+        // more workers than cores: not pinned
+        let p = PoolPlan::for_topology(Some(6), None, &topo).unwrap();
+        assert_eq!((p.n, p.pin), (6, false));
+        // an affinity mask of one CPU per core, or an unknown topology: every available CPU
+        let masked = Topology {
+            available: vec![1, 5, 6],
+            siblings: vec![Some(vec![1, 5]), Some(vec![1, 5]), Some(vec![2, 6])],
+        };
+        assert_eq!(masked.one_per_physical_core(), vec![1, 6]);
+        let unknown = Topology { available: vec![0, 1, 2], siblings: vec![None, None, None] };
+        assert_eq!(unknown.one_per_physical_core(), vec![0, 1, 2]);
     }
 
     #[test]
-    fn one_cpu_per_core_is_a_subset_of_the_available_ones() {
-        let available: Vec<usize> =
-            core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
-        let chosen = one_per_physical_core(&available);
-        assert!(!available.is_empty() && !chosen.is_empty());
-        assert!(chosen.iter().all(|c| available.contains(c)));
-        assert!(chosen.windows(2).all(|w| w[0] < w[1]));
+    fn pool_plans_check_their_arguments() {
+        let topo = smt_box();
+        assert!(PoolPlan::for_topology(Some(0), None, &topo).is_err());
+        assert!(PoolPlan::for_topology(None, Some(&[8]), &topo).is_err());
+        let p = PoolPlan::for_topology(Some(1), None, &topo).unwrap();
+        assert_eq!((p.n, p.pin), (1, true));
+        let listed = PoolPlan::for_topology(None, Some(&[2, 6]), &topo).unwrap();
+        assert_eq!((listed.n, listed.cores.as_slice(), listed.pin), (2, &[2, 6][..], true));
+        // listed CPUs are pinned even when the workers outnumber them
+        let over = PoolPlan::for_topology(Some(3), Some(&[2]), &topo).unwrap();
+        assert_eq!((over.n, over.pin), (3, true));
     }
 }

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fixture;
-use quire_engine::generate::{Engine, FinishReason, GenerateParams};
+use quire_engine::generate::{Engine, FinishReason, GenerateParams, PromptError};
 use quire_engine::sampler::SamplerConfig;
-use quire_engine::scheduler::{Event, Request, Scheduler, SchedulerConfig, SubmitError, Usage};
+use quire_engine::scheduler::{Event, Failure, Request, Scheduler, SchedulerConfig, SubmitError, Usage};
 
 fn engine() -> Arc<Engine> {
     Arc::new(Engine::load(fixture("tiny-qwen3-q4_0.gguf")).unwrap())
@@ -155,9 +155,14 @@ fn queue_limit_and_bad_requests_are_refused() {
         |prompt: Vec<u32>, p: GenerateParams| Request { prompt, params: p, deadline: None, on_event: noop() };
     assert_eq!(
         sched.submit(req(too_long, params(0, 4))).unwrap_err(),
-        SubmitError::PromptTooLong { prompt_tokens: 65, n_ctx: 64 }
+        SubmitError::Prompt(PromptError::TooLong { prompt_tokens: 65, n_ctx: 64 })
     );
-    assert!(matches!(sched.submit(req(vec![], params(0, 4))), Err(SubmitError::Invalid(_))));
+    assert_eq!(sched.submit(req(vec![], params(0, 4))).unwrap_err(), SubmitError::Prompt(PromptError::Empty));
+    // a prompt must leave one position for the reply
+    assert!(matches!(
+        sched.submit(req(vec![1; 64], params(0, 4))),
+        Err(SubmitError::Prompt(PromptError::TooLong { .. }))
+    ));
     let mut bad = params(0, 4);
     bad.sampler.temperature = f32::NAN;
     assert!(matches!(sched.submit(req(vec![1, 2], bad)), Err(SubmitError::Invalid(_))));
@@ -197,7 +202,10 @@ fn deadline_ends_a_request_with_a_reason() {
         }
     };
     match outcome {
-        Event::Failed(msg) => assert!(msg.contains("timed out"), "{msg}"),
+        Event::Failed(f) => {
+            assert!(matches!(f, Failure::TimedOut { .. }), "{f}");
+            assert!(f.to_string().contains("timed out"), "{f}");
+        }
         other => panic!("expected a timeout, got {other:?}"),
     }
     // the worker survives a timeout that leaves it with no active slot, and serves the next request
@@ -229,4 +237,76 @@ fn a_burst_gets_the_free_slots_and_the_queue() {
     for rx in rxs {
         assert_eq!(collect(rx).1.completion_tokens, 200);
     }
+}
+
+/// Every request gets an answer of its own: one with a token id the model does not have is refused at
+/// submit (it would fail the batch it ran in), and the good ones beside it give exactly their solo text.
+#[test]
+fn a_bad_request_fails_alone() {
+    let engine = engine();
+    let vocab = engine.model.config.vocab_size as u32;
+    let solo: Vec<String> = (0..3)
+        .map(|i| {
+            let sched = Scheduler::new(
+                engine.clone(),
+                SchedulerConfig { n_slots: 1, n_ctx: 256, queue_capacity: 1, n_batch: 16 },
+            )
+            .unwrap();
+            collect(submit(&sched, prompt(i), params(i as u64, 16))).0
+        })
+        .collect();
+    let cfg = SchedulerConfig { n_slots: 4, n_ctx: 256, queue_capacity: 8, n_batch: 16 };
+    let sched = Scheduler::new(engine.clone(), cfg).unwrap();
+    let first = submit(&sched, prompt(0), params(0, 16));
+    let mut bad = prompt(7);
+    bad[3] = vocab;
+    let (tx, _rx) = mpsc::channel();
+    let refused = sched.submit(Request {
+        prompt: bad,
+        params: params(7, 16),
+        deadline: None,
+        on_event: Box::new(move |e| {
+            if tx.send(e).is_ok() {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        }),
+    });
+    match refused {
+        Err(SubmitError::BadToken(m)) => assert!(m.contains(&vocab.to_string()), "{m}"),
+        other => panic!("expected BadToken, got {other:?}"),
+    }
+    let rest: Vec<_> = (1..3).map(|i| submit(&sched, prompt(i), params(i as u64, 16))).collect();
+    let texts: Vec<String> = std::iter::once(first).chain(rest).map(|rx| collect(rx).0).collect();
+    assert_eq!(texts, solo);
+}
+
+/// A request waiting for a slot past its deadline is told so while the slot is still busy, and the running
+/// request is not disturbed.
+#[test]
+fn a_queued_request_times_out_in_the_queue() {
+    let sched =
+        Scheduler::new(engine(), SchedulerConfig { n_slots: 1, n_ctx: 512, queue_capacity: 2, n_batch: 64 })
+            .unwrap();
+    let running = submit(&sched, prompt(0), params(0, 480));
+    let (tx, rx) = mpsc::channel();
+    sched
+        .submit(Request {
+            prompt: prompt(1),
+            params: params(1, 8),
+            deadline: Some(Instant::now() + Duration::from_millis(20)),
+            on_event: Box::new(move |e| {
+                let _ = tx.send(e);
+                ControlFlow::Continue(())
+            }),
+        })
+        .unwrap();
+    match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+        Event::Failed(Failure::TimedOut { generated, .. }) => assert_eq!(generated, 0),
+        other => panic!("expected a timeout in the queue, got {other:?}"),
+    }
+    assert_eq!(sched.stats().active, 1, "the running request still runs");
+    let (_, u) = collect(running);
+    assert_eq!((u.completion_tokens, u.finish), (480, FinishReason::Length));
 }

@@ -177,7 +177,7 @@ fn prepacked_weights_give_identical_logits() {
     for ty in ["q4_0", "q8_0", "q4_k_m", "q5_k_m", "q6_k"] {
         let open = |prepack| {
             let file = quire_engine::gguf::GgufFile::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
-            Model::load_with(file, prepack).unwrap()
+            Model::load_with(file, &quire_engine::model::LoadOptions { prepack }).unwrap()
         };
         let (packed, plain) = (open(true), open(false));
         // Right after load the background copy may be anywhere: matrices switch layout between (never
@@ -188,7 +188,7 @@ fn prepacked_weights_give_identical_logits() {
         assert!(!packed.is_prepacking() && !plain.is_prepacking(), "{ty}");
         assert_eq!(plain.n_prepacked(), 0);
         assert!(packed.token_embd.is_prepacked() == packed.output.is_prepacked(), "{ty}: tied head");
-        if quire_kernels::dispatch::isa() == quire_kernels::dispatch::Isa::Avx512 {
+        if quire_kernels::dispatch::isa().kind() == quire_kernels::dispatch::IsaKind::Avx512 {
             // every layer matrix and the (tied) output head
             assert_eq!(packed.n_prepacked(), 7 * packed.config.n_layers + 1, "{ty}");
             assert!(packed.token_embd.is_prepacked(), "{ty}: embeddings read from the prepacked head");

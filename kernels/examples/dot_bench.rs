@@ -33,7 +33,7 @@ fn time(isa: Isa, dtype: DType, rows: usize, w: &[u8], act: &[u8]) -> f64 {
         let mut sum = 0.0f32;
         for r in 0..rows {
             let row = &w[r * row_bytes..(r + 1) * row_bytes];
-            sum += dispatch::vec_dot_with(isa, dtype, N, row, act).unwrap();
+            sum += dispatch::vec_dot_with(isa, dtype, N, row, act);
         }
         black_box(sum);
     };
@@ -76,8 +76,8 @@ fn main() {
         let mut act = vec![0u8; act_type.row_bytes(N).unwrap()];
         quantize_row(act_type, &values(9, N), &mut act);
 
-        let scalar = time(Isa::Scalar, dtype, rows, &w, &act);
-        let fast = if simd == Isa::Scalar { scalar } else { time(simd, dtype, rows, &w, &act) };
+        let scalar = time(Isa::SCALAR, dtype, rows, &w, &act);
+        let fast = if simd == Isa::SCALAR { scalar } else { time(simd, dtype, rows, &w, &act) };
         let bytes = (rows * row_bytes) as f64;
         println!(
             "{:6} {:>12.0} {:>12.0} {:>10.2} {:>10.2} {:>7.1}x",

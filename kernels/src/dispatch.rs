@@ -1,20 +1,21 @@
-//! The instruction set used by [`crate::vec_dot`], chosen once per process.
+//! The instruction set the kernels run on, detected at run time and chosen once per process.
 //!
-//! Detection picks the best set the CPU supports. `QUIRE_ISA=scalar|avx2|avx512` forces
-//! one (for testing and benchmarking); a forced set the CPU lacks falls back to the best
-//! supported one with a warning on stderr, never to a crash.
+//! An [`Isa`] can only be made by run-time detection ([`Isa::detect`], [`Isa::best`]), so holding one proves
+//! that this CPU runs that kernel family: functions taking an `Isa` may run its `#[target_feature]` code
+//! without checking again. The process set ([`isa`]) is the best one the CPU has, unless the program fixes
+//! another with [`force`] before the first kernel runs (the CLI's `--isa` / `QUIRE_ISA`).
 //!
-//! [`Isa::Avx512`] runs the VNNI panel kernels in [`crate::matmul`] for the quantized
-//! formats; single dot products, float formats and the activation quantizers use the AVX2
-//! kernels there too.
+//! [`IsaKind::Avx512`] runs the VNNI panel kernels in [`crate::matmul`] for the quantized formats; single dot
+//! products, float formats and the activation quantizers use the AVX2 kernels there too.
 
 use std::sync::OnceLock;
 
 use crate::{formats, x86, DType};
 
-/// A kernel family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Isa {
+/// A kernel family, by name (what a user asks for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum IsaKind {
     /// The portable reference kernels in [`crate::formats`].
     Scalar,
     /// AVX2 + FMA + F16C kernels ([`crate::x86::avx2`]).
@@ -23,144 +24,141 @@ pub enum Isa {
     Avx512,
 }
 
-impl Isa {
-    /// Lower-case name, as accepted by `QUIRE_ISA`.
+impl IsaKind {
+    /// Every family, from the most portable to the fastest.
+    pub const ALL: [IsaKind; 3] = [IsaKind::Scalar, IsaKind::Avx2, IsaKind::Avx512];
+
+    /// Lower-case name: `scalar`, `avx2`, `avx512`.
     pub fn name(self) -> &'static str {
         match self {
-            Isa::Scalar => "scalar",
-            Isa::Avx2 => "avx2",
-            Isa::Avx512 => "avx512",
+            IsaKind::Scalar => "scalar",
+            IsaKind::Avx2 => "avx2",
+            IsaKind::Avx512 => "avx512",
         }
     }
 
-    /// Parses a `QUIRE_ISA` value (case-insensitive).
-    pub fn parse(name: &str) -> Option<Isa> {
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512]
-            .into_iter()
-            .find(|isa| isa.name().eq_ignore_ascii_case(name.trim()))
-    }
-
-    /// Whether this CPU can run the kernels of `self`.
-    pub fn is_supported(self) -> bool {
+    fn is_supported(self) -> bool {
         match self {
-            Isa::Scalar => true,
-            Isa::Avx2 => x86::has_avx2(),
-            Isa::Avx512 => x86::has_avx512(),
+            IsaKind::Scalar => true,
+            IsaKind::Avx2 => x86::has_avx2(),
+            IsaKind::Avx512 => x86::has_avx512(),
         }
-    }
-
-    /// The best instruction set this CPU supports.
-    pub fn best() -> Isa {
-        [Isa::Avx512, Isa::Avx2].into_iter().find(|isa| isa.is_supported()).unwrap_or(Isa::Scalar)
     }
 }
 
-impl std::fmt::Display for Isa {
+impl std::fmt::Display for IsaKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
 }
 
-/// Resolves a `QUIRE_ISA` value against what the CPU supports: the set to use and,
-/// if the request could not be honoured, the warning to print.
-pub fn resolve(requested: Option<&str>) -> (Isa, Option<String>) {
-    let best = Isa::best();
-    let Some(raw) = requested.filter(|s| !s.trim().is_empty()) else {
-        return (best, None);
-    };
-    match Isa::parse(raw) {
-        None => {
-            (best, Some(format!("quire: QUIRE_ISA={raw:?} is not one of scalar, avx2, avx512; using {best}")))
-        }
-        Some(isa) if isa.is_supported() => (isa, None),
-        Some(isa) => {
-            // Never pick something above the request: avx512 on an AVX2-only CPU gives
-            // avx2, avx2 on an old CPU gives scalar.
-            let fallback =
-                if isa == Isa::Avx512 && Isa::Avx2.is_supported() { Isa::Avx2 } else { Isa::Scalar };
-            (fallback, Some(format!("quire: QUIRE_ISA={raw} is not supported by this CPU; using {fallback}")))
-        }
+/// A kernel family this CPU runs: made only by run-time detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Isa(IsaKind);
+
+impl Isa {
+    /// The portable kernels, which every CPU runs.
+    pub const SCALAR: Isa = Isa(IsaKind::Scalar);
+
+    /// `kind` if this CPU runs it.
+    pub fn detect(kind: IsaKind) -> Option<Isa> {
+        kind.is_supported().then_some(Isa(kind))
+    }
+
+    /// The fastest family this CPU runs.
+    pub fn best() -> Isa {
+        Isa::at_most(IsaKind::Avx512)
+    }
+
+    /// `kind` if this CPU runs it, else the fastest family below it that it runs (never one above: a request
+    /// for AVX2 on an AVX-512 machine gets AVX2).
+    pub fn at_most(kind: IsaKind) -> Isa {
+        IsaKind::ALL.into_iter().rev().filter(|&k| k <= kind).find_map(Isa::detect).unwrap_or(Isa::SCALAR)
+    }
+
+    /// Every family this CPU runs, scalar first.
+    pub fn all_supported() -> Vec<Isa> {
+        IsaKind::ALL.into_iter().filter_map(Isa::detect).collect()
+    }
+
+    pub fn kind(self) -> IsaKind {
+        self.0
     }
 }
 
-/// The process instruction set: detected (or read from `QUIRE_ISA`) on first use and
-/// fixed afterwards. Always supported by this CPU.
-pub fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        let requested = std::env::var("QUIRE_ISA").ok();
-        let (isa, warning) = resolve(requested.as_deref());
-        if let Some(warning) = warning {
-            eprintln!("{warning}");
-        }
-        isa
-    })
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
 }
 
-/// [`crate::vec_dot`] with an explicit instruction set, for tests and benchmarks
-/// comparing kernels. `None` if this CPU does not support `isa`.
+static PROCESS_ISA: OnceLock<Isa> = OnceLock::new();
+
+/// The process instruction set: [`Isa::best`] unless [`force`] fixed another first; fixed on first use.
+pub fn isa() -> Isa {
+    *PROCESS_ISA.get_or_init(Isa::best)
+}
+
+/// Fixes the process instruction set to [`Isa::at_most`]`(kind)` and returns it (compare its kind with `kind`
+/// to tell the user about a fallback). Errors if the kernels already run on another set (a kernel ran, or
+/// `force` was called with another kind, before).
+pub fn force(kind: IsaKind) -> Result<Isa, String> {
+    let want = Isa::at_most(kind);
+    match *PROCESS_ISA.get_or_init(|| want) {
+        got if got == want => Ok(got),
+        got => Err(format!("the kernels already run on {got}; cannot switch to {want}")),
+    }
+}
+
+/// [`crate::vec_dot`] with an explicit instruction set, for tests and benchmarks comparing kernels.
 ///
 /// # Panics
 /// As [`crate::vec_dot`].
-pub fn vec_dot_with(isa: Isa, dtype: DType, n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
-    if !isa.is_supported() {
-        return None;
-    }
+pub fn vec_dot_with(isa: Isa, dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     crate::check_dot(dtype, n, w, act);
-    Some(vec_dot_checked(isa, dtype, n, w, act))
+    vec_dot_checked(isa, dtype, n, w, act)
 }
 
-/// [`crate::quantize_row`] with an explicit instruction set, for tests comparing the
-/// SIMD activation quantizers with the scalar ones. `None` if this CPU does not support
-/// `isa`.
+/// [`crate::quantize_row`] with an explicit instruction set, for tests comparing the SIMD activation
+/// quantizers with the scalar ones.
 ///
 /// # Panics
 /// As [`crate::quantize_row`].
-pub fn quantize_row_with(isa: Isa, dtype: DType, src: &[f32], dst: &mut [u8]) -> Option<()> {
-    if !isa.is_supported() {
-        return None;
-    }
+pub fn quantize_row_with(isa: Isa, dtype: DType, src: &[f32], dst: &mut [u8]) {
     formats::check_row(formats::format(dtype), dst.len(), src.len());
     quantize_checked(isa, dtype, src, dst);
-    Some(())
 }
 
-/// Quantizes with the kernels of `isa`: SIMD for the activation formats Q8_0 and Q8_K
-/// (byte-identical to the scalar quantizers), scalar for everything else. Lengths are
-/// already checked and `isa` is supported.
+/// Quantizes with the kernels of `isa`: SIMD for the activation formats Q8_0 and Q8_K (byte-identical to the
+/// scalar quantizers), scalar for everything else. Lengths are already checked.
 #[inline]
 pub(crate) fn quantize_checked(isa: Isa, dtype: DType, src: &[f32], dst: &mut [u8]) {
-    match (isa, dtype) {
+    match (isa.kind(), dtype) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2 | Isa::Avx512, DType::Q8_0) => {
-            // SAFETY: `isa` is supported, so the CPU has AVX2, FMA and F16C.
+        (IsaKind::Avx2 | IsaKind::Avx512, DType::Q8_0) => {
+            // SAFETY: `isa` was detected, so the CPU has AVX2, FMA and F16C.
             unsafe { x86::avx2::quantize_q8_0(src, dst) }
         }
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2 | Isa::Avx512, DType::Q8_K) => {
-            // SAFETY: `isa` is supported, so the CPU has AVX2, FMA and F16C.
+        (IsaKind::Avx2 | IsaKind::Avx512, DType::Q8_K) => {
+            // SAFETY: `isa` was detected, so the CPU has AVX2, FMA and F16C.
             unsafe { x86::avx2::quantize_q8_k(src, dst) }
         }
         _ => (formats::format(dtype).quantize)(src, dst),
     }
 }
 
-/// Runs the kernel of `isa`; operand lengths are already checked and `isa` must be
-/// supported (it comes from [`isa`] or was checked by [`vec_dot_with`]).
+/// Runs the dot-product kernel of `isa`; operand lengths are already checked.
 #[inline]
 pub(crate) fn vec_dot_checked(isa: Isa, dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
-    match isa {
-        Isa::Scalar => (formats::format(dtype).vec_dot)(n, w, act),
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 => {
-            debug_assert!(x86::has_avx2());
-            // SAFETY: `isa` is supported by this CPU (it came from `isa()` or was
-            // checked), and both Avx2 and Avx512 require AVX2, FMA and F16C, the
-            // features `avx2::vec_dot` is compiled for.
+        IsaKind::Avx2 | IsaKind::Avx512 => {
+            // SAFETY: `isa` was detected, and both Avx2 and Avx512 require AVX2, FMA and F16C, the features
+            // `avx2::vec_dot` is compiled for; lengths were checked by the caller.
             unsafe { x86::avx2::vec_dot(dtype, n, w, act) }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 | Isa::Avx512 => unreachable!("x86 instruction sets are never supported here"),
+        _ => (formats::format(dtype).vec_dot)(n, w, act),
     }
 }
 
@@ -169,36 +167,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parse_accepts_the_three_names() {
-        assert_eq!(Isa::parse("scalar"), Some(Isa::Scalar));
-        assert_eq!(Isa::parse("AVX2"), Some(Isa::Avx2));
-        assert_eq!(Isa::parse(" avx512 "), Some(Isa::Avx512));
-        assert_eq!(Isa::parse("sse"), None);
-    }
-
-    #[test]
-    fn resolve_honours_supported_requests_and_warns_otherwise() {
-        assert_eq!(resolve(None), (Isa::best(), None));
-        assert_eq!(resolve(Some("")), (Isa::best(), None));
-        assert_eq!(resolve(Some("scalar")), (Isa::Scalar, None));
-        let (isa, warning) = resolve(Some("neon"));
-        assert_eq!(isa, Isa::best());
-        assert!(warning.unwrap().contains("neon"));
-        for requested in [Isa::Avx2, Isa::Avx512] {
-            let (isa, warning) = resolve(Some(requested.name()));
-            if requested.is_supported() {
-                assert_eq!((isa, warning), (requested, None));
-            } else {
-                assert!(isa.is_supported());
-                assert!(warning.unwrap().contains("not supported"));
-            }
+    fn detection_never_gives_more_than_asked() {
+        assert_eq!(Isa::at_most(IsaKind::Scalar), Isa::SCALAR);
+        for kind in IsaKind::ALL {
+            let got = Isa::at_most(kind);
+            assert!(got.kind() <= kind, "{kind} gave {got}");
+            assert_eq!(Isa::detect(kind).is_some(), got.kind() == kind, "{kind}");
         }
+        let all = Isa::all_supported();
+        assert_eq!(all[0], Isa::SCALAR);
+        assert_eq!(*all.last().unwrap(), Isa::best());
     }
 
     #[test]
-    fn process_isa_is_supported_and_stable() {
+    fn process_isa_is_stable_and_cannot_switch() {
         let first = isa();
-        assert!(first.is_supported());
         assert_eq!(isa(), first);
+        assert_eq!(force(first.kind()), Ok(first));
+        if first != Isa::SCALAR {
+            assert!(force(IsaKind::Scalar).is_err());
+        }
     }
 }

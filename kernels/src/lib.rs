@@ -8,6 +8,8 @@
 //! - [`prepacked`]: the weight layout the AVX-512 kernels read fastest, same bytes as the file.
 //! - [`dispatch`]: the instruction set chosen once per process.
 //!
+//! Byte views of `f32` data (`bytemuck`) assume a little-endian target, as GGUF does.
+//!
 //! The crate knows nothing about models: it turns rows of bytes into rows of floats and
 //! dot products. Rows are byte slices straight from a GGUF mmap; they may be unaligned.
 //!
@@ -43,10 +45,14 @@ pub mod norm_rope;
 pub mod prepacked;
 pub mod x86;
 
+#[cfg(not(target_endian = "little"))]
+compile_error!("GGUF data and the kernels' f32 byte views are little-endian");
+
 pub use matmul::{
     can_prepack, gemm, gemm_into_rows, gemm_prepacked, gemm_prepacked_into_rows, prepack, QuantizedActs,
 };
 
+use dispatch::{Isa, IsaKind};
 use formats::{check_row, format};
 
 /// A tensor element format, named and numbered as in ggml.
@@ -126,11 +132,11 @@ impl std::fmt::Display for DType {
 pub fn dequantize_row(dtype: DType, src: &[u8], dst: &mut [f32]) {
     let f = format(dtype);
     check_row(f, src.len(), dst.len());
-    match (dtype, dispatch::isa()) {
+    match (dtype, dispatch::isa().kind()) {
         // F16 rows are read often (embeddings of F16 files, f16 KV-cache chunks in attention): `vcvtph2ps`.
         #[cfg(target_arch = "x86_64")]
-        (DType::F16, dispatch::Isa::Avx2 | dispatch::Isa::Avx512) => {
-            // SAFETY: the process instruction set is supported, and both require AVX2, FMA and F16C,
+        (DType::F16, IsaKind::Avx2 | IsaKind::Avx512) => {
+            // SAFETY: the process instruction set was detected, and both require AVX2, FMA and F16C,
             // the features this kernel is compiled for.
             unsafe { x86::avx2::dequantize_f16(src, dst) }
         }
@@ -190,23 +196,19 @@ pub fn vec_dot_scalar(dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
 /// # Panics
 /// If `dtype` is not F32 or F16, or `x` does not hold `y.len()` values.
 pub fn axpy(dtype: DType, alpha: f32, x: &[u8], y: &mut [f32]) {
-    axpy_with(dispatch::isa(), dtype, alpha, x, y).expect("the process instruction set is supported");
+    axpy_with(dispatch::isa(), dtype, alpha, x, y);
 }
 
-/// [`axpy`] with an explicit instruction set, for tests. `None` if this CPU does not
-/// support `isa`.
+/// [`axpy`] with an explicit instruction set, for tests.
 ///
 /// # Panics
 /// As [`axpy`].
-pub fn axpy_with(isa: dispatch::Isa, dtype: DType, alpha: f32, x: &[u8], y: &mut [f32]) -> Option<()> {
+pub fn axpy_with(isa: Isa, dtype: DType, alpha: f32, x: &[u8], y: &mut [f32]) {
     assert!(matches!(dtype, DType::F32 | DType::F16), "axpy supports F32 and F16, not {dtype}");
     check_row(format(dtype), x.len(), y.len());
-    if !isa.is_supported() {
-        return None;
-    }
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        dispatch::Isa::Avx2 | dispatch::Isa::Avx512 => {
+        IsaKind::Avx2 | IsaKind::Avx512 => {
             // SAFETY: the process instruction set is supported, and both require AVX2, FMA
             // and F16C, the features these kernels are compiled for.
             unsafe {
@@ -220,13 +222,11 @@ pub fn axpy_with(isa: dispatch::Isa, dtype: DType, alpha: f32, x: &[u8], y: &mut
         _ => {
             let width = dtype.block_bytes();
             for (xb, yv) in x.chunks_exact(width).zip(y.iter_mut()) {
-                let v =
-                    if dtype == DType::F32 { formats::read_f32_pub(xb) } else { formats::read_f16_pub(xb) };
+                let v = if dtype == DType::F32 { formats::read_f32(xb, 0) } else { formats::read_f16(xb, 0) };
                 *yv = alpha.mul_add(v, *yv);
             }
         }
     }
-    Some(())
 }
 
 /// Checks that `n` rows of `row_bytes` bytes at a stride of `stride` bytes fit in `rows`.
@@ -248,29 +248,18 @@ fn check_rows(n: usize, row_bytes: usize, stride: usize, rows: &[u8]) {
 /// # Panics
 /// If `dst` is not whole rows, `n` is not whole blocks of `dtype`, or the rows do not fit in `src`.
 pub fn widen_rows(dtype: DType, src: &[u8], stride: usize, n: usize, dst: &mut [u8]) {
-    widen_rows_with(dispatch::isa(), dtype, src, stride, n, dst)
-        .expect("the process instruction set is supported");
+    widen_rows_with(dispatch::isa(), dtype, src, stride, n, dst);
 }
 
-/// [`widen_rows`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
-pub fn widen_rows_with(
-    isa: dispatch::Isa,
-    dtype: DType,
-    src: &[u8],
-    stride: usize,
-    n: usize,
-    dst: &mut [u8],
-) -> Option<()> {
+/// [`widen_rows`] with an explicit instruction set, for tests.
+pub fn widen_rows_with(isa: Isa, dtype: DType, src: &[u8], stride: usize, n: usize, dst: &mut [u8]) {
     assert!(n > 0 && dst.len().is_multiple_of(4 * n), "{} bytes are not rows of {n} f32", dst.len());
     let row_bytes = dtype.row_bytes(n).unwrap_or_else(|| panic!("{n} values are not whole {dtype} blocks"));
     check_rows(dst.len() / (4 * n), row_bytes, stride, src);
-    if !isa.is_supported() {
-        return None;
-    }
-    match (dtype, isa) {
+    match (dtype, isa.kind()) {
         #[cfg(target_arch = "x86_64")]
-        (DType::F16, dispatch::Isa::Avx2 | dispatch::Isa::Avx512) => {
-            // SAFETY: `isa` is supported by this CPU, and both require AVX2, FMA and F16C, the features this
+        (DType::F16, IsaKind::Avx2 | IsaKind::Avx512) => {
+            // SAFETY: `isa` was detected, and both require AVX2, FMA and F16C, the features this
             // kernel is compiled for.
             unsafe { x86::avx2::widen_f16_rows(src, stride, n, dst) }
         }
@@ -283,14 +272,11 @@ pub fn widen_rows_with(
                 let row = &src[t * stride..t * stride + row_bytes];
                 for (p, o) in row.chunks_exact(piece_bytes).zip(out.chunks_exact_mut(4 * piece)) {
                     (format(dtype).dequantize)(p, &mut buf[..piece]);
-                    for (d, v) in o.chunks_exact_mut(4).zip(&buf) {
-                        d.copy_from_slice(&v.to_le_bytes());
-                    }
+                    o.copy_from_slice(bytemuck::cast_slice(&buf[..piece]));
                 }
             }
         }
     }
-    Some(())
 }
 
 /// Attention scores: `out[t] = scale · dot(row t, q)` for `t` in `0..out.len()`, where row `t`
@@ -301,37 +287,33 @@ pub fn widen_rows_with(
 /// # Panics
 /// If `dtype` is not F32 or F16 or the rows do not fit in `rows`.
 pub fn dot_rows(dtype: DType, q: &[u8], rows: &[u8], stride: usize, scale: f32, out: &mut [f32]) {
-    dot_rows_with(dispatch::isa(), dtype, q, rows, stride, scale, out)
-        .expect("the process instruction set is supported");
+    dot_rows_with(dispatch::isa(), dtype, q, rows, stride, scale, out);
 }
 
-/// [`dot_rows`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
+/// [`dot_rows`] with an explicit instruction set, for tests.
 /// On AVX-512 f32 rows go through `x86::avx512_rows`, whose results are the AVX2 kernel's bit for bit.
 pub fn dot_rows_with(
-    isa: dispatch::Isa,
+    isa: Isa,
     dtype: DType,
     q: &[u8],
     rows: &[u8],
     stride: usize,
     scale: f32,
     out: &mut [f32],
-) -> Option<()> {
+) {
     assert!(matches!(dtype, DType::F32 | DType::F16), "dot_rows supports F32 and F16, not {dtype}");
     let n_values = q.len() / 4;
     let row_bytes = n_values * dtype.block_bytes();
     check_rows(out.len(), row_bytes, stride, rows);
-    if !isa.is_supported() {
-        return None;
-    }
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        dispatch::Isa::Avx512 if dtype == DType::F32 => {
-            // SAFETY: `isa` is supported by this CPU: AVX-512 F/BW/VL/VNNI with AVX2, FMA and F16C.
+        IsaKind::Avx512 if dtype == DType::F32 => {
+            // SAFETY: `isa` was detected: AVX-512 F/BW/VL/VNNI with AVX2, FMA and F16C.
             unsafe { x86::avx512_rows::dot_rows_f32(q, rows, stride, scale, out) }
         }
         #[cfg(target_arch = "x86_64")]
-        dispatch::Isa::Avx2 | dispatch::Isa::Avx512 => {
-            // SAFETY: `isa` is supported by this CPU, and both require AVX2, FMA and F16C, the features this
+        IsaKind::Avx2 | IsaKind::Avx512 => {
+            // SAFETY: `isa` was detected, and both require AVX2, FMA and F16C, the features this
             // kernel is compiled for.
             unsafe { x86::avx2::dot_rows(dtype == DType::F16, q, rows, stride, scale, out) }
         }
@@ -342,7 +324,6 @@ pub fn dot_rows_with(
             }
         }
     }
-    Some(())
 }
 
 /// Attention output: `y = fma(p[t], row t, y)` for `t` in order, where row `t` holds
@@ -352,67 +333,49 @@ pub fn dot_rows_with(
 /// # Panics
 /// If `dtype` is not F32 or F16 or the rows do not fit in `rows`.
 pub fn axpy_rows(dtype: DType, p: &[f32], rows: &[u8], stride: usize, y: &mut [f32]) {
-    axpy_rows_with(dispatch::isa(), dtype, p, rows, stride, y)
-        .expect("the process instruction set is supported");
+    axpy_rows_with(dispatch::isa(), dtype, p, rows, stride, y);
 }
 
-/// [`axpy_rows`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
-pub fn axpy_rows_with(
-    isa: dispatch::Isa,
-    dtype: DType,
-    p: &[f32],
-    rows: &[u8],
-    stride: usize,
-    y: &mut [f32],
-) -> Option<()> {
+/// [`axpy_rows`] with an explicit instruction set, for tests.
+pub fn axpy_rows_with(isa: Isa, dtype: DType, p: &[f32], rows: &[u8], stride: usize, y: &mut [f32]) {
     assert!(matches!(dtype, DType::F32 | DType::F16), "axpy_rows supports F32 and F16, not {dtype}");
     let row_bytes = y.len() * dtype.block_bytes();
     check_rows(p.len(), row_bytes, stride, rows);
-    if !isa.is_supported() {
-        return None;
-    }
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        dispatch::Isa::Avx512 if dtype == DType::F32 => {
-            // SAFETY: `isa` is supported by this CPU: AVX-512 F/BW/VL/VNNI with AVX2, FMA and F16C.
+        IsaKind::Avx512 if dtype == DType::F32 => {
+            // SAFETY: `isa` was detected: AVX-512 F/BW/VL/VNNI with AVX2, FMA and F16C.
             unsafe { x86::avx512_rows::axpy_rows_f32(p, rows, stride, y) }
         }
         #[cfg(target_arch = "x86_64")]
-        dispatch::Isa::Avx2 | dispatch::Isa::Avx512 => {
-            // SAFETY: `isa` is supported by this CPU, and both require AVX2, FMA and F16C, the features this
+        IsaKind::Avx2 | IsaKind::Avx512 => {
+            // SAFETY: `isa` was detected, and both require AVX2, FMA and F16C, the features this
             // kernel is compiled for.
             unsafe { x86::avx2::axpy_rows(dtype == DType::F16, p, rows, stride, y) }
         }
         _ => {
             for (t, &pt) in p.iter().enumerate() {
-                axpy_with(isa, dtype, pt, &rows[t * stride..t * stride + row_bytes], y)?;
+                axpy_with(isa, dtype, pt, &rows[t * stride..t * stride + row_bytes], y);
             }
         }
     }
-    Some(())
 }
 
 /// `x[i] = e^x[i]` for every value: `f32::exp` (libm) element by element, or on AVX-512 with glibc sixteen at
 /// a time with glibc's results bit for bit (`x86::avx512_exp`; glibc 2.27+ on CPUs with FMA, tested over every
 /// `f32` below 88 in magnitude). SwiGLU and the attention softmax spend their time here.
 pub fn exp_in_place(x: &mut [f32]) {
-    exp_in_place_on(dispatch::isa(), x);
+    exp_in_place_with(dispatch::isa(), x);
 }
 
-/// [`exp_in_place`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
-pub fn exp_in_place_with(isa: dispatch::Isa, x: &mut [f32]) -> Option<()> {
-    isa.is_supported().then(|| exp_in_place_on(isa, x))
-}
-
-/// [`exp_in_place`] on `isa`, which the CPU supports (callers check; [`dispatch::isa`] once per process): the
-/// softmax calls this once per query and split, so it does not test the CPU again each time.
-fn exp_in_place_on(isa: dispatch::Isa, x: &mut [f32]) {
-    match isa {
+/// [`exp_in_place`] with an explicit instruction set, for tests.
+pub fn exp_in_place_with(isa: Isa, x: &mut [f32]) {
+    match isa.kind() {
         // Only where `f32::exp` is glibc's (the vector path reproduces glibc's `expf`; another libm would make
         // results depend on which values fall in the vector path).
         #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-        // SAFETY: `isa` is supported by this CPU (callers check), so it has AVX-512 F and VL.
-        dispatch::Isa::Avx512 => unsafe { x86::avx512_exp::exp_in_place(x) },
+        // SAFETY: `isa` was detected, so the CPU has AVX-512 F and VL.
+        IsaKind::Avx512 => unsafe { x86::avx512_exp::exp_in_place(x) },
         _ => x.iter_mut().for_each(|v| *v = v.exp()),
     }
 }

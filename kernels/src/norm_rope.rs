@@ -9,7 +9,7 @@
 //! The scaling and the rotation are one multiply (or a multiply and an add) per value, the same operations
 //! in the same order as the scalar code (no fused multiply-adds), so they match trivially.
 
-use crate::dispatch::{self, Isa};
+use crate::dispatch::{self, Isa, IsaKind};
 #[cfg(target_arch = "x86_64")]
 use crate::x86;
 
@@ -18,24 +18,19 @@ pub const LANES: usize = 16;
 
 /// `Σ x[i]²` in f64, lane by lane as the module docs say.
 pub fn sum_squares(x: &[f32]) -> f64 {
-    sum_squares_on(dispatch::isa(), x)
+    sum_squares_with(dispatch::isa(), x)
 }
 
-/// [`sum_squares`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
-pub fn sum_squares_with(isa: Isa, x: &[f32]) -> Option<f64> {
-    isa.is_supported().then(|| sum_squares_on(isa, x))
-}
-
-/// [`sum_squares`] on `isa`, which the CPU supports ([`dispatch::isa`] is checked once per process).
-fn sum_squares_on(isa: Isa, x: &[f32]) -> f64 {
-    match isa {
-        Isa::Scalar => sum_squares_scalar(x),
+/// [`sum_squares`] with an explicit instruction set, for tests.
+pub fn sum_squares_with(isa: Isa, x: &[f32]) -> f64 {
+    match isa.kind() {
+        IsaKind::Scalar => sum_squares_scalar(x),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` is supported by this CPU (callers check), so it has AVX2 and FMA.
-        Isa::Avx2 => unsafe { x86::avx2_norm_rope::sum_squares(x) },
+        // SAFETY: `isa` was detected, so it has AVX2 and FMA.
+        IsaKind::Avx2 => unsafe { x86::avx2_norm_rope::sum_squares(x) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` is supported by this CPU, so it has AVX-512 F.
-        Isa::Avx512 => unsafe { x86::avx512_norm_rope::sum_squares(x) },
+        // SAFETY: `isa` was detected, so it has AVX-512 F.
+        IsaKind::Avx512 => unsafe { x86::avx512_norm_rope::sum_squares(x) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => sum_squares_scalar(x),
     }
@@ -64,25 +59,19 @@ pub(crate) fn fold_lanes(lanes: &[f64; LANES]) -> f64 {
 
 /// `x[i] = x[i] · scale · w[i]` (the multiplications in that order), RMSNorm's last step.
 pub fn scale_mul(x: &mut [f32], scale: f32, w: &[f32]) {
-    scale_mul_on(dispatch::isa(), x, scale, w)
+    scale_mul_with(dispatch::isa(), x, scale, w)
 }
 
-/// [`scale_mul`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
-/// Panics if `w` is shorter than `x`.
-pub fn scale_mul_with(isa: Isa, x: &mut [f32], scale: f32, w: &[f32]) -> Option<()> {
-    isa.is_supported().then(|| scale_mul_on(isa, x, scale, w))
-}
-
-/// [`scale_mul`] on `isa`, which the CPU supports.
-fn scale_mul_on(isa: Isa, x: &mut [f32], scale: f32, w: &[f32]) {
+/// [`scale_mul`] with an explicit instruction set, for tests. Panics if `w` is shorter than `x`.
+pub fn scale_mul_with(isa: Isa, x: &mut [f32], scale: f32, w: &[f32]) {
     let w = &w[..x.len()];
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` is supported by this CPU (callers check); `w` is as long as `x`.
-        Isa::Avx2 => unsafe { x86::avx2_norm_rope::scale_mul(x, scale, w) },
+        // SAFETY: `isa` was detected; `w` is as long as `x`.
+        IsaKind::Avx2 => unsafe { x86::avx2_norm_rope::scale_mul(x, scale, w) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, with AVX-512 F.
-        Isa::Avx512 => unsafe { x86::avx512_norm_rope::scale_mul(x, scale, w) },
+        IsaKind::Avx512 => unsafe { x86::avx512_norm_rope::scale_mul(x, scale, w) },
         _ => scale_mul_scalar(x, scale, w),
     }
 }
@@ -97,26 +86,21 @@ pub fn scale_mul_scalar(x: &mut [f32], scale: f32, w: &[f32]) {
 /// RoPE's rotation of one head in NEOX layout: `lo[i], hi[i] = lo·cos − hi·sin, lo·sin + hi·cos` (each product
 /// rounded, then the sum), `i` over `lo.len()`.
 pub fn rope_turn(lo: &mut [f32], hi: &mut [f32], cos: &[f32], sin: &[f32]) {
-    rope_turn_on(dispatch::isa(), lo, hi, cos, sin)
+    rope_turn_with(dispatch::isa(), lo, hi, cos, sin)
 }
 
-/// [`rope_turn`] with an explicit instruction set, for tests. `None` if this CPU does not support `isa`.
-/// Panics if `hi`, `cos` or `sin` is shorter than `lo`.
-pub fn rope_turn_with(isa: Isa, lo: &mut [f32], hi: &mut [f32], cos: &[f32], sin: &[f32]) -> Option<()> {
-    isa.is_supported().then(|| rope_turn_on(isa, lo, hi, cos, sin))
-}
-
-/// [`rope_turn`] on `isa`, which the CPU supports.
-fn rope_turn_on(isa: Isa, lo: &mut [f32], hi: &mut [f32], cos: &[f32], sin: &[f32]) {
+/// [`rope_turn`] with an explicit instruction set, for tests. Panics if `hi`, `cos` or `sin` is shorter
+/// than `lo`.
+pub fn rope_turn_with(isa: Isa, lo: &mut [f32], hi: &mut [f32], cos: &[f32], sin: &[f32]) {
     let n = lo.len();
     let (hi, cos, sin) = (&mut hi[..n], &cos[..n], &sin[..n]);
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `isa` is supported by this CPU (callers check); all four slices have `n` values.
-        Isa::Avx2 => unsafe { x86::avx2_norm_rope::rope_turn(lo, hi, cos, sin) },
+        // SAFETY: `isa` was detected; all four slices have `n` values.
+        IsaKind::Avx2 => unsafe { x86::avx2_norm_rope::rope_turn(lo, hi, cos, sin) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, with AVX-512 F.
-        Isa::Avx512 => unsafe { x86::avx512_norm_rope::rope_turn(lo, hi, cos, sin) },
+        IsaKind::Avx512 => unsafe { x86::avx512_norm_rope::rope_turn(lo, hi, cos, sin) },
         _ => rope_turn_scalar(lo, hi, cos, sin),
     }
 }

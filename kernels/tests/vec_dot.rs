@@ -10,7 +10,7 @@
 
 mod common;
 
-use quire_kernels::dispatch::{self, Isa};
+use quire_kernels::dispatch;
 use quire_kernels::{formats, vec_dot, vec_dot_scalar, DType};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -29,12 +29,6 @@ fn lengths(dtype: DType) -> Vec<usize> {
         n.extend([64, 96]);
     }
     n
-}
-
-/// The SIMD instruction sets this CPU can run (empty on a machine without AVX2, in
-/// which case only the scalar checks below run).
-fn simd_isas() -> Vec<Isa> {
-    [Isa::Avx2, Isa::Avx512].into_iter().filter(|isa| isa.is_supported()).collect()
 }
 
 /// Σ|w_i·a_i| over the dequantized operands, and Σ w_i·a_i in f64.
@@ -61,8 +55,8 @@ fn check_pair(what: &str, dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
         (scalar as f64 - exact).abs() <= tol,
         "{what}: scalar {scalar} vs dequantized {exact} (|w·a| {mag})"
     );
-    for isa in simd_isas() {
-        let simd = dispatch::vec_dot_with(isa, dtype, n, w, act).unwrap();
+    for isa in common::simd_isas() {
+        let simd = dispatch::vec_dot_with(isa, dtype, n, w, act);
         if is_k_quant(dtype) || matches!(dtype, DType::Q4_0 | DType::Q8_0) {
             assert_eq!(simd.to_bits(), scalar.to_bits(), "{what} {isa}: {simd} vs {scalar}");
         } else {
@@ -73,7 +67,7 @@ fn check_pair(what: &str, dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
         }
     }
     let process = vec_dot(dtype, n, w, act);
-    let expected = dispatch::vec_dot_with(dispatch::isa(), dtype, n, w, act).unwrap();
+    let expected = dispatch::vec_dot_with(dispatch::isa(), dtype, n, w, act);
     assert_eq!(process.to_bits(), expected.to_bits(), "{what}: vec_dot uses isa()");
     scalar
 }
@@ -187,8 +181,8 @@ fn integer_sums_are_exact_with_unit_scales() {
             let expected: i64 = wv.iter().zip(&qs).map(|(&x, &y)| x as i64 * y as i64).sum();
             let scalar = vec_dot_scalar(dtype, n, &w, &a);
             assert_eq!(scalar, expected as f32, "{dtype} n={n} scalar");
-            for isa in simd_isas() {
-                let simd = dispatch::vec_dot_with(isa, dtype, n, &w, &a).unwrap();
+            for isa in common::simd_isas() {
+                let simd = dispatch::vec_dot_with(isa, dtype, n, &w, &a);
                 assert_eq!(simd, expected as f32, "{dtype} n={n} {isa}");
             }
         }

@@ -5,10 +5,6 @@ use std::time::Duration;
 
 use quire_engine::kv_cache::KvType;
 
-/// Environment variable read for the API key when `--api-key` is not given, so the key need not appear in
-/// `ps` output or shell history.
-pub const API_KEY_ENV: &str = "QUIRE_API_KEY";
-
 /// Everything the server needs to start. Build it with [`ServerConfig::new`] and override fields.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -32,14 +28,12 @@ pub struct ServerConfig {
     pub n_slots: usize,
     /// Requests allowed to wait for a slot before new ones get 429.
     pub queue_capacity: usize,
-    /// Context per slot in tokens; `None` = 4096 or the model's trained context if smaller.
+    /// Context per slot in tokens; `None` = [`quire_engine::config::Config::default_ctx`].
     pub ctx: Option<usize>,
-    /// Compute threads (the pinned worker pool); `None` = one per physical core.
-    pub threads: Option<usize>,
-    /// CPUs to pin the workers to, as `0,2-3` (`--cpu-list`); `None` = one per physical core.
-    pub cpu_list: Option<String>,
     /// Element type of the slots' KV caches (`--kv-type`).
     pub kv_type: KvType,
+    /// Prepack the weights in the background after load (`--prepack`).
+    pub prepack: bool,
     /// How long in-flight requests may run after SIGINT/SIGTERM before the server exits anyway.
     pub shutdown_grace: Duration,
     /// Interval of `: keep-alive` SSE comments while a stream waits for tokens (queue, long prefill), so
@@ -63,7 +57,7 @@ pub const DEFAULT_QUEUE: usize = 16;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
 impl ServerConfig {
-    /// Defaults for serving `model_path`; the API key comes from `QUIRE_API_KEY` if set and non-empty.
+    /// Defaults for serving `model_path` (no API key; the CLI reads `QUIRE_API_KEY`).
     pub fn new(model_path: impl Into<PathBuf>) -> ServerConfig {
         let model_path = model_path.into();
         ServerConfig {
@@ -71,16 +65,15 @@ impl ServerConfig {
             port: DEFAULT_PORT,
             model_name: model_name_from_path(&model_path),
             model_path,
-            api_key: std::env::var(API_KEY_ENV).ok().filter(|k| !k.is_empty()),
+            api_key: None,
             cors: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             timeout: Some(Duration::from_secs(DEFAULT_TIMEOUT_SECS)),
             n_slots: DEFAULT_SLOTS,
             queue_capacity: DEFAULT_QUEUE,
             ctx: None,
-            threads: None,
-            cpu_list: None,
             kv_type: KvType::default(),
+            prepack: true,
             shutdown_grace: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
@@ -92,10 +85,6 @@ impl ServerConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.n_slots >= 1, "--parallel must be at least 1");
         anyhow::ensure!(self.ctx != Some(0), "--ctx must be at least 1");
-        anyhow::ensure!(self.threads != Some(0), "--threads must be at least 1");
-        if let Some(list) = &self.cpu_list {
-            quire_engine::threads::parse_cpu_list(list)?;
-        }
         anyhow::ensure!(self.max_body_bytes >= 1024, "--max-body must be at least 1024 bytes");
         anyhow::ensure!(
             self.timeout != Some(Duration::ZERO),

@@ -2,6 +2,7 @@
 //! status, so OpenAI client libraries raise the right exception class and show the message.
 
 use hyper::StatusCode;
+use quire_engine::scheduler::Failure;
 use serde_json::{json, Value};
 
 /// An error answer. `param` names the offending request field (`"temperature"`, `"messages[2].role"`).
@@ -116,26 +117,16 @@ impl ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
-    /// 504: the request ran past `--timeout` (queue wait included).
-    pub fn timeout(cfg: &crate::config::ServerConfig) -> ApiError {
-        let secs = cfg.timeout.map_or(0.0, |t| t.as_secs_f64());
-        ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "server_error",
-            format!("the request did not finish within this server's limit of {secs} s (--timeout)"),
-        )
-        .with_code("timeout")
-    }
-
-    /// A generation that ended with the scheduler's `Event::Failed`. Its only failure a client can cause
-    /// is running past `--timeout` (reported as "timed out ..."): that is a 504 with code `timeout`, so
-    /// clients can tell it from a broken server; anything else is a 500.
-    pub fn generation_failed(message: &str) -> ApiError {
-        if message.contains("timed out") {
-            ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", format!("{message} (--timeout)"))
-                .with_code("timeout")
-        } else {
-            ApiError::internal(format!("generation failed: {message}"))
+    /// A generation that ended with the scheduler's `Event::Failed`: running past `--timeout` (`timeout`: its
+    /// value) is a 504 with code `timeout`, so clients can tell it from a broken server; anything else a 500.
+    pub fn generation_failed(failure: &Failure, timeout: Option<std::time::Duration>) -> ApiError {
+        match failure {
+            Failure::TimedOut { .. } => {
+                let limit = timeout.map_or(0.0, |t| t.as_secs_f64());
+                let message = format!("{failure}: over this server's limit of {limit} s (--timeout)");
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, "server_error", message).with_code("timeout")
+            }
+            Failure::Inference(_) => ApiError::internal(format!("generation failed: {failure}")),
         }
     }
 

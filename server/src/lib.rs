@@ -6,7 +6,6 @@
 //! `loading` until it is done), so orchestrators can tell "starting" from "dead". Generation runs on the
 //! engine's scheduler thread; its events reach the async side through unbounded channels (see [`sse`]).
 
-pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod metrics;
@@ -258,13 +257,11 @@ pub fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     rt.block_on(serve(cfg))
 }
 
-/// Log to stderr at `info` (override with `QUIRE_LOG` or `RUST_LOG`, e.g. `QUIRE_LOG=debug`). Safe to call
-/// more than once.
-pub fn init_logging() {
+/// Log to stderr with `filter` (tracing's `EnvFilter` syntax, e.g. `debug` or `quire_server=debug`; `info`
+/// when `None` or invalid). Safe to call more than once: the first call wins.
+pub fn init_logging(filter: Option<&str>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("QUIRE_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = filter.and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

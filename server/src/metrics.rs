@@ -7,38 +7,6 @@ use std::sync::Mutex;
 
 use quire_engine::scheduler::SchedulerStats;
 
-/// The scheduler's numbers as `/metrics` shows them (a copy, so rendering holds no scheduler lock).
-#[derive(Clone, Debug, Default)]
-pub struct SchedulerGauges {
-    pub queued: usize,
-    pub active: usize,
-    pub n_slots: usize,
-    pub kv_used_tokens: usize,
-    pub kv_capacity_tokens: usize,
-    pub prompt_tokens_total: u64,
-    pub generated_tokens_total: u64,
-    pub prefill_tps: f64,
-    pub decode_tps: f64,
-    pub weights_prepacking: bool,
-}
-
-impl From<&SchedulerStats> for SchedulerGauges {
-    fn from(s: &SchedulerStats) -> Self {
-        SchedulerGauges {
-            queued: s.queued,
-            active: s.active,
-            n_slots: s.n_slots,
-            kv_used_tokens: s.kv_used_tokens,
-            kv_capacity_tokens: s.kv_capacity_tokens,
-            prompt_tokens_total: s.prompt_tokens_total,
-            generated_tokens_total: s.generated_tokens_total,
-            prefill_tps: s.prefill_tps,
-            decode_tps: s.decode_tps,
-            weights_prepacking: s.weights_prepacking,
-        }
-    }
-}
-
 /// Upper bounds (seconds) of the request latency buckets: from a health check to a long generation.
 const LATENCY_BUCKETS: &[f64] =
     &[0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0];
@@ -95,7 +63,8 @@ pub struct Metrics {
 pub struct Snapshot<'a> {
     pub model_name: &'a str,
     pub loaded: bool,
-    pub scheduler: Option<SchedulerGauges>,
+    /// The scheduler's numbers (a copy: rendering holds no scheduler lock).
+    pub scheduler: Option<SchedulerStats>,
     pub queue_capacity: usize,
     pub open_connections: usize,
 }

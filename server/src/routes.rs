@@ -18,22 +18,23 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use quire_engine::chat::RenderOptions;
-use quire_engine::generate::{Engine, GenerateParams};
+use quire_engine::generate::{Engine, GenerateParams, PromptError};
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::errors::{ApiError, ApiResult};
 use crate::metrics::Snapshot;
 use crate::openai::{self, PromptInput, ResponseMeta, UsageCounts};
 use crate::request_log::RequestLog;
-use crate::sse::{BoxError, ChatSse, CompletionSse, EventStream, PlainText, StreamFormat, StreamTiming};
+use crate::sse::{BoxError, ChatSse, CompletionSse, EventStream, PlainText, StreamFormat};
 use crate::state::{unix_now, AppState, LoadState, Ready};
 use quire_engine::scheduler::{self, Event, SubmitError, Usage};
 
 /// Body type of every response.
 pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
-/// The embedded chat page (the web UI issue replaces this placeholder).
+/// The chat page: server/web's sources bundled into one file by scripts/build-web.sh.
 const INDEX_HTML: &str = include_str!("../static/index.html");
 
 /// Where a request goes. The `endpoint` names double as log fields and metrics labels.
@@ -242,17 +243,10 @@ fn check_auth(key: Option<&str>, headers: &HeaderMap) -> ApiResult<()> {
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
     match token {
-        Some(t) if constant_time_eq(t.as_bytes(), key.as_bytes()) => Ok(()),
+        Some(t) if bool::from(t.as_bytes().ct_eq(key.as_bytes())) => Ok(()),
         Some(_) => Err(ApiError::unauthorized("invalid API key")),
         None => Err(ApiError::unauthorized("the Authorization header must be 'Bearer <key>'")),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn add_cors(h: &mut HeaderMap, origin: &str) {
@@ -352,7 +346,7 @@ fn metrics(state: &AppState) -> Response<ResponseBody> {
     let text = state.metrics.render(&Snapshot {
         model_name: &state.cfg.model_name,
         loaded: matches!(state.load_state(), LoadState::Ready(_)),
-        scheduler: state.scheduler_stats().as_ref().map(Into::into),
+        scheduler: state.scheduler_stats(),
         queue_capacity: state.cfg.queue_capacity,
         open_connections: state.open_connections.load(std::sync::atomic::Ordering::Relaxed),
     });
@@ -422,29 +416,22 @@ fn text_prompt(
     })
 }
 
-/// Hand a prompt to the scheduler; events arrive on the returned channel.
+/// Hand a prompt to the scheduler, which checks it (length, token ids) and enforces `--timeout` from now,
+/// queue wait included; events arrive on the returned channel.
 fn submit(
+    state: &AppState,
     ready: &Ready,
     prompt: Vec<u32>,
     params: GenerateParams,
     prompt_param: &str,
     log: &RequestLog,
 ) -> ApiResult<UnboundedReceiver<Event>> {
-    if prompt.is_empty() {
-        return Err(ApiError::invalid_param(prompt_param, "the prompt is empty after tokenization"));
-    }
-    if prompt.len() >= ready.n_ctx {
-        return Err(ApiError::context_length(prompt_param, prompt.len(), ready.n_ctx));
-    }
     log.set_prompt_tokens(prompt.len());
     let (tx, rx) = unbounded_channel();
     let request = scheduler::Request {
         prompt,
         params,
-        // `--timeout` is enforced on this side, by dropping the receiver (the same path as a client that
-        // leaves), not through the scheduler's `deadline`: the engine's worker currently panics when a
-        // deadline expires on the only active slot (it then runs a step with an empty batch).
-        deadline: None,
+        deadline: state.cfg.timeout.map(|t| std::time::Instant::now() + t),
         // Runs on the scheduler's thread. A failed send means the receiver (response body or waiting
         // handler) is gone, i.e. the client left: stop generating.
         on_event: Box::new(move |ev| {
@@ -457,37 +444,22 @@ fn submit(
     };
     ready.scheduler.submit(request).map_err(|e| match e {
         SubmitError::QueueFull { capacity } => ApiError::queue_full(capacity),
-        SubmitError::PromptTooLong { prompt_tokens, n_ctx } => {
+        SubmitError::Prompt(PromptError::TooLong { prompt_tokens, n_ctx }) => {
             ApiError::context_length(prompt_param, prompt_tokens, n_ctx)
         }
+        SubmitError::Prompt(PromptError::Empty) => {
+            ApiError::invalid_param(prompt_param, "the prompt is empty after tokenization")
+        }
+        SubmitError::BadToken(m) => ApiError::invalid_param(prompt_param, m),
         SubmitError::Invalid(m) => ApiError::bad_request(m),
         SubmitError::ShuttingDown => ApiError::shutting_down(),
     })?;
     Ok(rx)
 }
 
-/// When a request submitted now must be over (`--timeout`).
-fn deadline(state: &AppState) -> Option<tokio::time::Instant> {
-    state.cfg.timeout.map(|t| tokio::time::Instant::now() + t)
-}
-
-/// Wait for a whole generation (non-streaming responses).
+/// Wait for a whole generation (non-streaming responses). The scheduler ends it with a failure at
+/// `--timeout`; a client that leaves drops `rx` with this future, which cancels at the next event.
 async fn collect(
-    state: &AppState,
-    rx: UnboundedReceiver<Event>,
-    log: &RequestLog,
-) -> ApiResult<(String, Usage)> {
-    let wait = collect_events(state, rx, log);
-    match deadline(state) {
-        // On timeout the receiver is dropped with `wait`: the scheduler cancels at its next event.
-        Some(at) => {
-            tokio::time::timeout_at(at, wait).await.unwrap_or_else(|_| Err(ApiError::timeout(&state.cfg)))
-        }
-        None => wait.await,
-    }
-}
-
-async fn collect_events(
     state: &AppState,
     mut rx: UnboundedReceiver<Event>,
     log: &RequestLog,
@@ -508,19 +480,11 @@ async fn collect_events(
                 );
                 return Ok((text, u));
             }
-            Event::Failed(m) => return Err(ApiError::generation_failed(&m)),
+            Event::Failed(f) => return Err(ApiError::generation_failed(&f, state.cfg.timeout)),
         }
     }
     state.scheduler_lost.store(true, std::sync::atomic::Ordering::Release);
     Err(ApiError::internal("the scheduler dropped the request before it finished"))
-}
-
-fn usage_counts(u: &Usage) -> UsageCounts {
-    UsageCounts {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-        cached_tokens: u.cached_tokens,
-    }
 }
 
 fn stream_response<F: StreamFormat>(
@@ -530,12 +494,7 @@ fn stream_response<F: StreamFormat>(
     content_type: &'static str,
     log: &RequestLog,
 ) -> Response<ResponseBody> {
-    let timing = StreamTiming {
-        keepalive_every: state.cfg.keepalive_interval,
-        deadline: deadline(state),
-        timeout_error: ApiError::timeout(&state.cfg),
-    };
-    let body = EventStream::new(rx, format, timing, log.clone(), state.scheduler_lost.clone());
+    let body = EventStream::new(rx, format, state, log.clone());
     let mut r = Response::new(body.boxed_unsync());
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -555,7 +514,7 @@ async fn chat(
     check_model(state, req.model.as_deref());
     let prompt = chat_prompt(&ready, req.messages, req.render).await?;
     let params = req.sampling.to_params(prompt.len(), ready.n_ctx);
-    let rx = submit(&ready, prompt, params, "messages", log)?;
+    let rx = submit(state, &ready, prompt, params, "messages", log)?;
     let meta = ResponseMeta {
         id: format!("chatcmpl-{}", log.id()),
         created: unix_now(),
@@ -566,7 +525,12 @@ async fn chat(
         return Ok(stream_response(state, rx, format, "text/event-stream", log));
     }
     let (text, usage) = collect(state, rx, log).await?;
-    let v = openai::chat_completion(&meta, &text, openai::finish_reason(usage.finish), &usage_counts(&usage));
+    let v = openai::chat_completion(
+        &meta,
+        &text,
+        openai::finish_reason(usage.finish),
+        &UsageCounts::from(&usage),
+    );
     Ok(json_response(StatusCode::OK, &v))
 }
 
@@ -580,20 +544,10 @@ async fn completions(
     check_model(state, req.model.as_deref());
     let prompt = match req.prompt {
         PromptInput::Text(t) => text_prompt(&ready, t).await?,
-        PromptInput::Tokens(ids) => {
-            // Out-of-range ids would index past the embedding table on the scheduler thread.
-            let vocab = ready.engine.model.config.vocab_size;
-            if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                return Err(ApiError::invalid_param(
-                    "prompt",
-                    format!("token id {bad} is outside the vocabulary (size {vocab})"),
-                ));
-            }
-            ids
-        }
+        PromptInput::Tokens(ids) => ids,
     };
     let params = req.sampling.to_params(prompt.len(), ready.n_ctx);
-    let rx = submit(&ready, prompt, params, "prompt", log)?;
+    let rx = submit(state, &ready, prompt, params, "prompt", log)?;
     let meta = ResponseMeta {
         id: format!("cmpl-{}", log.id()),
         created: unix_now(),
@@ -604,7 +558,12 @@ async fn completions(
         return Ok(stream_response(state, rx, format, "text/event-stream", log));
     }
     let (text, usage) = collect(state, rx, log).await?;
-    let v = openai::text_completion(&meta, &text, openai::finish_reason(usage.finish), &usage_counts(&usage));
+    let v = openai::text_completion(
+        &meta,
+        &text,
+        openai::finish_reason(usage.finish),
+        &UsageCounts::from(&usage),
+    );
     Ok(json_response(StatusCode::OK, &v))
 }
 
@@ -623,7 +582,7 @@ async fn simple(
         chat_prompt(&ready, req.messages(), opts).await.map_err(|e| e.with_param("prompt"))?
     };
     let params = req.sampling.to_params(prompt.len(), ready.n_ctx);
-    let rx = submit(&ready, prompt, params, "prompt", log)?;
+    let rx = submit(state, &ready, prompt, params, "prompt", log)?;
     if stream {
         return Ok(stream_response(state, rx, PlainText, "text/plain; charset=utf-8", log));
     }
@@ -631,7 +590,7 @@ async fn simple(
     let v = json!({
         "result": text,
         "finish_reason": openai::finish_reason(usage.finish),
-        "usage": usage_counts(&usage).to_json(),
+        "usage": UsageCounts::from(&usage).to_json(),
     });
     Ok(json_response(StatusCode::OK, &v))
 }
@@ -670,10 +629,10 @@ mod tests {
         assert!(check_auth(Some("k1"), &h).is_ok());
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic k1"));
         assert!(check_auth(Some("k1"), &h).is_err());
-        assert!(
-            constant_time_eq(b"abc", b"abc")
-                && !constant_time_eq(b"abc", b"abd")
-                && !constant_time_eq(b"ab", b"abc")
-        );
+        // a prefix of the key, or the key and more, is not the key
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
+        assert!(check_auth(Some("k1"), &h).is_err());
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k12"));
+        assert!(check_auth(Some("k1"), &h).is_err());
     }
 }

@@ -6,7 +6,6 @@
 //! cancels the request and frees the slot. Keep-alive comments come from a timer polled by the same body,
 //! so a stream needs no task of its own.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +21,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use crate::errors::ApiError;
 use crate::openai::{fingerprint, finish_reason, ResponseMeta, UsageCounts};
 use crate::request_log::RequestLog;
+use crate::state::AppState;
 use quire_engine::scheduler::{Event, Usage};
 
 /// Error type of response bodies: returning one from a body aborts the connection, which is how a plain
@@ -57,11 +57,13 @@ pub trait StreamFormat: Send + Unpin + 'static {
     }
 }
 
-fn usage_counts(u: &Usage) -> UsageCounts {
-    UsageCounts {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-        cached_tokens: u.cached_tokens,
+impl From<&Usage> for UsageCounts {
+    fn from(u: &Usage) -> Self {
+        UsageCounts {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+        }
     }
 }
 
@@ -103,7 +105,7 @@ impl StreamFormat for ChatSse {
         if self.include_usage {
             let mut last = self.chunk(json!({}), None);
             last["choices"] = json!([]);
-            last["usage"] = usage_counts(usage).to_json();
+            last["usage"] = UsageCounts::from(usage).to_json();
             out.push_str(&data_line(&last));
         }
         out.push_str(DONE_LINE);
@@ -152,7 +154,7 @@ impl StreamFormat for CompletionSse {
         if self.include_usage {
             let mut last = self.chunk("", None);
             last["choices"] = json!([]);
-            last["usage"] = usage_counts(usage).to_json();
+            last["usage"] = UsageCounts::from(usage).to_json();
             out.push_str(&data_line(&last));
         }
         out.push_str(DONE_LINE);
@@ -186,16 +188,6 @@ impl StreamFormat for PlainText {
     }
 }
 
-/// Timing of a stream besides its events.
-#[derive(Clone, Debug)]
-pub struct StreamTiming {
-    /// Interval of keep-alive comments (for formats that allow them).
-    pub keepalive_every: Duration,
-    /// `--timeout`: at this instant the stream ends with `timeout_error` and the request is cancelled.
-    pub deadline: Option<Instant>,
-    pub timeout_error: ApiError,
-}
-
 /// A streaming response body driven by scheduler events.
 pub struct EventStream<F: StreamFormat> {
     rx: UnboundedReceiver<Event>,
@@ -203,40 +195,23 @@ pub struct EventStream<F: StreamFormat> {
     started: bool,
     finished: bool,
     keepalive: Option<Interval>,
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    timeout_error: ApiError,
+    timeout: Option<Duration>,
     log: RequestLog,
     /// Set when the event channel closes without a final event: the scheduler lost the request.
     lost: Arc<AtomicBool>,
 }
 
 impl<F: StreamFormat> EventStream<F> {
-    pub fn new(
-        rx: UnboundedReceiver<Event>,
-        format: F,
-        timing: StreamTiming,
-        log: RequestLog,
-        lost: Arc<AtomicBool>,
-    ) -> Self {
-        let every = timing.keepalive_every;
+    /// The body for `rx`'s events; keep-alives every `state.cfg.keepalive_interval` where `format` allows.
+    pub fn new(rx: UnboundedReceiver<Event>, format: F, state: &AppState, log: RequestLog) -> Self {
+        let every = state.cfg.keepalive_interval;
         let keepalive = format.keepalive().then(|| {
             let mut iv = tokio::time::interval_at(Instant::now() + every, every);
             iv.set_missed_tick_behavior(MissedTickBehavior::Delay);
             iv
         });
-        let deadline = timing.deadline.map(|t| Box::pin(tokio::time::sleep_until(t)));
-        let timeout_error = timing.timeout_error;
-        EventStream {
-            rx,
-            format,
-            started: false,
-            finished: false,
-            keepalive,
-            deadline,
-            timeout_error,
-            log,
-            lost,
-        }
+        let (timeout, lost) = (state.cfg.timeout, state.scheduler_lost.clone());
+        EventStream { rx, format, started: false, finished: false, keepalive, timeout, log, lost }
     }
 
     fn data(&mut self, b: Bytes) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -299,8 +274,8 @@ impl<F: StreamFormat> Body for EventStream<F> {
                         None => Poll::Ready(None),
                     };
                 }
-                Poll::Ready(Some(Event::Failed(message))) => {
-                    return this.fail(ApiError::generation_failed(&message));
+                Poll::Ready(Some(Event::Failed(failure))) => {
+                    return this.fail(ApiError::generation_failed(&failure, this.timeout));
                 }
                 Poll::Ready(None) => {
                     this.lost.store(true, Ordering::Release);
@@ -308,14 +283,6 @@ impl<F: StreamFormat> Body for EventStream<F> {
                         .fail(ApiError::internal("the scheduler dropped the request before it finished"));
                 }
                 Poll::Pending => {
-                    if let Some(d) = &mut this.deadline {
-                        if d.as_mut().poll(cx).is_ready() {
-                            // Closing the channel makes the scheduler's next send fail: it cancels.
-                            this.rx.close();
-                            let e = this.timeout_error.clone();
-                            return this.fail(e);
-                        }
-                    }
                     if let Some(iv) = &mut this.keepalive {
                         if iv.poll_tick(cx).is_ready() {
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEPALIVE)))));

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context as _;
 use quire_engine::generate::{Engine, DEFAULT_BATCH};
 use quire_engine::memory::{human_bytes, MemoryPlan};
+use quire_engine::model::LoadOptions;
 use tokio::sync::watch;
 
 use crate::config::ServerConfig;
@@ -43,8 +44,8 @@ pub struct AppState {
     /// Unix time the server started (OpenAI's `created` of the model).
     pub started_unix: u64,
     pub open_connections: AtomicUsize,
-    /// Set when a request's events stop without a final one, or none comes well past `--timeout`: the
-    /// scheduler's worker is gone, and `/health` reports an error from then on so a supervisor restarts us.
+    /// Set when a request's events stop without a final one: the scheduler's worker is gone, and `/health`
+    /// reports an error from then on so a supervisor restarts us.
     pub scheduler_lost: Arc<AtomicBool>,
 }
 
@@ -122,28 +123,15 @@ impl AppState {
     }
 }
 
-/// Start the pinned worker pool once. A second server in the same process (tests) finds it running
-/// already, which is fine unless it asked for a different size.
-fn init_threads(threads: Option<usize>, cpu_list: Option<&[usize]>) -> anyhow::Result<()> {
-    let plan = quire_engine::threads::PoolPlan::new(threads, cpu_list)?;
-    if let Err(e) = plan.start() {
-        if threads.is_some_and(|n| n != rayon::current_num_threads()) || cpu_list.is_some() {
-            tracing::warn!("--threads/--cpu-list ignored: {e:#}");
-        }
-    }
-    Ok(())
-}
-
 /// Load the model and start the scheduler (blocking; runs on a blocking thread).
 pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
-    let cpu_list = cfg.cpu_list.as_deref().map(quire_engine::threads::parse_cpu_list).transpose()?;
-    init_threads(cfg.threads, cpu_list.as_deref())?;
     let t0 = Instant::now();
-    let mut engine =
-        Engine::load(&cfg.model_path).with_context(|| format!("cannot load {}", cfg.model_path.display()))?;
+    let opts = LoadOptions { prepack: cfg.prepack };
+    let mut engine = Engine::load_with(&cfg.model_path, &opts)
+        .with_context(|| format!("cannot load {}", cfg.model_path.display()))?;
     engine.kv_type = cfg.kv_type;
     let c = &engine.model.config;
-    let n_ctx = cfg.ctx.unwrap_or_else(|| c.ctx_train.min(4096)).max(1);
+    let n_ctx = cfg.ctx.unwrap_or_else(|| c.default_ctx());
     if n_ctx > c.ctx_train {
         tracing::warn!(
             "--ctx {n_ctx} is beyond the {} tokens the model was trained on; quality may drop",

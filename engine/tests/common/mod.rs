@@ -3,12 +3,31 @@
 
 use std::path::PathBuf;
 
-/// `$QUIRE_FIXTURES`, else `../shared/fixtures` beside the repository.
+/// `$QUIRE_FIXTURES`, else `../shared/fixtures` beside the repository. Every test reaches its data through
+/// here, so this also fixes the kernels' instruction set first ([`init_isa`]).
 pub fn fixtures() -> PathBuf {
+    init_isa();
     match std::env::var_os("QUIRE_FIXTURES") {
         Some(p) => PathBuf::from(p),
         None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures")),
     }
+}
+
+/// The kernels' instruction set for this test process: scripts/test.sh runs the engine's tests once per set,
+/// naming it in `QUIRE_ISA`; this passes it to the kernels as the CLI's `--isa` does.
+pub fn init_isa() {
+    use quire_kernels::dispatch::{self, IsaKind};
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(name) = std::env::var("QUIRE_ISA") {
+            let kind = IsaKind::ALL.into_iter().find(|k| k.name() == name.trim());
+            let kind = kind.unwrap_or_else(|| panic!("QUIRE_ISA={name:?} is not scalar, avx2 or avx512"));
+            let isa = dispatch::force(kind).expect("the kernels ran before the instruction set was chosen");
+            if isa.kind() != kind {
+                eprintln!("this CPU does not run {kind}; testing {isa}");
+            }
+        }
+    });
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
@@ -24,6 +43,7 @@ pub fn read_json(rel: &str) -> serde_json::Value {
 /// The real Qwen2.5-Coder GGUF (`$QUIRE_REAL_MODEL`, else the fetch script's cache path). `None` means
 /// skip; with `QUIRE_REQUIRE_REAL=1` (set by scripts/test.sh) a missing model is a failure instead.
 pub fn real_model() -> Option<PathBuf> {
+    init_isa();
     let path = match std::env::var_os("QUIRE_REAL_MODEL") {
         Some(p) => PathBuf::from(p),
         None => {

@@ -91,18 +91,6 @@ pub(crate) fn write_f16(bytes: &mut [u8], off: usize, x: f32) {
     bytes[off..off + 2].copy_from_slice(&half::f16::from_f32(x).to_le_bytes());
 }
 
-/// The little-endian half at the start of `bytes`, as `f32`.
-#[inline(always)]
-pub(crate) fn read_f16_pub(bytes: &[u8]) -> f32 {
-    read_f16(bytes, 0)
-}
-
-/// The little-endian `f32` at the start of `bytes`.
-#[inline(always)]
-pub(crate) fn read_f32_pub(bytes: &[u8]) -> f32 {
-    read_f32(bytes, 0)
-}
-
 /// Reads a little-endian `f32` at `off`.
 #[inline(always)]
 pub(crate) fn read_f32(bytes: &[u8], off: usize) -> f32 {

@@ -2,7 +2,7 @@
 //!
 //! `avx2.rs` holds `#[target_feature(enable = "avx2,fma,f16c")]` dot products for every
 //! weight format and the activation quantizers. `avx512.rs` holds the VNNI panel kernels
-//! behind [`crate::matmul`] for the quantized formats, and `avx512_rows.rs` the attention row kernels
+//! behind [`crate::matmul`] for the quantized formats (driven by `avx512_gemm.rs`), and `avx512_rows.rs` the attention row kernels
 //! for f32 rows (the AVX2 ones' results bit for bit), `avx512_exp.rs` an `e^x` with glibc's results bit for
 //! bit, `avx2_norm_rope.rs` and `avx512_norm_rope.rs` RMSNorm's and RoPE's element-wise steps; other
 //! single dot products on AVX-512 machines still run the AVX2 kernels.
@@ -18,6 +18,8 @@ pub mod avx2_norm_rope;
 pub mod avx512;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_exp;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512_gemm;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512_norm_rope;
 #[cfg(target_arch = "x86_64")]

@@ -114,3 +114,29 @@ pub fn dequantize(dtype: DType, bytes: &[u8], n: usize) -> Vec<f32> {
     quire_kernels::dequantize_row(dtype, bytes, &mut out);
     out
 }
+
+/// Every instruction set this CPU runs, scalar first. A set named by `QUIRE_REQUIRE_ISA` (`avx2` or
+/// `avx512`; scripts/test.sh sets it from /proc/cpuinfo) must be among them: on a machine that should run
+/// it, a skipped SIMD test is a failure, not a silent pass.
+pub fn isas() -> Vec<quire_kernels::dispatch::Isa> {
+    use quire_kernels::dispatch::{Isa, IsaKind};
+    let all = Isa::all_supported();
+    if let Ok(required) = std::env::var("QUIRE_REQUIRE_ISA") {
+        let kind = IsaKind::ALL
+            .into_iter()
+            .find(|k| k.name() == required.trim())
+            .unwrap_or_else(|| panic!("QUIRE_REQUIRE_ISA={required:?} is not scalar, avx2 or avx512"));
+        assert!(Isa::detect(kind).is_some(), "QUIRE_REQUIRE_ISA={kind}, but this CPU does not run {kind}");
+    }
+    all
+}
+
+/// [`isas`] without the scalar reference: the sets to compare against it.
+pub fn simd_isas() -> Vec<quire_kernels::dispatch::Isa> {
+    isas().into_iter().filter(|i| *i != quire_kernels::dispatch::Isa::SCALAR).collect()
+}
+
+/// The set of `kind` if this CPU runs it (after the [`isas`] requirement check).
+pub fn isa_of(kind: quire_kernels::dispatch::IsaKind) -> Option<quire_kernels::dispatch::Isa> {
+    isas().into_iter().find(|i| i.kind() == kind)
+}

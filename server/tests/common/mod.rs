@@ -35,7 +35,6 @@ pub fn test_config() -> ServerConfig {
     cfg.port = 0;
     cfg.api_key = None;
     cfg.ctx = Some(512);
-    cfg.threads = None;
     cfg.shutdown_grace = Duration::from_secs(10);
     cfg
 }
@@ -60,7 +59,7 @@ impl TestServer {
 
     /// Start a server without waiting for the model.
     pub async fn start_loading(cfg: ServerConfig) -> TestServer {
-        quire_server::init_logging();
+        quire_server::init_logging(None);
         let server = Server::bind(cfg).await.expect("bind");
         let addr = server.local_addr().unwrap();
         let handle = server.handle();

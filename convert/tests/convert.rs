@@ -2,15 +2,16 @@
 //! and tensor infos, byte-identical quantized tensors; the embedded Qwen3 tokenizer on the 167 reference
 //! cases; and bad checkpoints giving clear errors without leaving a file behind.
 
+#[path = "../../engine/tests/common/mod.rs"]
 mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::*;
-use quire_engine::convert::safetensors::{encode_header, Checkpoint};
-use quire_engine::convert::synth::{synthesize, Preset, SynthOptions};
-use quire_engine::convert::{convert, ConvertOptions, OutType};
+use quire_convert::safetensors::{encode_header, Checkpoint};
+use quire_convert::synth::{synthesize, Preset, SynthOptions};
+use quire_convert::{convert, ConvertOptions, OutType};
 use quire_engine::gguf::GgufFile;
 use quire_engine::kv_cache::{KvCache, KvType};
 use quire_engine::model::{Logits, Model, RunState};

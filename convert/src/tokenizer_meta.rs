@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use super::gguf_writer::MetaValue;
 use super::hf_config::HfConfig;
-use crate::tokenizer::QWEN2_PRE_TOKENIZER_REGEX;
+use quire_engine::tokenizer::QWEN2_PRE_TOKENIZER_REGEX;
 
 /// llama.cpp token types.
 const TOKEN_NORMAL: i32 = 1;

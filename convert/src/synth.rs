@@ -132,12 +132,9 @@ pub struct SynthSummary {
     pub secs: f64,
 }
 
-/// Finds the shared fixtures: `$QUIRE_FIXTURES`, else `shared/fixtures` or `../shared/fixtures` above the
-/// current directory or the executable.
+/// Finds the shared fixtures: `shared/fixtures` or `../shared/fixtures` above the current directory or the
+/// executable.
 pub fn find_fixtures() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("QUIRE_FIXTURES") {
-        return Some(PathBuf::from(p));
-    }
     let mut starts = Vec::new();
     if let Ok(cwd) = std::env::current_dir() {
         starts.push(cwd);

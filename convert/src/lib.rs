@@ -518,8 +518,8 @@ pub(crate) fn check_free_space(dir: &Path, needed: u64) -> Result<()> {
             bail!(
                 "not enough disk space in {}: the output needs {}, only {} is available",
                 dir.display(),
-                crate::memory::human_bytes(needed as usize),
-                crate::memory::human_bytes(available as usize)
+                quire_engine::memory::human_bytes(needed as usize),
+                quire_engine::memory::human_bytes(available as usize)
             );
         }
     }
@@ -551,7 +551,7 @@ fn reserve_space(file: &File, len: u64, path: &Path) -> Result<()> {
         libc::ENOSPC => bail!(
             "not enough disk space for {} ({} needed)",
             path.display(),
-            crate::memory::human_bytes(len as usize)
+            quire_engine::memory::human_bytes(len as usize)
         ),
         _ => Ok(()),
     }

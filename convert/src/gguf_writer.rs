@@ -292,7 +292,7 @@ mod tests {
 
         let path = std::env::temp_dir().join(format!("quire-gguf-writer-{}.gguf", std::process::id()));
         std::fs::write(&path, &bytes).unwrap();
-        let file = crate::gguf::GgufFile::open(&path).unwrap();
+        let file = quire_engine::gguf::GgufFile::open(&path).unwrap();
         assert_eq!(file.architecture(), Some("qwen3"));
         assert_eq!(file.get_u64("x.u32"), Some(7));
         assert_eq!(file.tensors().len(), 2);

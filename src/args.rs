@@ -1,0 +1,139 @@
+//! Flags shared by the subcommands, each defined once, and the process setup they imply.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use quire_engine::kv_cache::KvType;
+use quire_engine::sampler::SamplerOptions;
+
+/// Where the compute threads run.
+#[derive(Args, Clone, Debug, Default)]
+pub struct ThreadArgs {
+    /// Worker threads (default: one per physical core, or per listed CPU).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+    /// Pin the workers to these CPUs, e.g. `0,2-3` (default: one per physical core).
+    #[arg(long = "cpu-list")]
+    pub cpu_list: Option<String>,
+}
+
+impl ThreadArgs {
+    /// Start the pinned worker pool, before any parallel work; returns its size.
+    pub fn init(&self) -> Result<usize> {
+        let cpu_list = self.cpu_list.as_deref().map(quire_engine::threads::parse_cpu_list).transpose()?;
+        quire_engine::threads::init(self.threads, cpu_list.as_deref())
+    }
+}
+
+/// A model file and how to run it.
+#[derive(Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// Path to a GGUF model file.
+    #[arg(short = 'm', long = "model")]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub threads: ThreadArgs,
+    /// Context size in tokens (default: 4096, or the model's trained context if smaller).
+    #[arg(short = 'c', long = "ctx", value_parser = positive)]
+    pub ctx: Option<usize>,
+    /// KV cache element type: f16 (default), q8_0 (half the memory of f16) or f32 (exact).
+    #[arg(long = "kv-type", value_enum, ignore_case = true, default_value_t = KvType::F16)]
+    pub kv_type: KvType,
+}
+
+/// Sampling and stopping options shared by `run` and `chat`.
+#[derive(Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Maximum number of tokens to generate.
+    #[arg(short = 'n', long = "max-tokens", default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Temperature; 0 = greedy (always the most likely token).
+    #[arg(long)]
+    pub temp: Option<f32>,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches P (1 = off).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than P × the most likely one (0 = off).
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Repetition penalty over the last 64 tokens (1 = off).
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
+    /// OpenAI-style presence penalty.
+    #[arg(long)]
+    pub presence_penalty: Option<f32>,
+    /// OpenAI-style frequency penalty.
+    #[arg(long)]
+    pub frequency_penalty: Option<f32>,
+    /// Random seed (same seed, same output).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop when this text appears (repeatable); the stop text is not printed.
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Keep generating past end-of-generation tokens.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// System prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// For hybrid-thinking Qwen3 models: let the model think first (default) or not (`--think false`).
+    #[arg(long)]
+    pub think: Option<bool>,
+}
+
+impl SamplingArgs {
+    /// The sampler settings these flags override (the rest keep their defaults).
+    pub fn sampler(&self) -> SamplerOptions {
+        SamplerOptions {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+        }
+    }
+}
+
+/// A count that must be at least 1.
+pub fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        model: ModelArgs,
+    }
+
+    #[test]
+    fn kv_type_names_parse() {
+        let parse =
+            |v: &str| Cli::try_parse_from(["quire", "-m", "m.gguf", "--kv-type", v]).map(|c| c.model.kv_type);
+        for t in [KvType::F16, KvType::F32, KvType::Q8_0] {
+            assert_eq!(parse(t.name()).unwrap(), t);
+        }
+        assert_eq!(parse("F16").unwrap(), KvType::F16);
+        assert_eq!(parse("q8").unwrap(), KvType::Q8_0);
+        assert!(parse("q4").is_err());
+        let d = Cli::try_parse_from(["quire", "-m", "m.gguf"]).unwrap().model;
+        assert_eq!((d.kv_type, d.ctx, d.threads.threads), (KvType::F16, None, None));
+        assert!(Cli::try_parse_from(["quire", "-m", "m.gguf", "--ctx", "0"]).is_err());
+    }
+}
