@@ -1,13 +1,21 @@
 //! Request parsing and validation for every generating endpoint, and the OpenAI response bodies.
 //!
-//! Requests are read field by field from a `serde_json` object instead of derived structs, so that each
-//! wrong type or out-of-range value becomes a 400 naming the exact field (`param`), unknown fields are
-//! ignored (OpenAI clients send many we have no use for), and `null` means "not given", as OpenAI treats it.
+//! Requests are deserialized into typed structs through `serde_path_to_error`, so that each wrong type
+//! becomes a 400 naming the exact field (`param`: `temperature`, `messages[0].role`); range and feature
+//! checks follow, each a 400 naming its field too. Unknown fields are ignored (OpenAI clients send many we
+//! have no use for), and `null` means "not given", as OpenAI treats it.
 
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+
+use percent_encoding::percent_decode_str;
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{FinishReason, GenerateParams};
 use quire_engine::sampler::SamplerConfig;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use serde_path_to_error::{Path, Segment};
 
 use crate::errors::{ApiError, ApiResult};
 
@@ -125,7 +133,12 @@ impl SimpleRequest {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Field readers
+// Request bodies
+//
+// Each body is a derived struct of `Option`s (missing and `null` both mean "not given"; unknown fields are
+// ignored), read by `from_object` so that a wrong type is a 400 naming its path. The sampling fields live in
+// their own struct, read from the same object, so every endpoint shares them without `#[serde(flatten)]`
+// (which would hide the paths from serde_path_to_error). Range and feature checks follow deserialization.
 
 /// The request body as a JSON object, or a 400 saying what it is instead.
 pub fn parse_json_object(body: &[u8]) -> ApiResult<Map<String, Value>> {
@@ -154,198 +167,318 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Typed access to a request object's fields; every error names the field.
-struct Fields<'a> {
-    map: &'a Map<String, Value>,
-    /// Prefix for `param` in errors (`"stream_options."`).
-    prefix: &'a str,
+/// `/v1/chat/completions`, less the sampling fields.
+#[derive(Deserialize)]
+struct ChatBody {
+    model: Option<String>,
+    messages: Option<Vec<Message>>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    n: Option<Integer>,
+    max_completion_tokens: Option<Integer>,
+    /// Qwen3 hybrid models: a top-level `enable_thinking`, or vLLM's `chat_template_kwargs` one (which wins).
+    enable_thinking: Option<bool>,
+    chat_template_kwargs: Option<TemplateKwargs>,
+    tools: Option<Vec<Value>>,
+    logprobs: Option<bool>,
+    top_logprobs: Option<Integer>,
+    response_format: Option<ResponseFormat>,
 }
 
-impl<'a> Fields<'a> {
-    fn new(map: &'a Map<String, Value>) -> Self {
-        Fields { map, prefix: "" }
-    }
+#[derive(Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
 
-    fn param(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
+#[derive(Deserialize)]
+struct TemplateKwargs {
+    enable_thinking: Option<bool>,
+}
 
-    /// The value, or `None` when missing or `null`.
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.map.get(key).filter(|v| !v.is_null())
-    }
+#[derive(Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
 
-    fn wrong_type(&self, key: &str, want: &str, got: &Value) -> ApiError {
-        ApiError::invalid_param(
-            self.param(key),
-            format!("'{}' must be {want}, not {}", self.param(key), type_name(got)),
-        )
-        .with_code("invalid_type")
-    }
+/// `/v1/completions`, less the sampling fields.
+#[derive(Deserialize)]
+struct CompletionBody {
+    model: Option<String>,
+    prompt: Option<Prompt>,
+    stream: Option<bool>,
+    stream_options: Option<StreamOptions>,
+    n: Option<Integer>,
+    best_of: Option<Integer>,
+    echo: Option<bool>,
+    logprobs: Option<Integer>,
+    suffix: Option<String>,
+}
 
-    fn string(&self, key: &str) -> ApiResult<Option<String>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v) => Err(self.wrong_type(key, "a string", v)),
-        }
-    }
+/// `/generate` and `/stream`, less the sampling fields.
+#[derive(Deserialize)]
+struct SimpleBody {
+    prompt: Option<String>,
+    system: Option<String>,
+    raw: Option<bool>,
+    /// The seed's name for `max_tokens`.
+    max_new_tokens: Option<Integer>,
+}
 
-    fn bool(&self, key: &str) -> ApiResult<Option<bool>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(self.wrong_type(key, "a boolean", v)),
-        }
-    }
-
-    fn object(&self, key: &str) -> ApiResult<Option<&'a Map<String, Value>>> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Value::Object(m)) => Ok(Some(m)),
-            Some(v) => Err(self.wrong_type(key, "an object", v)),
-        }
-    }
-
-    /// A finite number within `[lo, hi]` (`lo_open` excludes `lo`).
-    fn number(&self, key: &str, lo: f64, lo_open: bool, hi: f64) -> ApiResult<Option<f32>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
-        let Some(x) = v.as_f64() else { return Err(self.wrong_type(key, "a number", v)) };
-        let ok = x.is_finite() && (if lo_open { x > lo } else { x >= lo }) && x <= hi;
-        if !ok {
-            let open = if lo_open { '(' } else { '[' };
-            let hi_s = if hi.is_finite() { hi.to_string() } else { "inf".to_string() };
-            return Err(ApiError::invalid_param(
-                self.param(key),
-                format!("'{}' must be in {open}{lo}, {hi_s}], got {x}", self.param(key)),
-            ));
-        }
-        Ok(Some(x as f32))
-    }
-
-    /// An integer within `[lo, hi]`. Integral floats (`1.0`) are accepted: JavaScript clients send them.
-    fn integer(&self, key: &str, lo: i128, hi: i128) -> ApiResult<Option<i128>> {
-        let Some(v) = self.get(key) else { return Ok(None) };
-        let n: Option<i128> = match v {
-            Value::Number(n) => n
-                .as_i64()
-                .map(i128::from)
-                .or_else(|| n.as_u64().map(i128::from))
-                .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e30).map(|f| f as i128)),
-            _ => None,
-        };
-        let Some(n) = n else { return Err(self.wrong_type(key, "an integer", v)) };
-        if n < lo || n > hi {
-            return Err(ApiError::invalid_param(
-                self.param(key),
-                format!("'{}' must be between {lo} and {hi}, got {n}", self.param(key)),
-            ));
-        }
-        Ok(Some(n))
-    }
-
-    /// `stop`: a string or an array of strings.
-    fn stop(&self, key: &str) -> ApiResult<Vec<String>> {
-        let list: Vec<String> = match self.get(key) {
-            None => return Ok(Vec::new()),
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => {
-                let mut out = Vec::with_capacity(a.len());
-                for (i, v) in a.iter().enumerate() {
-                    match v {
-                        Value::String(s) => out.push(s.clone()),
-                        other => {
-                            return Err(ApiError::invalid_param(
-                                format!("{}[{i}]", self.param(key)),
-                                format!("stop sequences must be strings, not {}", type_name(other)),
-                            )
-                            .with_code("invalid_type"))
-                        }
-                    }
-                }
-                out
-            }
-            Some(v) => return Err(self.wrong_type(key, "a string or an array of strings", v)),
-        };
-        if list.len() > MAX_STOP_STRINGS {
-            return Err(ApiError::invalid_param(
-                self.param(key),
-                format!("at most {MAX_STOP_STRINGS} stop sequences are allowed, got {}", list.len()),
-            ));
-        }
-        if list.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
-            return Err(ApiError::invalid_param(
-                self.param(key),
-                format!("stop sequences must be non-empty and at most {MAX_STOP_BYTES} bytes"),
-            ));
-        }
-        Ok(list)
-    }
-
-    /// Reject a field that asks for something we do not do, rather than silently ignoring it.
-    fn unsupported_if(&self, key: &str, bad: impl Fn(&Value) -> bool, why: &str) -> ApiResult<()> {
-        match self.get(key) {
-            Some(v) if bad(v) => {
-                Err(ApiError::invalid_param(self.param(key), why).with_code("unsupported_value"))
-            }
-            _ => Ok(()),
-        }
-    }
+/// The fields behind [`SamplingRequest`], by their OpenAI (and vLLM) names.
+#[derive(Deserialize)]
+struct SamplingBody {
+    max_tokens: Option<Integer>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    top_k: Option<Integer>,
+    min_p: Option<f64>,
+    seed: Option<Integer>,
+    stop: Option<Stop>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
+    repetition_penalty: Option<f64>,
+    ignore_eos: Option<bool>,
 }
 
 /// Largest `max_tokens` accepted; anything bigger is surely a mistake (and is clamped to the context anyway).
 const MAX_TOKENS_LIMIT: i128 = 1 << 24;
 
-/// Fields shared by all generating endpoints. `max_keys` lists the names `max_tokens` goes by.
-fn sampling(f: &Fields, max_keys: &[&str]) -> ApiResult<SamplingRequest> {
-    let mut max_tokens = None;
-    for key in max_keys {
-        if let Some(n) = f.integer(key, 1, MAX_TOKENS_LIMIT)? {
-            max_tokens = Some(n as usize);
-        }
+impl SamplingBody {
+    /// Range-checks every field; `max_tokens` comes from [`max_tokens`], which knows the endpoint's aliases.
+    fn check(self, max_tokens: Option<usize>) -> ApiResult<SamplingRequest> {
+        // top_k: 0 and -1 both mean "off" (vLLM and llama.cpp spell it -1).
+        let top_k = integer_in("top_k", self.top_k, -1, i128::from(u32::MAX))?.map(|k| k.max(0) as usize);
+        // OpenAI's seed is any integer; negative ones map onto u64 bit-for-bit so every value is a distinct seed.
+        let seed =
+            integer_in("seed", self.seed, i128::from(i64::MIN), i128::from(u64::MAX))?.map(|s| s as u64);
+        let s = SamplingRequest {
+            max_tokens,
+            temperature: number_in("temperature", self.temperature, 0.0, false, 2.0)?,
+            top_p: number_in("top_p", self.top_p, 0.0, true, 1.0)?,
+            top_k,
+            min_p: number_in("min_p", self.min_p, 0.0, false, 1.0)?,
+            seed,
+            stop: check_stop(self.stop.map_or_else(Vec::new, |s| s.0))?,
+            presence_penalty: number_in("presence_penalty", self.presence_penalty, -2.0, false, 2.0)?,
+            frequency_penalty: number_in("frequency_penalty", self.frequency_penalty, -2.0, false, 2.0)?,
+            repetition_penalty: number_in("repetition_penalty", self.repetition_penalty, 0.0, true, 10.0)?,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+        };
+        // Belt and braces: the engine's own check, in case it grows rules we do not mirror here.
+        let probe = s.to_params(0, 1);
+        probe.sampler.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Ok(s)
     }
-    // top_k: 0 and -1 both mean "off" (vLLM and llama.cpp spell it -1).
-    let top_k = f.integer("top_k", -1, i128::from(u32::MAX))?.map(|k| k.max(0) as usize);
-    // OpenAI's seed is any integer; negative ones map onto u64 bit-for-bit so every value is a distinct seed.
-    let seed = f.integer("seed", i128::from(i64::MIN), i128::from(u64::MAX))?.map(|s| s as u64);
-    let s = SamplingRequest {
-        max_tokens,
-        temperature: f.number("temperature", 0.0, false, 2.0)?,
-        top_p: f.number("top_p", 0.0, true, 1.0)?,
-        top_k,
-        min_p: f.number("min_p", 0.0, false, 1.0)?,
-        seed,
-        stop: f.stop("stop")?,
-        presence_penalty: f.number("presence_penalty", -2.0, false, 2.0)?,
-        frequency_penalty: f.number("frequency_penalty", -2.0, false, 2.0)?,
-        repetition_penalty: f.number("repetition_penalty", 0.0, true, 10.0)?,
-        ignore_eos: f.bool("ignore_eos")?.unwrap_or(false),
-    };
-    // Belt and braces: the engine's own check, in case it grows rules we do not mirror here.
-    let probe = s.to_params(0, 1);
-    probe.sampler.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
-    Ok(s)
 }
 
-/// `n` must be 1: one slot produces one choice.
-fn check_n(f: &Fields) -> ApiResult<()> {
-    if let Some(n) = f.integer("n", i128::MIN, i128::MAX)? {
-        if n != 1 {
-            return Err(ApiError::invalid_param("n", format!("only n = 1 is supported, got {n}"))
-                .with_code("unsupported_value"));
+/// `max_tokens` under any of the names an endpoint accepts, each range-checked; a later name wins.
+fn max_tokens(given: &[(&str, Option<Integer>)]) -> ApiResult<Option<usize>> {
+    let mut max = None;
+    for &(name, n) in given {
+        if let Some(n) = integer_in(name, n, 1, MAX_TOKENS_LIMIT)? {
+            max = Some(n as usize);
         }
+    }
+    Ok(max)
+}
+
+/// A JSON integer. Integral floats (`1.0`) count too: JavaScript clients send them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Integer(i128);
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Read as a `Number`, which works whatever serde_json's features: with `arbitrary_precision` (on in
+        // this workspace) numbers reach a plain visitor as maps, not as i64/f64.
+        let n = serde_json::Number::deserialize(d)?;
+        n.as_i128()
+            .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e30).map(|f| f as i128))
+            .map(Integer)
+            .ok_or_else(|| de::Error::custom(format!("invalid value: {n}, expected an integer")))
+    }
+}
+
+/// `stop`: one string or an array of strings. A visitor, not an untagged enum, so that a bad element is
+/// reported at its own path (`stop[1]`).
+struct Stop(Vec<String>);
+
+impl<'de> Deserialize<'de> for Stop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StopVisitor;
+        impl<'de> Visitor<'de> for StopVisitor {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<String>, E> {
+                Ok(vec![s.to_owned()])
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element()? {
+                    out.push(s);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_any(StopVisitor).map(Stop)
+    }
+}
+
+fn check_stop(list: Vec<String>) -> ApiResult<Vec<String>> {
+    if list.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!("at most {MAX_STOP_STRINGS} stop sequences are allowed, got {}", list.len()),
+        ));
+    }
+    if list.iter().any(|s| s.is_empty() || s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid_param(
+            "stop",
+            format!("stop sequences must be non-empty and at most {MAX_STOP_BYTES} bytes"),
+        ));
+    }
+    Ok(list)
+}
+
+/// OpenAI's prompt forms. Only one prompt per request is supported ([`Prompt::single`]).
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "expected a string, an array of strings or an array of token ids")]
+enum Prompt {
+    Text(String),
+    Tokens(Vec<u32>),
+    Texts(Vec<String>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+impl Prompt {
+    /// The one non-empty prompt, or a 400 naming `prompt`.
+    fn single(self) -> ApiResult<PromptInput> {
+        fn only<T>(mut v: Vec<T>) -> ApiResult<T> {
+            match v.len() {
+                1 => Ok(v.remove(0)),
+                _ => Err(ApiError::invalid_param("prompt", "only one prompt per request is supported")
+                    .with_code("unsupported_value")),
+            }
+        }
+        let p = match self {
+            Prompt::Text(t) => PromptInput::Text(t),
+            Prompt::Tokens(ids) => PromptInput::Tokens(ids),
+            Prompt::Texts(v) => PromptInput::Text(only(v)?),
+            Prompt::TokenLists(v) => PromptInput::Tokens(only(v)?),
+        };
+        match &p {
+            PromptInput::Text(t) if t.is_empty() => Err(empty("prompt")),
+            PromptInput::Tokens(t) if t.is_empty() => Err(empty("prompt")),
+            _ => Ok(p),
+        }
+    }
+}
+
+/// Deserializes a request object into `T`. A value of the wrong type is a 400 (`invalid_type`) whose `param`
+/// is its path ([`param_path`]); a missing required field is a 400 `missing_required_parameter`.
+fn from_object<'a, T: Deserialize<'a>>(map: &'a Map<String, Value>) -> ApiResult<T> {
+    serde_path_to_error::deserialize(map).map_err(|e| {
+        let missing = missing_field(e.inner());
+        let param = param_path(e.path(), missing.as_deref());
+        match missing {
+            Some(_) => required(&param),
+            None => {
+                ApiError::invalid_param(&param, format!("'{param}': {}", e.inner())).with_code("invalid_type")
+            }
+        }
+    })
+}
+
+/// `param` for an error at `path`, as OpenAI writes it: `a.b[0].c`. A `missing` field is appended, since serde
+/// reports it at the object that lacks it. An error inside a message names the whole message (`messages[2]`)
+/// unless it is the role, as this API always has.
+fn param_path(path: &Path, missing: Option<&str>) -> String {
+    enum Step<'a> {
+        Key(&'a str),
+        Index(usize),
+    }
+    let mut steps: Vec<Step> = path
+        .iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } | Segment::Enum { variant: key } => Some(Step::Key(key)),
+            Segment::Seq { index } => Some(Step::Index(*index)),
+            Segment::Unknown => None,
+        })
+        .chain(missing.map(Step::Key))
+        .collect();
+    if let [Step::Key("messages"), Step::Index(_), Step::Key(field), ..] = steps[..] {
+        if field != "role" {
+            steps.truncate(2);
+        }
+    }
+    let mut out = String::new();
+    for step in steps {
+        match step {
+            Step::Key(k) if out.is_empty() => out.push_str(k),
+            Step::Key(k) => write!(out, ".{k}").unwrap(),
+            Step::Index(i) => write!(out, "[{i}]").unwrap(),
+        }
+    }
+    out
+}
+
+/// The field named by serde's "missing field `name`" error, if that is what `e` is.
+fn missing_field(e: &serde_json::Error) -> Option<String> {
+    let msg = e.to_string();
+    msg.strip_prefix("missing field `").and_then(|rest| rest.strip_suffix('`')).map(str::to_owned)
+}
+
+fn required(param: &str) -> ApiError {
+    ApiError::invalid_param(param, format!("'{param}' is required")).with_code("missing_required_parameter")
+}
+
+fn empty(param: &str) -> ApiError {
+    ApiError::invalid_param(param, format!("'{param}' must not be empty"))
+}
+
+/// `x` if it is finite and within `[lo, hi]` (`(lo, hi]` when `lo_open`), else a 400 naming `param`.
+fn number_in(param: &str, x: Option<f64>, lo: f64, lo_open: bool, hi: f64) -> ApiResult<Option<f32>> {
+    let Some(x) = x else { return Ok(None) };
+    if x.is_finite() && (if lo_open { x > lo } else { x >= lo }) && x <= hi {
+        return Ok(Some(x as f32));
+    }
+    let open = if lo_open { '(' } else { '[' };
+    Err(ApiError::invalid_param(param, format!("'{param}' must be in {open}{lo}, {hi}], got {x}")))
+}
+
+/// `n` if it is within `[lo, hi]`, else a 400 naming `param`.
+fn integer_in(param: &str, n: Option<Integer>, lo: i128, hi: i128) -> ApiResult<Option<i128>> {
+    match n {
+        Some(Integer(n)) if n < lo || n > hi => {
+            Err(ApiError::invalid_param(param, format!("'{param}' must be between {lo} and {hi}, got {n}")))
+        }
+        n => Ok(n.map(|n| n.0)),
+    }
+}
+
+/// A 400 when a field asks for something we do not do, rather than silently ignoring it.
+fn reject_if(bad: bool, param: &str, why: &str) -> ApiResult<()> {
+    if bad {
+        return Err(ApiError::invalid_param(param, why).with_code("unsupported_value"));
     }
     Ok(())
 }
 
-/// `stream` and `stream_options.include_usage`.
-fn stream_flags(f: &Fields) -> ApiResult<(bool, bool)> {
-    let stream = f.bool("stream")?.unwrap_or(false);
-    let include_usage = match f.object("stream_options")? {
-        Some(o) => Fields { map: o, prefix: "stream_options." }.bool("include_usage")?.unwrap_or(false),
-        None => false,
-    };
-    Ok((stream, include_usage))
+/// `n` must be 1: one slot produces one choice.
+fn check_n(n: Option<Integer>) -> ApiResult<()> {
+    match n {
+        Some(Integer(n)) if n != 1 => {
+            Err(ApiError::invalid_param("n", format!("only n = 1 is supported, got {n}"))
+                .with_code("unsupported_value"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn include_usage(o: Option<StreamOptions>) -> bool {
+    o.and_then(|o| o.include_usage).unwrap_or(false)
 }
 
 /// Roles the chat templates know; `developer` (OpenAI's newer name for `system`) is mapped to `system`.
@@ -353,180 +486,101 @@ const ROLES: &[&str] = &["system", "user", "assistant", "tool"];
 
 /// Parse `/v1/chat/completions`.
 pub fn parse_chat(map: &Map<String, Value>) -> ApiResult<ChatRequest> {
-    let f = Fields::new(map);
-    let messages_v = match map.get("messages") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid_param("messages", "'messages' is required")
-                .with_code("missing_required_parameter"))
-        }
-        Some(Value::Array(a)) => a,
-        Some(v) => return Err(f.wrong_type("messages", "an array of messages", v)),
-    };
-    if messages_v.is_empty() {
+    let b: ChatBody = from_object(map)?;
+    let s: SamplingBody = from_object(map)?;
+    let mut messages = b.messages.ok_or_else(|| required("messages"))?;
+    if messages.is_empty() {
         return Err(ApiError::invalid_param("messages", "'messages' must contain at least one message"));
     }
-    let mut messages = Vec::with_capacity(messages_v.len());
-    for (i, v) in messages_v.iter().enumerate() {
-        let param = format!("messages[{i}]");
-        let Value::Object(obj) = v else {
+    for (i, m) in messages.iter_mut().enumerate() {
+        if m.role == "developer" {
+            m.role = "system".to_string();
+        }
+        if !ROLES.contains(&m.role.as_str()) {
             return Err(ApiError::invalid_param(
-                param,
-                format!("each message must be an object, not {}", type_name(v)),
-            )
-            .with_code("invalid_type"));
-        };
-        let role = match obj.get("role") {
-            Some(Value::String(r)) => r.as_str(),
-            Some(other) => {
-                return Err(ApiError::invalid_param(
-                    format!("{param}.role"),
-                    format!("'role' must be a string, not {}", type_name(other)),
-                )
-                .with_code("invalid_type"))
-            }
-            None => {
-                return Err(ApiError::invalid_param(format!("{param}.role"), "each message needs a 'role'")
-                    .with_code("missing_required_parameter"))
-            }
-        };
-        let role = if role == "developer" { "system" } else { role };
-        if !ROLES.contains(&role) {
-            return Err(ApiError::invalid_param(
-                format!("{param}.role"),
-                format!("unknown role '{role}'; expected one of system, developer, user, assistant, tool"),
+                format!("messages[{i}].role"),
+                format!(
+                    "unknown role '{}'; expected one of system, developer, user, assistant, tool",
+                    m.role
+                ),
             ));
         }
-        let mut m: Message = serde_json::from_value(v.clone())
-            .map_err(|e| ApiError::invalid_param(param.clone(), format!("invalid message: {e}")))?;
-        m.role = role.to_string();
-        messages.push(m);
     }
-    check_n(&f)?;
-    f.unsupported_if("logprobs", |v| v.as_bool() == Some(true), "logprobs are not supported")?;
-    f.unsupported_if("top_logprobs", |v| v.as_u64() != Some(0), "logprobs are not supported")?;
-    f.unsupported_if(
+    check_n(b.n)?;
+    reject_if(b.logprobs == Some(true), "logprobs", "logprobs are not supported")?;
+    reject_if(b.top_logprobs.is_some_and(|n| n.0 != 0), "top_logprobs", "logprobs are not supported")?;
+    reject_if(
+        b.response_format.and_then(|f| f.kind).is_some_and(|t| t != "text"),
         "response_format",
-        |v| v.get("type").and_then(Value::as_str).is_some_and(|t| t != "text"),
         "only response_format {\"type\": \"text\"} is supported",
     )?;
-    let (stream, include_usage) = stream_flags(&f)?;
-    // Qwen3 hybrid models: vLLM's `chat_template_kwargs.enable_thinking`, or a top-level `enable_thinking`.
-    let mut enable_thinking = f.bool("enable_thinking")?;
-    if let Some(kw) = f.object("chat_template_kwargs")? {
-        if let Some(t) = (Fields { map: kw, prefix: "chat_template_kwargs." }).bool("enable_thinking")? {
-            enable_thinking = Some(t);
-        }
-    }
-    let tools = match f.get("tools") {
-        None => None,
-        Some(Value::Array(a)) if a.is_empty() => None,
-        Some(v @ Value::Array(_)) => Some(v.clone()),
-        Some(v) => return Err(f.wrong_type("tools", "an array", v)),
-    };
+    let max_tokens =
+        max_tokens(&[("max_tokens", s.max_tokens), ("max_completion_tokens", b.max_completion_tokens)])?;
+    let enable_thinking = b.chat_template_kwargs.and_then(|k| k.enable_thinking).or(b.enable_thinking);
     Ok(ChatRequest {
-        model: f.string("model")?,
+        model: b.model,
         messages,
-        stream,
-        include_usage,
-        sampling: sampling(&f, &["max_tokens", "max_completion_tokens"])?,
-        render: RenderOptions { add_generation_prompt: true, enable_thinking, tools },
+        stream: b.stream.unwrap_or(false),
+        include_usage: include_usage(b.stream_options),
+        sampling: s.check(max_tokens)?,
+        render: RenderOptions {
+            add_generation_prompt: true,
+            enable_thinking,
+            tools: b.tools.filter(|t| !t.is_empty()).map(Value::Array),
+        },
     })
 }
 
 /// Parse `/v1/completions`.
 pub fn parse_completion(map: &Map<String, Value>) -> ApiResult<CompletionRequest> {
-    let f = Fields::new(map);
-    let prompt = match map.get("prompt") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid_param("prompt", "'prompt' is required")
-                .with_code("missing_required_parameter"))
-        }
-        Some(v) => prompt_input(v)?,
-    };
-    if matches!(&prompt, PromptInput::Text(t) if t.is_empty())
-        || matches!(&prompt, PromptInput::Tokens(t) if t.is_empty())
-    {
-        return Err(ApiError::invalid_param("prompt", "'prompt' must not be empty"));
-    }
-    check_n(&f)?;
-    f.unsupported_if("best_of", |v| v.as_u64() != Some(1), "only best_of = 1 is supported")?;
-    f.unsupported_if("echo", |v| v.as_bool() == Some(true), "echo is not supported")?;
-    f.unsupported_if("logprobs", |v| v.as_u64() != Some(0), "logprobs are not supported")?;
-    f.unsupported_if("suffix", |v| v.as_str() != Some(""), "suffix (fill-in-the-middle) is not supported")?;
-    let (stream, include_usage) = stream_flags(&f)?;
+    let b: CompletionBody = from_object(map)?;
+    let s: SamplingBody = from_object(map)?;
+    let prompt = b.prompt.ok_or_else(|| required("prompt"))?.single()?;
+    check_n(b.n)?;
+    reject_if(b.best_of.is_some_and(|n| n.0 != 1), "best_of", "only best_of = 1 is supported")?;
+    reject_if(b.echo == Some(true), "echo", "echo is not supported")?;
+    reject_if(b.logprobs.is_some_and(|n| n.0 != 0), "logprobs", "logprobs are not supported")?;
+    reject_if(
+        b.suffix.is_some_and(|s| !s.is_empty()),
+        "suffix",
+        "suffix (fill-in-the-middle) is not supported",
+    )?;
+    let max_tokens = max_tokens(&[("max_tokens", s.max_tokens)])?;
     Ok(CompletionRequest {
-        model: f.string("model")?,
+        model: b.model,
         prompt,
-        stream,
-        include_usage,
-        sampling: sampling(&f, &["max_tokens"])?,
+        stream: b.stream.unwrap_or(false),
+        include_usage: include_usage(b.stream_options),
+        sampling: s.check(max_tokens)?,
     })
-}
-
-/// OpenAI's prompt forms with one prompt: a string, `[string]`, `[token ids]` or `[[token ids]]`.
-fn prompt_input(v: &Value) -> ApiResult<PromptInput> {
-    let one_prompt = || {
-        ApiError::invalid_param("prompt", "only one prompt per request is supported")
-            .with_code("unsupported_value")
-    };
-    match v {
-        Value::String(s) => Ok(PromptInput::Text(s.clone())),
-        Value::Array(a) if a.is_empty() => {
-            Err(ApiError::invalid_param("prompt", "'prompt' must not be empty"))
-        }
-        Value::Array(a) if a.iter().all(Value::is_number) => {
-            let ids = a
-                .iter()
-                .map(|x| x.as_u64().filter(|&n| n <= u64::from(u32::MAX)).map(|n| n as u32))
-                .collect::<Option<Vec<u32>>>()
-                .ok_or_else(|| {
-                    ApiError::invalid_param("prompt", "token ids must be non-negative integers")
-                })?;
-            Ok(PromptInput::Tokens(ids))
-        }
-        Value::Array(a) if a.len() == 1 => match &a[0] {
-            inner @ (Value::String(_) | Value::Array(_)) => prompt_input(inner),
-            other => Err(ApiError::invalid_param(
-                "prompt",
-                format!("invalid prompt element: {}", type_name(other)),
-            )),
-        },
-        Value::Array(_) => Err(one_prompt()),
-        other => Err(ApiError::invalid_param(
-            "prompt",
-            format!("'prompt' must be a string or an array of token ids, not {}", type_name(other)),
-        )
-        .with_code("invalid_type")),
-    }
 }
 
 /// Parse `/generate` and `POST /stream` (`max_new_tokens` is the seed's name; `max_tokens` works too).
 pub fn parse_simple(map: &Map<String, Value>) -> ApiResult<SimpleRequest> {
-    let f = Fields::new(map);
-    let prompt = f.string("prompt")?.ok_or_else(|| {
-        ApiError::invalid_param("prompt", "'prompt' is required").with_code("missing_required_parameter")
-    })?;
+    let b: SimpleBody = from_object(map)?;
+    let s: SamplingBody = from_object(map)?;
+    let prompt = b.prompt.ok_or_else(|| required("prompt"))?;
     if prompt.is_empty() {
-        return Err(ApiError::invalid_param("prompt", "'prompt' must not be empty"));
+        return Err(empty("prompt"));
     }
+    let max_tokens = max_tokens(&[("max_tokens", s.max_tokens), ("max_new_tokens", b.max_new_tokens)])?;
     Ok(SimpleRequest {
         prompt,
-        system: f.string("system")?,
-        raw: f.bool("raw")?.unwrap_or(false),
-        sampling: sampling(&f, &["max_tokens", "max_new_tokens"])?,
+        system: b.system,
+        raw: b.raw.unwrap_or(false),
+        sampling: s.check(max_tokens)?,
     })
 }
 
 /// `GET /stream?prompt=...&max_new_tokens=...`: the query as the JSON object `parse_simple` reads. Text
 /// fields stay strings; others are read as numbers or booleans when they look like one, so a bad value
-/// still gets the same typed 400 as in JSON.
+/// still gets the same typed 400 as in JSON. Malformed escapes and non-UTF-8 text are a 400.
 pub fn query_to_object(query: &str) -> ApiResult<Map<String, Value>> {
     const TEXT_KEYS: &[&str] = &["prompt", "system", "stop"];
     let mut map = Map::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k)?;
-        let v = percent_decode(v)?;
+        let (k, v) = (form_decode(k)?, form_decode(v)?);
         let value = if TEXT_KEYS.contains(&k.as_str()) {
             Value::String(v)
         } else if let Ok(b) = v.parse::<bool>() {
@@ -544,25 +598,17 @@ pub fn query_to_object(query: &str) -> ApiResult<Map<String, Value>> {
 }
 
 /// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; the result must be UTF-8.
-pub fn percent_decode(s: &str) -> ApiResult<String> {
+fn form_decode(s: &str) -> ApiResult<String> {
     let bad = || ApiError::bad_request("the query string is not valid percent-encoded UTF-8");
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
-                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-                i += 2;
-            }
-            c => out.push(c),
-        }
-        i += 1;
+    // percent-encoding passes malformed escapes (`%zz`, `%4`) through verbatim; a client that sends one has
+    // a bug it should hear about.
+    let escapes_ok =
+        s.split('%').skip(1).all(|r| r.get(..2).is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit())));
+    if !escapes_ok {
+        return Err(bad());
     }
-    String::from_utf8(out).map_err(|_| bad())
+    let spaced = s.replace('+', " ");
+    percent_decode_str(&spaced).decode_utf8().map(Cow::into_owned).map_err(|_| bad())
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -784,10 +830,10 @@ mod tests {
         assert!(r.raw);
         let q = query_to_object("prompt=x&max_new_tokens=lots").unwrap();
         assert_eq!(err_param(parse_simple(&q)).as_deref(), Some("max_new_tokens"));
-        assert!(percent_decode("%zz").is_err());
-        assert!(percent_decode("%ff").is_err());
-        assert!(percent_decode("%4").is_err());
-        assert_eq!(percent_decode("%E4%BD%A0%E5%A5%BD").unwrap(), "你好");
+        assert!(query_to_object("prompt=%zz").is_err());
+        assert!(query_to_object("prompt=%ff").is_err());
+        assert!(query_to_object("prompt=%4").is_err());
+        assert_eq!(query_to_object("prompt=%E4%BD%A0%E5%A5%BD").unwrap()["prompt"], "你好");
         assert_eq!(err_param(parse_simple(&obj(r#"{"max_new_tokens":5}"#))).as_deref(), Some("prompt"));
     }
 
@@ -802,5 +848,161 @@ mod tests {
         let t = text_completion(&meta, "yo", "length", &u);
         assert_eq!(t["choices"][0]["text"], "yo");
         assert_eq!(t["object"], "text_completion");
+    }
+    #[test]
+    fn query_decoding_is_strict() {
+        for bad in ["%zz", "%4", "%ff", "%%41", "%4你", "%", "a%e4%bd", "%ff=x"] {
+            assert!(query_to_object(&format!("prompt={bad}")).is_err(), "{bad}");
+        }
+        let q = query_to_object("prompt=a+b%2Bc&&flag&system=%e4%bd%a0&x=%41%42").unwrap();
+        assert_eq!(q["prompt"], "a b+c");
+        assert_eq!(q["flag"], "");
+        assert_eq!(q["system"], "你");
+        assert_eq!(q["x"], "AB");
+        assert_eq!(query_to_object("prompt=你%20").unwrap()["prompt"], "你 ");
+    }
+
+    #[test]
+    fn integers_accept_integral_floats() {
+        let int = |v: Value| Integer::deserialize(&v).map(|n| n.0);
+        assert_eq!(int(json!(1.0)).unwrap(), 1);
+        assert_eq!(int(json!(-3)).unwrap(), -3);
+        assert_eq!(int(json!(u64::MAX)).unwrap(), i128::from(u64::MAX));
+        assert_eq!(int(json!(1e3)).unwrap(), 1000);
+        assert!(int(json!(1.5)).is_err());
+        assert!(int(json!("1")).is_err());
+        assert!(int(json!(true)).is_err());
+        // Through a whole request: 1.0 works wherever an integer does.
+        let r = parse_chat(&obj(
+            r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":8.0,"n":1.0,"seed":-2.0,"top_k":40.0}"#,
+        ))
+        .unwrap();
+        assert_eq!(r.sampling.max_tokens, Some(8));
+        assert_eq!(r.sampling.seed, Some(u64::MAX - 1));
+        assert_eq!(r.sampling.top_k, Some(40));
+        let s = |body: &str| parse_simple(&obj(body)).map(|r| r.sampling);
+        assert_eq!(s(r#"{"prompt":"x","seed":18446744073709551615}"#).unwrap().seed, Some(u64::MAX));
+        assert_eq!(err_param(s(r#"{"prompt":"x","seed":18446744073709551616}"#)).as_deref(), Some("seed"));
+        assert_eq!(err_param(s(r#"{"prompt":"x","top_k":-2}"#)).as_deref(), Some("top_k"));
+        assert_eq!(err_param(s(r#"{"prompt":"x","top_k":4294967296}"#)).as_deref(), Some("top_k"));
+        assert_eq!(s(r#"{"prompt":"x","top_k":4294967295}"#).unwrap().top_k, Some(u32::MAX as usize));
+        // The later alias wins, and each is checked.
+        let r = s(r#"{"prompt":"x","max_tokens":3,"max_new_tokens":4}"#).unwrap();
+        assert_eq!(r.max_tokens, Some(4));
+        assert_eq!(
+            err_param(s(r#"{"prompt":"x","max_tokens":0,"max_new_tokens":4}"#)).as_deref(),
+            Some("max_tokens")
+        );
+        assert_eq!(err_param(s(r#"{"prompt":"x","max_tokens":16777217}"#)).as_deref(), Some("max_tokens"));
+    }
+
+    #[test]
+    fn nested_params_are_paths() {
+        let user = r#""messages":[{"role":"user","content":"x"}]"#;
+        let cases: &[(String, &str, &str)] = &[
+            (format!(r#"{{{user},"stop":["a",2]}}"#), "stop[1]", "invalid_type"),
+            (format!(r#"{{{user},"stop":5}}"#), "stop", "invalid_type"),
+            (format!(r#"{{{user},"stream_options":3}}"#), "stream_options", "invalid_type"),
+            (
+                format!(r#"{{{user},"chat_template_kwargs":{{"enable_thinking":"no"}}}}"#),
+                "chat_template_kwargs.enable_thinking",
+                "invalid_type",
+            ),
+            (format!(r#"{{{user},"tools":{{}}}}"#), "tools", "invalid_type"),
+            (format!(r#"{{{user},"response_format":{{"type":1}}}}"#), "response_format.type", "invalid_type"),
+            (format!(r#"{{{user},"top_logprobs":2}}"#), "top_logprobs", "unsupported_value"),
+            (r#"{"messages":[{"role":5,"content":"x"}]}"#.into(), "messages[0].role", "invalid_type"),
+            (r#"{"messages":[{"content":"x"}]}"#.into(), "messages[0].role", "missing_required_parameter"),
+            (r#"{"messages":{}}"#.into(), "messages", "invalid_type"),
+            (r#"{"messages":null}"#.into(), "messages", "missing_required_parameter"),
+            // Inside a message, anything but the role names the whole message.
+            (
+                r#"{"messages":[{"role":"user","content":"x"},
+                    {"role":"assistant","tool_calls":[{"function":{"arguments":"{}"}}]}]}"#
+                    .into(),
+                "messages[1]",
+                "missing_required_parameter",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#.into(),
+                "messages[0]",
+                "invalid_type",
+            ),
+        ];
+        for (body, param, code) in cases {
+            let e = parse_chat(&obj(body)).unwrap_err();
+            assert_eq!((e.param.as_deref(), e.code), (Some(*param), Some(*code)), "{body}: {e}");
+            if *code != "unsupported_value" {
+                assert!(e.message.contains(&format!("'{param}'")), "{body}: {e}");
+            }
+        }
+        let e =
+            parse_completion(&obj(r#"{"prompt":"x","stream_options":{"include_usage":"yes"}}"#)).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stream_options.include_usage"));
+    }
+
+    #[test]
+    fn param_path_formatting() {
+        #[derive(Deserialize)]
+        struct Outer {
+            #[allow(dead_code)]
+            a: Option<std::collections::BTreeMap<String, Vec<Inner>>>,
+        }
+        #[derive(Deserialize)]
+        struct Inner {
+            #[allow(dead_code)]
+            c: Vec<u8>,
+        }
+        let path = |json: &str| {
+            let v: Value = serde_json::from_str(json).unwrap();
+            let e = serde_path_to_error::deserialize::<_, Outer>(&v).err().unwrap();
+            param_path(e.path(), missing_field(e.inner()).as_deref())
+        };
+        assert_eq!(path(r#"{"a":{"b":[{"c":[1,"x"]}]}}"#), "a.b[0].c[1]");
+        assert_eq!(path(r#"{"a":{"b":[{}]}}"#), "a.b[0].c");
+        assert_eq!(path(r#"{"a":{"b":5}}"#), "a.b");
+        assert_eq!(path(r#"{"a":[]}"#), "a");
+    }
+
+    #[test]
+    fn completion_and_simple_fields() {
+        let c = parse_completion(&obj(
+            r#"{"model":"m","prompt":"x","stream":true,"stream_options":{"include_usage":true},"max_tokens":2,
+                "stop":["a","b"],"best_of":1,"logprobs":0,"suffix":"","echo":false}"#,
+        ))
+        .unwrap();
+        assert_eq!(c.model.as_deref(), Some("m"));
+        assert!(c.stream && c.include_usage);
+        assert_eq!(c.sampling.max_tokens, Some(2));
+        assert_eq!(c.sampling.stop, vec!["a".to_string(), "b".to_string()]);
+        let bad = |body: &str| err_param(parse_completion(&obj(body)));
+        assert_eq!(bad(r#"{"prompt":"x","logprobs":2}"#).as_deref(), Some("logprobs"));
+        assert_eq!(bad(r#"{"prompt":"x","suffix":"y"}"#).as_deref(), Some("suffix"));
+        assert_eq!(bad(r#"{"prompt":[[1],[2]]}"#).as_deref(), Some("prompt"));
+        assert_eq!(bad(r#"{"prompt":[[]]}"#).as_deref(), Some("prompt"));
+        assert_eq!(bad(r#"{"prompt":[4294967296]}"#).as_deref(), Some("prompt"));
+        assert_eq!(bad(r#"{"prompt":"x","stop":["s"],"max_tokens":1,"n":2}"#).as_deref(), Some("n"));
+        let stops = format!(r#"{{"prompt":"x","stop":{}}}"#, json!(vec!["s"; MAX_STOP_STRINGS + 1]));
+        assert_eq!(bad(&stops).as_deref(), Some("stop"));
+        let r = parse_simple(&obj(r#"{"prompt":"p","system":"s","raw":null,"ignore_eos":true}"#)).unwrap();
+        assert_eq!(r.messages(), vec![Message::system("s"), Message::user("p")]);
+        assert!(!r.raw && r.sampling.ignore_eos);
+        assert_eq!(err_param(parse_simple(&obj(r#"{"prompt":"p","raw":"yes"}"#))).as_deref(), Some("raw"));
+        assert_eq!(err_param(parse_simple(&obj(r#"{"prompt":""}"#))).as_deref(), Some("prompt"));
+    }
+
+    #[test]
+    fn chat_thinking_and_tools() {
+        let chat = |extra: &str| {
+            parse_chat(&obj(&format!(r#"{{"messages":[{{"role":"user","content":"x"}}]{extra}}}"#))).unwrap()
+        };
+        assert_eq!(chat("").render.enable_thinking, None);
+        assert_eq!(chat(r#","enable_thinking":true"#).render.enable_thinking, Some(true));
+        let both = chat(r#","enable_thinking":true,"chat_template_kwargs":{"enable_thinking":false}"#);
+        assert_eq!(both.render.enable_thinking, Some(false));
+        assert_eq!(chat(r#","tools":[]"#).render.tools, None);
+        let tools = chat(r#","tools":[{"type":"function","function":{"name":"f"}}]"#).render.tools;
+        assert_eq!(tools.unwrap()[0]["function"]["name"], "f");
+        assert!(!chat(r#","response_format":{"type":"text"},"top_logprobs":0,"logprobs":false"#).stream);
     }
 }
