@@ -20,9 +20,10 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Result};
+use jiff::fmt::strtime;
+use jiff::Timestamp;
 use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, Output, State};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -286,145 +287,35 @@ fn raise_exception(message: String) -> Result<Value, Error> {
 }
 
 /// transformers' `strftime_now(format)`. Python uses local time; we use UTC (servers usually run in UTC,
-/// and it avoids a timezone database). Supports the common C/glibc conversions; unknown ones are kept
-/// verbatim like glibc does.
+/// and it avoids a timezone database).
 fn strftime_now(format: String) -> Result<Value, Error> {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    Ok(Value::from(strftime_utc(&format, secs)))
+    Ok(Value::from(strftime_utc(&format, Timestamp::now())))
 }
 
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
+/// Conversions of glibc's `strftime` that jiff formats the same way (C locale, UTC, with `PosixCustom`
+/// for `%c %r %x %X`). Flags and widths (`%-d`, `%_3e`) work as in glibc too.
+const GLIBC_CONVERSIONS: &str = "aAbBcCdDeFgGhHIjklmMnpPrRsStTuUVwWxXyYzZ%";
 
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719468;
-    let era = if z >= 0 { z } else { z - 146096 } / 146097;
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
-}
-
-/// Format a Unix timestamp (UTC) like C `strftime`.
-pub(crate) fn strftime_utc(format: &str, unix_secs: i64) -> String {
-    const DAYS: [&str; 7] = ["Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"];
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    let days = unix_secs.div_euclid(86_400);
-    let sod = unix_secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (sod / 3600, sod / 60 % 60, sod % 60);
-    let wday = (days + 4).rem_euclid(7) as usize; // 1970-01-01 was a Thursday
-    let yday = days - days_from_civil(y, 1, 1) + 1;
-    let h12 = if hh % 12 == 0 { 12 } else { hh % 12 };
-    let month = MONTHS[(m - 1) as usize];
-    let day = DAYS[wday];
-
-    let mut out = String::with_capacity(format.len() + 16);
-    let mut chars = format.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        // glibc's `%-d` etc.: no padding
-        let no_pad = chars.peek() == Some(&'-');
-        if no_pad {
-            chars.next();
-        }
-        let Some(spec) = chars.next() else {
-            out.push('%');
-            break;
-        };
-        let num = |out: &mut String, v: i64, width: usize| {
-            if no_pad {
-                let _ = write!(out, "{v}");
-            } else {
-                let _ = write!(out, "{v:0width$}");
-            }
-        };
-        match spec {
-            'Y' => {
-                let _ = write!(out, "{y}");
-            }
-            'y' => num(&mut out, y.rem_euclid(100), 2),
-            'C' => num(&mut out, y.div_euclid(100), 2),
-            'm' => num(&mut out, m, 2),
-            'd' => num(&mut out, d, 2),
-            'e' => {
-                let _ = if no_pad { write!(out, "{d}") } else { write!(out, "{d:2}") };
-            }
-            'j' => num(&mut out, yday, 3),
-            'H' => num(&mut out, hh, 2),
-            'I' => num(&mut out, h12, 2),
-            'M' => num(&mut out, mm, 2),
-            'S' => num(&mut out, ss, 2),
-            'p' => out.push_str(if hh < 12 { "AM" } else { "PM" }),
-            'B' => out.push_str(month),
-            'b' | 'h' => out.push_str(&month[..3]),
-            'A' => out.push_str(day),
-            'a' => out.push_str(&day[..3]),
-            'u' => {
-                let _ = write!(out, "{}", if wday == 0 { 7 } else { wday });
-            }
-            'w' => {
-                let _ = write!(out, "{wday}");
-            }
-            'F' => {
-                let _ = write!(out, "{y}-{m:02}-{d:02}");
-            }
-            'D' => {
-                let _ = write!(out, "{m:02}/{d:02}/{:02}", y.rem_euclid(100));
-            }
-            'T' => {
-                let _ = write!(out, "{hh:02}:{mm:02}:{ss:02}");
-            }
-            'R' => {
-                let _ = write!(out, "{hh:02}:{mm:02}");
-            }
-            'c' => {
-                let _ = write!(out, "{} {} {d:2} {hh:02}:{mm:02}:{ss:02} {y}", &day[..3], &month[..3]);
-            }
-            'Z' => out.push_str("UTC"),
-            'z' => out.push_str("+0000"),
-            's' => {
-                let _ = write!(out, "{unix_secs}");
-            }
-            'n' => out.push('\n'),
-            't' => out.push('\t'),
-            '%' => out.push('%'),
-            other => {
-                out.push('%');
-                if no_pad {
-                    out.push('-');
-                }
-                out.push(other);
-            }
-        }
+/// Format `t` in UTC like glibc's `strftime` in the C locale; never fails. Conversions glibc lacks, whether
+/// unknown to jiff too or jiff extensions such as `%Q`, `%f` and `%:z`, are kept verbatim as glibc does.
+pub(crate) fn strftime_utc(format: &str, t: Timestamp) -> String {
+    // Escape (`%%`) each conversion glibc does not know, so jiff prints it literally; lenient mode is the
+    // backstop that turns anything jiff still rejects into literal text instead of an error.
+    let mut escaped = String::with_capacity(format.len() + 8);
+    let mut rest = format;
+    while let Some(i) = rest.find('%') {
+        escaped.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let conv = after.trim_start_matches(|c: char| "_-0^#".contains(c) || c.is_ascii_digit());
+        let c = conv.chars().next();
+        escaped.push_str(if c.is_some_and(|c| GLIBC_CONVERSIONS.contains(c)) { "%" } else { "%%" });
+        let spec_len = after.len() - conv.len() + c.map_or(0, char::len_utf8);
+        escaped.push_str(&after[..spec_len]);
+        rest = &after[spec_len..];
     }
-    out
+    escaped.push_str(rest);
+    let config = strtime::Config::new().custom(strtime::PosixCustom::new()).lenient(true);
+    strtime::BrokenDownTime::from(t).to_string_with_config(&config, &escaped).unwrap_or(escaped)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -789,6 +680,7 @@ mod tests {
 
     #[test]
     fn strftime_known_dates() {
+        let strftime_utc = |f: &str, secs: i64| strftime_utc(f, Timestamp::from_second(secs).unwrap());
         // 2024-07-26 12:34:56 UTC, a Friday (Llama 3.1's default "today")
         let t = 1_721_997_296;
         assert_eq!(strftime_utc("%d %b %Y", t), "26 Jul 2024");
@@ -796,6 +688,43 @@ mod tests {
         assert_eq!(strftime_utc("%A %B %-d, %I%p %j %%", t), "Friday July 26, 12PM 208 %");
         assert_eq!(strftime_utc("%F %T %a %u %w", 0), "1970-01-01 00:00:00 Thu 4 4");
         assert_eq!(strftime_utc("%D %e|%-m|%Q", 951_782_400), "02/29/00 29|2|%Q");
+        assert_eq!(
+            strftime_utc("%c|%x|%X|%r|%Z %z|%s", t),
+            "Fri Jul 26 12:34:56 2024|07/26/24|12:34:56|12:34:56 PM|UTC +0000|1721997296"
+        );
+        assert_eq!(strftime_utc("%_5d|%05e|%^a|%#p|%k|%l|%P|%C|%y", 0), "    1|00001|THU|am| 0|12|am|19|70");
+    }
+
+    #[test]
+    fn strftime_keeps_what_glibc_does_not_know() {
+        let t = Timestamp::from_second(1_721_997_296).unwrap();
+        // jiff extensions glibc lacks, unknown conversions and E/O modifiers: verbatim, like glibc.
+        for f in ["%Q", "%:Q", "%f", "%.f", "%3f", "%N", "%q", "%:z", "%::z", "%Ey", "%Od", "%v", "%-Q", "%+"]
+        {
+            assert_eq!(strftime_utc(f, t), f);
+        }
+        assert_eq!(strftime_utc("%%Q %%%Y", t), "%Q %2024");
+        // Hostile formats never panic: trailing `%`, a lone flag, widths without a conversion, non-ASCII.
+        let cases = [
+            ("%", "%"),
+            ("abc%", "abc%"),
+            ("%-", "%-"),
+            ("%_0^#", "%_0^#"),
+            ("%5", "%5"),
+            ("%é%Y", "%é2024"),
+            ("日%d本%-m語%", "日26本7語%"),
+            ("%\u{1F600}", "%\u{1F600}"),
+            ("", ""),
+        ];
+        for (f, want) in cases {
+            assert_eq!(strftime_utc(f, t), want, "{f:?}");
+        }
+        for f in ["%999d", "%-99999999999999999999Y", "%\0", "%%%", "%-%", "%%-"] {
+            let _ = strftime_utc(f, t);
+        }
+        for t in [Timestamp::MIN, Timestamp::MAX, Timestamp::from_second(i64::from(i32::MIN)).unwrap()] {
+            assert!(!strftime_utc("%c %y %G %j %s", t).is_empty());
+        }
     }
 
     #[test]
