@@ -1,27 +1,12 @@
 //! Causal grouped-query attention, each sequence of a batch over its own KV cache.
 //!
-//! Work is split into tasks of (KV head, block of query positions): the `group` query heads that share a
-//! KV head and up to [`QUERY_BLOCK`] consecutive positions. A task walks the visible keys in chunks of
-//! [`KEY_CHUNK`] positions, so each chunk of keys (and later of values) is brought into cache once and used
-//! by every query of the task, instead of once per query head and position. For each query:
-//! scores = q·k / √head_dim against every visible key, softmax, then the probability-weighted sum of the
-//! values; f32 caches are read in place by the kernels crate's row kernels, f16 and q8_0 chunks are
-//! converted to f32 first (exact for f16, so the results are those of reading the halves in place).
-//!
-//! The keys are cut into splits of [`SPLIT`] positions (flash-decoding): each split gives a partial result,
-//! its own score maximum `m`, the sum `l` of `e^(score − m)` and the `e^(score − m)`-weighted sum of its
-//! values, and the partials are merged at the end ([`merge`]). When a batch has fewer than two (KV head,
-//! block) tasks per thread and some block sees more than one split (decoding one or two streams on a
-//! many-core machine), each split becomes a task of its own, so the threads share one head's keys instead of idling; otherwise a task computes its
-//! splits one after the other. Both ways run the same arithmetic, so the split of the work never shows in the
-//! results.
-//!
-//! Every query's result depends only on its own vector and the cache: its scores are one dot product per key,
-//! splits and chunks start at fixed positions whatever the batch looks like, each split's softmax runs over
-//! its own visible keys with values accumulated key by key in position order, and the partials are merged
-//! in split order. So a token gets bit-identical attention inside a prompt batch and alone, and for any
-//! thread count. A query that sees at most [`SPLIT`] keys has one partial, and merging one partial is exactly
-//! the plain softmax (weight `e^0 = 1`).
+//! Tasks are (KV head, block of [`QUERY_BLOCK`] query positions): the `group` query heads sharing a KV head
+//! walk the visible keys in chunks of [`KEY_CHUNK`], so each chunk is brought into cache once for all of
+//! them. Keys are cut into fixed [`SPLIT`]-position splits merged flash-decoding style ([`merge`]); when a
+//! batch has too few blocks per thread, splits become tasks of their own. Splits and chunks start at fixed
+//! positions and partials merge in order, so results are bit-identical for any thread count and batch, and a
+//! query seeing at most one split gets exactly the plain softmax. The why and the numbers: RESULTS.md,
+//! "Attention".
 
 use quire_kernels::{axpy_rows, dot_rows, widen_rows, DType};
 use rayon::prelude::*;
@@ -233,11 +218,11 @@ fn head_block(
     let n_keys = visible(nq - 1);
 
     TASK_SCRATCH.with_borrow_mut(|s| {
-        s.queries.clear();
-        for b in rows.clone() {
-            let qrow = &q[b * c.q_dim() + kv_head * group * hd..][..group * hd];
-            s.queries.extend(qrow.iter().flat_map(|v| v.to_le_bytes()));
-        }
+        // query i's vector as the f32 bytes the row kernels read, in place in `q`
+        let query = |i: usize| -> &[u8] {
+            let (b, head) = (rows.start + i / group, kv_head * group + i % group);
+            bytemuck::cast_slice(&q[b * c.q_dim() + head * hd..][..hd])
+        };
         s.scores.resize(nq * SPLIT, 0.0);
 
         for split in splits.clone() {
@@ -266,8 +251,7 @@ fn head_block(
 
             // scores
             walk(keys, &mut s.chunk, &mut |i, dtype, chunk, chunk_stride, at| {
-                let qi = &s.queries[i * hd * 4..(i + 1) * hd * 4];
-                dot_rows(dtype, qi, chunk, chunk_stride, scale, &mut s.scores[at]);
+                dot_rows(dtype, query(i), chunk, chunk_stride, scale, &mut s.scores[at]);
             });
 
             // each query's softmax over its own visible keys of the split (unnormalized; see `merge`)
@@ -317,21 +301,19 @@ fn load_chunk<'a>(
 }
 
 /// Bytes of the attention scratch of one thread at a context of `n_ctx` positions: a task's scores against
-/// one split of keys, its queries, one chunk of keys converted to f32, and its split partials. Plus, once per
+/// one split of keys, one chunk of keys converted to f32, and its split partials. Plus, once per
 /// forward pass (counted here per thread, which covers it), the partials of split tasks: those run only
 /// when there are fewer than two (KV head, block) tasks per thread, so for at most `2 · threads` blocks.
 pub fn task_scratch_bytes(c: &Config, n_ctx: usize) -> usize {
     let group = c.n_heads / c.n_kv_heads;
     let nq = QUERY_BLOCK * group;
     let parts = n_splits(n_ctx) * (c.head_dim + 2);
-    4 * (nq * SPLIT + nq * c.head_dim + KEY_CHUNK * c.head_dim + 3 * nq * parts)
+    4 * (nq * SPLIT + KEY_CHUNK * c.head_dim + 3 * nq * parts)
 }
 
 /// Per-thread scratch of one task.
 #[derive(Default)]
 struct TaskScratch {
-    /// The task's query vectors as f32 bytes, `[nq][head_dim]`.
-    queries: Vec<u8>,
     /// Scores, then probabilities, of one split, `[nq][SPLIT]`.
     scores: Vec<f32>,
     /// An f16 or q8_0 chunk converted to f32 bytes.
@@ -441,14 +423,10 @@ mod tests {
                         "n {n}, {threads} threads"
                     );
                 }
-                let keys: Vec<f32> = kv.keys(0)[..n * c.kv_dim() * 4]
-                    .chunks(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
-                let values: Vec<f32> = kv.values(0)[..n * c.kv_dim() * 4]
-                    .chunks(4)
-                    .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                    .collect();
+                let f32s = |b: &[u8]| -> Vec<f32> {
+                    b[..n * c.kv_dim() * 4].chunks(4).map(bytemuck::pod_read_unaligned).collect()
+                };
+                let (keys, values) = (f32s(kv.keys(0)), f32s(kv.values(0)));
                 let want = reference(&c, &keys, &values, &q, n - rows);
                 let worst = one.iter().zip(&want).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
                 assert!(worst < 1e-5, "n {n}, rows {rows}: off by {worst}");

@@ -193,6 +193,19 @@ impl GgufFile {
     }
 }
 
+/// What kind of JSON value `v` is, for error messages ("a string", "an array", ...): GGUF metadata comes
+/// back from gguf-rs as JSON values, and so do request bodies.
+pub fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// The OS page size (4 KiB on most x86 Linux systems; ask rather than assume).
 fn page_size() -> usize {
     static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

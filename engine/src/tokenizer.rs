@@ -18,6 +18,8 @@ use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Result};
 use serde_json::Value;
+
+use crate::gguf::json_kind;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -156,17 +158,6 @@ fn check_pre(pre: &str) -> Result<()> {
     Ok(())
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a bool",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn get<'m>(meta: &'m BTreeMap<String, Value>, key: &str) -> Result<&'m Value> {
     meta.get(key).ok_or_else(|| anyhow!("GGUF metadata has no `{key}`: the file carries no usable tokenizer"))
 }
@@ -175,12 +166,12 @@ fn get_string(meta: &BTreeMap<String, Value>, key: &str) -> Result<String> {
     let v = get(meta, key)?;
     v.as_str()
         .map(str::to_owned)
-        .ok_or_else(|| anyhow!("GGUF `{key}` should be a string, found {}", type_name(v)))
+        .ok_or_else(|| anyhow!("GGUF `{key}` should be a string, found {}", json_kind(v)))
 }
 
 fn get_array<'m>(meta: &'m BTreeMap<String, Value>, key: &str) -> Result<&'m Vec<Value>> {
     let v = get(meta, key)?;
-    v.as_array().ok_or_else(|| anyhow!("GGUF `{key}` should be an array, found {}", type_name(v)))
+    v.as_array().ok_or_else(|| anyhow!("GGUF `{key}` should be an array, found {}", json_kind(v)))
 }
 
 fn get_string_array(meta: &BTreeMap<String, Value>, key: &str) -> Result<Vec<String>> {
@@ -190,7 +181,7 @@ fn get_string_array(meta: &BTreeMap<String, Value>, key: &str) -> Result<Vec<Str
         .map(|(i, v)| {
             v.as_str()
                 .map(str::to_owned)
-                .ok_or_else(|| anyhow!("GGUF `{key}`[{i}] should be a string, found {}", type_name(v)))
+                .ok_or_else(|| anyhow!("GGUF `{key}`[{i}] should be a string, found {}", json_kind(v)))
         })
         .collect()
 }
@@ -224,7 +215,7 @@ fn get_opt_bool(meta: &BTreeMap<String, Value>, key: &str) -> Result<Option<bool
         Some(v) => v
             .as_bool()
             .map(Some)
-            .ok_or_else(|| anyhow!("GGUF `{key}` should be a bool, found {}", type_name(v))),
+            .ok_or_else(|| anyhow!("GGUF `{key}` should be a bool, found {}", json_kind(v))),
     }
 }
 

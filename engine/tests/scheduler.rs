@@ -23,21 +23,23 @@ fn params(seed: u64, max_tokens: usize) -> GenerateParams {
     GenerateParams { max_tokens, sampler, stop: vec![], ignore_eos: true }
 }
 
-/// Submit and collect (text, usage) through a channel.
-fn submit(s: &Scheduler, prompt: Vec<u32>, p: GenerateParams) -> mpsc::Receiver<Event> {
+/// A request whose events go to the returned channel (dropping it cancels the request).
+fn request(
+    prompt: Vec<u32>,
+    params: GenerateParams,
+    deadline: Option<Instant>,
+) -> (Request, mpsc::Receiver<Event>) {
     let (tx, rx) = mpsc::channel();
-    let req = Request {
-        prompt,
-        params: p,
-        deadline: None,
-        on_event: Box::new(move |e| {
-            if tx.send(e).is_ok() {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
-            }
-        }),
-    };
+    let on_event =
+        Box::new(
+            move |e| if tx.send(e).is_ok() { ControlFlow::Continue(()) } else { ControlFlow::Break(()) },
+        );
+    (Request { prompt, params, deadline, on_event }, rx)
+}
+
+/// Submit; collect (text, usage) from the channel.
+fn submit(s: &Scheduler, prompt: Vec<u32>, p: GenerateParams) -> mpsc::Receiver<Event> {
+    let (req, rx) = request(prompt, p, None);
     s.submit(req).unwrap();
     rx
 }
@@ -183,18 +185,8 @@ fn deadline_ends_a_request_with_a_reason() {
     let sched =
         Scheduler::new(engine(), SchedulerConfig { n_slots: 1, n_ctx: 512, queue_capacity: 1, n_batch: 64 })
             .unwrap();
-    let (tx, rx) = mpsc::channel();
-    sched
-        .submit(Request {
-            prompt: prompt(0),
-            params: params(0, 480),
-            deadline: Some(Instant::now() + Duration::from_millis(30)),
-            on_event: Box::new(move |e| {
-                let _ = tx.send(e);
-                ControlFlow::Continue(())
-            }),
-        })
-        .unwrap();
+    let (req, rx) = request(prompt(0), params(0, 480), Some(Instant::now() + Duration::from_millis(30)));
+    sched.submit(req).unwrap();
     let outcome = loop {
         match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
             Event::Text(_) => continue,
@@ -220,19 +212,7 @@ fn a_burst_gets_the_free_slots_and_the_queue() {
         Scheduler::new(engine(), SchedulerConfig { n_slots: 2, n_ctx: 256, queue_capacity: 2, n_batch: 64 })
             .unwrap();
     let rxs: Vec<_> = (0..4).map(|i| submit(&sched, prompt(i), params(i as u64, 200))).collect();
-    let (tx, _rx) = mpsc::channel::<Event>();
-    let extra = Request {
-        prompt: prompt(5),
-        params: params(5, 8),
-        deadline: None,
-        on_event: Box::new(move |e| {
-            if tx.send(e).is_ok() {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
-            }
-        }),
-    };
+    let (extra, _rx) = request(prompt(5), params(5, 8), None);
     assert_eq!(sched.submit(extra).unwrap_err(), SubmitError::QueueFull { capacity: 2 });
     for rx in rxs {
         assert_eq!(collect(rx).1.completion_tokens, 200);
@@ -260,19 +240,8 @@ fn a_bad_request_fails_alone() {
     let first = submit(&sched, prompt(0), params(0, 16));
     let mut bad = prompt(7);
     bad[3] = vocab;
-    let (tx, _rx) = mpsc::channel();
-    let refused = sched.submit(Request {
-        prompt: bad,
-        params: params(7, 16),
-        deadline: None,
-        on_event: Box::new(move |e| {
-            if tx.send(e).is_ok() {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
-            }
-        }),
-    });
+    let (req, _rx) = request(bad, params(7, 16), None);
+    let refused = sched.submit(req);
     match refused {
         Err(SubmitError::BadToken(m)) => assert!(m.contains(&vocab.to_string()), "{m}"),
         other => panic!("expected BadToken, got {other:?}"),
@@ -290,18 +259,8 @@ fn a_queued_request_times_out_in_the_queue() {
         Scheduler::new(engine(), SchedulerConfig { n_slots: 1, n_ctx: 512, queue_capacity: 2, n_batch: 64 })
             .unwrap();
     let running = submit(&sched, prompt(0), params(0, 480));
-    let (tx, rx) = mpsc::channel();
-    sched
-        .submit(Request {
-            prompt: prompt(1),
-            params: params(1, 8),
-            deadline: Some(Instant::now() + Duration::from_millis(20)),
-            on_event: Box::new(move |e| {
-                let _ = tx.send(e);
-                ControlFlow::Continue(())
-            }),
-        })
-        .unwrap();
+    let (req, rx) = request(prompt(1), params(1, 8), Some(Instant::now() + Duration::from_millis(20)));
+    sched.submit(req).unwrap();
     match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
         Event::Failed(Failure::TimedOut { generated, .. }) => assert_eq!(generated, 0),
         other => panic!("expected a timeout in the queue, got {other:?}"),

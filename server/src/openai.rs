@@ -11,7 +11,8 @@ use std::fmt::{self, Write as _};
 use percent_encoding::percent_decode_str;
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{FinishReason, GenerateParams};
-use quire_engine::sampler::SamplerConfig;
+use quire_engine::gguf::json_kind;
+use quire_engine::sampler::SamplerOptions;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -42,34 +43,22 @@ pub struct SamplingRequest {
 
 impl SamplingRequest {
     /// Engine parameters for a prompt of `prompt_tokens` in a slot of `n_ctx`. Unset fields take Qwen's
-    /// recommended sampling ([`SamplerConfig::default`]), not OpenAI's 1.0/1.0, because that is what these
+    /// recommended sampling ([`quire_engine::sampler::SamplerConfig::default`]), not OpenAI's 1.0/1.0, because that is what these
     /// models are tuned for. Without `max_tokens` a request may use the rest of its context; with one that
     /// goes past the context, generation simply ends there with `finish_reason: "length"` (as llama.cpp does,
     /// rather than OpenAI's 400), since the client cannot know our token count in advance.
     pub fn to_params(&self, prompt_tokens: usize, n_ctx: usize) -> GenerateParams {
-        let mut s = SamplerConfig::default();
-        if let Some(t) = self.temperature {
-            s.temperature = t;
+        let s = SamplerOptions {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
         }
-        if let Some(p) = self.top_p {
-            s.top_p = p;
-        }
-        if let Some(k) = self.top_k {
-            s.top_k = k;
-        }
-        if let Some(m) = self.min_p {
-            s.min_p = m;
-        }
-        if let Some(p) = self.presence_penalty {
-            s.presence_penalty = p;
-        }
-        if let Some(p) = self.frequency_penalty {
-            s.frequency_penalty = p;
-        }
-        if let Some(p) = self.repetition_penalty {
-            s.repetition_penalty = p;
-        }
-        s.seed = self.seed;
+        .resolve();
         let room = n_ctx.saturating_sub(prompt_tokens).max(1);
         GenerateParams {
             max_tokens: self.max_tokens.unwrap_or(room).min(room),
@@ -151,19 +140,8 @@ pub fn parse_json_object(body: &[u8]) -> ApiResult<Map<String, Value>> {
         Value::Object(m) => Ok(m),
         other => Err(ApiError::bad_request(format!(
             "the request body must be a JSON object, not {}",
-            type_name(&other)
+            json_kind(&other)
         ))),
-    }
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -689,6 +667,7 @@ pub fn fingerprint() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use quire_engine::sampler::SamplerConfig;
 
     fn obj(s: &str) -> Map<String, Value> {
         parse_json_object(s.as_bytes()).unwrap()

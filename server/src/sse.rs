@@ -49,11 +49,14 @@ pub trait StreamFormat: Send + Unpin + 'static {
     fn text(&mut self, piece: &str) -> Bytes;
     /// The end: final chunk, usage, terminator (`None` = nothing more to send).
     fn done(&mut self, usage: &Usage) -> Option<Bytes>;
-    /// Generation failed after the response started: an error event, or `Err` to abort the connection.
-    fn failed(&mut self, error: &ApiError) -> Result<Bytes, BoxError>;
-    /// Whether `: keep-alive` comments may be interleaved.
+    /// Generation failed after the response started: an error event (OpenAI's streams: the error object,
+    /// then `[DONE]`), or `Err` to abort the connection.
+    fn failed(&mut self, error: &ApiError) -> Result<Bytes, BoxError> {
+        Ok(format!("{}{DONE_LINE}", data_line(&error.to_json())).into())
+    }
+    /// Whether `: keep-alive` comments may be interleaved (SSE comments: yes).
     fn keepalive(&self) -> bool {
-        false
+        true
     }
 }
 
@@ -65,6 +68,20 @@ impl From<&Usage> for UsageCounts {
             cached_tokens: u.cached_tokens,
         }
     }
+}
+
+/// The end of an OpenAI stream: the chunk with the finish reason, with `include_usage` a chunk with no choices
+/// and the usage, then `[DONE]`. `chunk(finish)` is the format's empty chunk.
+fn final_events(chunk: impl Fn(Option<&str>) -> Value, include_usage: bool, usage: &Usage) -> Bytes {
+    let mut out = data_line(&chunk(Some(finish_reason(usage.finish))));
+    if include_usage {
+        let mut last = chunk(None);
+        last["choices"] = json!([]);
+        last["usage"] = UsageCounts::from(usage).to_json();
+        out.push_str(&data_line(&last));
+    }
+    out.push_str(DONE_LINE);
+    out.into()
 }
 
 /// `chat.completion.chunk` events.
@@ -101,23 +118,7 @@ impl StreamFormat for ChatSse {
     }
 
     fn done(&mut self, usage: &Usage) -> Option<Bytes> {
-        let mut out = data_line(&self.chunk(json!({}), Some(finish_reason(usage.finish))));
-        if self.include_usage {
-            let mut last = self.chunk(json!({}), None);
-            last["choices"] = json!([]);
-            last["usage"] = UsageCounts::from(usage).to_json();
-            out.push_str(&data_line(&last));
-        }
-        out.push_str(DONE_LINE);
-        Some(out.into())
-    }
-
-    fn failed(&mut self, error: &ApiError) -> Result<Bytes, BoxError> {
-        Ok(format!("{}{DONE_LINE}", data_line(&error.to_json())).into())
-    }
-
-    fn keepalive(&self) -> bool {
-        true
+        Some(final_events(|finish| self.chunk(json!({}), finish), self.include_usage, usage))
     }
 }
 
@@ -150,23 +151,7 @@ impl StreamFormat for CompletionSse {
     }
 
     fn done(&mut self, usage: &Usage) -> Option<Bytes> {
-        let mut out = data_line(&self.chunk("", Some(finish_reason(usage.finish))));
-        if self.include_usage {
-            let mut last = self.chunk("", None);
-            last["choices"] = json!([]);
-            last["usage"] = UsageCounts::from(usage).to_json();
-            out.push_str(&data_line(&last));
-        }
-        out.push_str(DONE_LINE);
-        Some(out.into())
-    }
-
-    fn failed(&mut self, error: &ApiError) -> Result<Bytes, BoxError> {
-        Ok(format!("{}{DONE_LINE}", data_line(&error.to_json())).into())
-    }
-
-    fn keepalive(&self) -> bool {
-        true
+        Some(final_events(|finish| self.chunk("", finish), self.include_usage, usage))
     }
 }
 
@@ -185,6 +170,10 @@ impl StreamFormat for PlainText {
 
     fn failed(&mut self, error: &ApiError) -> Result<Bytes, BoxError> {
         Err(Box::new(error.clone()))
+    }
+
+    fn keepalive(&self) -> bool {
+        false
     }
 }
 

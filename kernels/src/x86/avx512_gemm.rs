@@ -157,8 +157,7 @@ pub(crate) fn gemm_avx512(
             if !in_place {
                 pack(r0, n, &mut packed[..]);
             }
-            // A whole panel's outputs as one fixed-size copy (a call to `memmove` per 16 floats cost ≈ 2 % of a
-            // Q4_K_M prefill).
+            // A whole panel's outputs as one fixed-size copy, not a `memmove` call per 16 floats.
             let mut put = |t: usize, lanes: &[f32; PANEL_ROWS]| match n {
                 PANEL_ROWS => {
                     let dst: &mut [f32; PANEL_ROWS] =
