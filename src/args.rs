@@ -34,7 +34,15 @@ pub struct ModelArgs {
     pub model: PathBuf,
     #[command(flatten)]
     pub threads: ThreadArgs,
-    /// Context size in tokens (default: 4096, or the model's trained context if smaller).
+    #[command(flatten)]
+    pub cache: CacheArgs,
+}
+
+/// The KV cache: how many tokens and in what type.
+#[derive(Args, Clone, Debug)]
+pub struct CacheArgs {
+    /// Context size in tokens (default: 4096, or the model's trained context if smaller; `bench`: prompt +
+    /// generated tokens; `perplexity`: 512).
     #[arg(short = 'c', long = "ctx", value_parser = positive)]
     pub ctx: Option<usize>,
     /// KV cache element type: f16 (default), q8_0 (half the memory of f16) or f32 (exact).
@@ -124,8 +132,9 @@ mod tests {
 
     #[test]
     fn kv_type_names_parse() {
-        let parse =
-            |v: &str| Cli::try_parse_from(["quire", "-m", "m.gguf", "--kv-type", v]).map(|c| c.model.kv_type);
+        let parse = |v: &str| {
+            Cli::try_parse_from(["quire", "-m", "m.gguf", "--kv-type", v]).map(|c| c.model.cache.kv_type)
+        };
         for t in [KvType::F16, KvType::F32, KvType::Q8_0] {
             assert_eq!(parse(t.name()).unwrap(), t);
         }
@@ -133,7 +142,7 @@ mod tests {
         assert_eq!(parse("q8").unwrap(), KvType::Q8_0);
         assert!(parse("q4").is_err());
         let d = Cli::try_parse_from(["quire", "-m", "m.gguf"]).unwrap().model;
-        assert_eq!((d.kv_type, d.ctx, d.threads.threads), (KvType::F16, None, None));
+        assert_eq!((d.cache.kv_type, d.cache.ctx, d.threads.threads), (KvType::F16, None, None));
         assert!(Cli::try_parse_from(["quire", "-m", "m.gguf", "--ctx", "0"]).is_err());
     }
 }

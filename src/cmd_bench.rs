@@ -96,14 +96,14 @@ pub fn run(args: BenchArgs, opts: &LoadOptions) -> Result<()> {
         bail!("--streams must be at least 1");
     }
     let threads = args.model.threads.init()?;
-    let kv_type = args.model.kv_type;
+    let kv_type = args.model.cache.kv_type;
     let t0 = Instant::now();
     let engine = Engine::load_with(&args.model.model, opts)?;
     let load_secs = t0.elapsed().as_secs_f64();
     let model = &engine.model;
     let c = &model.config;
 
-    let n_ctx = args.model.ctx.unwrap_or((args.n_prompt + args.n_gen).max(1));
+    let n_ctx = args.model.cache.ctx.unwrap_or((args.n_prompt + args.n_gen).max(1));
     if n_ctx < args.n_prompt + args.n_gen {
         bail!("--ctx {n_ctx} is smaller than the {} prompt and generated tokens", args.n_prompt + args.n_gen);
     }

@@ -50,8 +50,8 @@ impl ServeArgs {
         cfg.port = self.port;
         cfg.n_slots = self.parallel;
         cfg.queue_capacity = self.queue;
-        cfg.ctx = self.model.ctx;
-        cfg.kv_type = self.model.kv_type;
+        cfg.ctx = self.model.cache.ctx;
+        cfg.kv_type = self.model.cache.kv_type;
         cfg.prepack = prepack;
         // clap read QUIRE_API_KEY into `api_key` when the flag is absent; an empty value means "no key".
         cfg.api_key = self.api_key.clone().filter(|k| !k.is_empty());

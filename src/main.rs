@@ -12,12 +12,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use args::{ModelArgs, SamplingArgs};
+use args::{CacheArgs, ModelArgs, SamplingArgs};
 use clap::{Args, Parser, Subcommand};
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{Engine, GenerateParams, GenerationStats, Session, DEFAULT_BATCH};
 use quire_engine::gguf::GgufFile;
-use quire_engine::kv_cache::KvType;
 use quire_engine::memory::{human_bytes, MemoryPlan};
 use quire_engine::model::LoadOptions;
 use quire_kernels::dispatch::{self, IsaKind};
@@ -91,12 +90,9 @@ struct ChatArgs {
 struct InfoArgs {
     /// Path to a GGUF model file.
     model: PathBuf,
-    /// Context size for the memory estimate (default: 4096, or the model's trained context if smaller).
-    #[arg(short = 'c', long = "ctx")]
-    ctx: Option<usize>,
-    /// KV cache element type for the memory estimate: f16, q8_0 or f32.
-    #[arg(long = "kv-type", value_enum, ignore_case = true, default_value_t = KvType::F16)]
-    kv_type: KvType,
+    /// The KV cache of the memory estimate.
+    #[command(flatten)]
+    cache: args::CacheArgs,
     /// List every tensor.
     #[arg(long)]
     tensors: bool,
@@ -146,9 +142,9 @@ fn load(args: &ModelArgs, opts: &LoadOptions) -> Result<(Engine, usize)> {
     args.threads.init()?;
     let t0 = Instant::now();
     let mut engine = Engine::load_with(&args.model, opts)?;
-    engine.kv_type = args.kv_type;
+    engine.kv_type = args.cache.kv_type;
     let c = &engine.model.config;
-    let n_ctx = args.ctx.unwrap_or_else(|| c.default_ctx());
+    let n_ctx = args.cache.ctx.unwrap_or_else(|| c.default_ctx());
     let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH, engine.kv_type);
     plan.check_available()?;
     eprintln!(
@@ -324,14 +320,14 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         c.rms_eps,
         c.ctx_train
     );
-    let n_ctx = a.ctx.unwrap_or_else(|| c.default_ctx());
-    let plan = MemoryPlan::new(&model, n_ctx, DEFAULT_BATCH, a.kv_type);
+    let n_ctx = a.cache.ctx.unwrap_or_else(|| c.default_ctx());
+    let plan = MemoryPlan::new(&model, n_ctx, DEFAULT_BATCH, a.cache.kv_type);
     println!(
         "memory at context {}: weights {} (memory-mapped) + KV cache {} ({}) + scratch {} = {}",
         n_ctx,
         human_bytes(plan.weights_mapped),
         human_bytes(plan.kv_cache),
-        a.kv_type,
+        a.cache.kv_type,
         human_bytes(plan.scratch),
         human_bytes(plan.total())
     );
@@ -340,8 +336,13 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
 
 fn cmd_perplexity(a: PerplexityArgs, opts: &LoadOptions) -> Result<()> {
     let text = read_text(&a.file)?;
-    let (engine, n_ctx) =
-        load(&ModelArgs { ctx: Some(a.model.ctx.unwrap_or(512)), ..a.model.clone() }, opts)?;
+    let (engine, n_ctx) = load(
+        &ModelArgs {
+            cache: CacheArgs { ctx: Some(a.model.cache.ctx.unwrap_or(512)), ..a.model.cache.clone() },
+            ..a.model.clone()
+        },
+        opts,
+    )?;
     let tokens = engine.tokenizer.encode(&text)?;
     eprintln!("{} tokens, {} windows of {n_ctx}", tokens.len(), tokens.len() / n_ctx);
     let t0 = Instant::now();

@@ -51,11 +51,11 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
     // one guard for the whole group (see `WeightStore::reading`), each matrix's layout read once
     let reading = first.w.store().reading();
     let data: Vec<_> = products.iter().map(|p| p.w.data(&reading)).collect();
-    for p in products.iter() {
+    for (p, d) in products.iter().zip(&data) {
         let w = p.w;
-        assert!(std::sync::Arc::ptr_eq(w.store(), first.w.store()), "{}: one model's matrices", w.name);
         assert_eq!(w.cols, cols, "{}: columns", w.name);
         assert_eq!(p.out.len(), n_batch * w.rows, "{}: output length", w.name);
+        assert_eq!(d.bytes.len(), w.rows * w.row_bytes(), "{}: weight bytes", w.name);
         let i = formats.iter().position(|&f| f == w.dtype).unwrap_or_else(|| {
             if scratch.acts.len() <= formats.len() {
                 scratch.acts.push(QuantizedActs::new());

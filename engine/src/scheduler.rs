@@ -68,7 +68,8 @@ pub enum Failure {
     /// It ran past its deadline, in the queue or generating.
     #[error("request timed out after {secs:.1} s ({generated} tokens generated)")]
     TimedOut { secs: f64, generated: usize },
-    /// The model could not run it (a bug or a resource failure, never the request's own content).
+    /// The model could not run it (its sequence failed the model's checks mid-generation, or the pass
+    /// failed); the message says why.
     #[error("inference failed: {0}")]
     Inference(String),
 }
@@ -317,8 +318,9 @@ impl<'e> Worker<'e> {
                 first_token_at: None,
                 req,
             });
-            let mut stats = self.shared.stats.lock().unwrap();
-            stats.queued = self.shared.queue.lock().unwrap().len();
+            // queue before stats, as everywhere (the other order could deadlock with `submit`)
+            let queued = self.shared.queue.lock().unwrap().len();
+            self.shared.stats.lock().unwrap().queued = queued;
         }
     }
 
@@ -416,7 +418,8 @@ impl<'e> Worker<'e> {
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
-                // Only a resource failure can get here (every sequence passed its checks).
+                // Unreachable today (every sequence passed the model's checks); kept so that a future error
+                // fails this step's requests with a reason instead of leaving them waiting.
                 for (i, _, _) in &plan {
                     self.drop_slot(*i, Failure::Inference(format!("{e:#}")));
                 }

@@ -46,16 +46,25 @@ impl WeightStore {
         }
     }
 
-    /// A read guard for a call that may read the file's layout. One per call, never nested: a second shared
-    /// lock taken while the prepacker waits for the exclusive one would deadlock.
-    pub(crate) fn reading(&self) -> RwLockReadGuard<'_, ()> {
-        self.file_readers.read().unwrap_or_else(|e| e.into_inner())
+    /// A read guard for a call that may read the file's layout (one per call).
+    pub(crate) fn reading(&self) -> Reading<'_> {
+        Reading { store: self, _guard: self.file_readers.read().unwrap_or_else(|e| e.into_inner()) }
     }
 
     /// Waits until no call reads the file's layout, then releases the file's pages of `matrices` once more
-    /// (a call that began before a copy was set may have faulted some back in).
+    /// (a call that began before a copy was set may have faulted some back in). It polls `try_write` rather
+    /// than queueing for the lock: a queued writer would block new readers, and a reader nested in another
+    /// one's parallel region (rayon work stealing) would then deadlock.
     pub(crate) fn release_when_unread(&self, matrices: &[&Matrix]) {
-        let _no_reader = self.file_readers.write().unwrap_or_else(|e| e.into_inner());
+        let _no_reader = loop {
+            match self.file_readers.try_write() {
+                Ok(guard) => break guard,
+                Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    std::thread::sleep(std::time::Duration::from_millis(1))
+                }
+            }
+        };
         for m in matrices.iter().filter(|m| m.is_prepacked()) {
             self.release_pages(m.range.clone());
         }
@@ -162,9 +171,10 @@ impl Matrix {
         &self.store
     }
 
-    /// The matrix's bytes and layout as one call reads them. `_reading` (from [`WeightStore::reading`],
-    /// taken once by the caller for all the matrices of its call) must be held while the bytes are used.
-    pub(crate) fn data<'a>(&'a self, _reading: &RwLockReadGuard<'a, ()>) -> MatrixData<'a> {
+    /// The matrix's bytes and layout as one call reads them, valid while `reading` (taken once by the caller
+    /// for all the matrices of its call, from this matrix's store) is held.
+    pub(crate) fn data<'g>(&'g self, reading: &'g Reading<'_>) -> MatrixData<'g> {
+        assert!(std::ptr::eq(reading.store, &*self.store), "{}: read with another model's guard", self.name);
         match self.packed.get() {
             Some(p) => MatrixData { bytes: p, prepacked: true },
             None => MatrixData { bytes: self.file_bytes(), prepacked: false },
@@ -189,6 +199,12 @@ impl Matrix {
             quire_kernels::dequantize_row(self.dtype, row, dst);
         }
     }
+}
+
+/// Held while a call reads matrices of one store ([`WeightStore::reading`]).
+pub(crate) struct Reading<'s> {
+    store: &'s WeightStore,
+    _guard: RwLockReadGuard<'s, ()>,
 }
 
 /// A matrix's bytes in one layout, with the kernel that reads that layout.

@@ -209,8 +209,8 @@ pub fn axpy_with(isa: Isa, dtype: DType, alpha: f32, x: &[u8], y: &mut [f32]) {
     match isa.kind() {
         #[cfg(target_arch = "x86_64")]
         IsaKind::Avx2 | IsaKind::Avx512 => {
-            // SAFETY: the process instruction set is supported, and both require AVX2, FMA
-            // and F16C, the features these kernels are compiled for.
+            // SAFETY: `isa` was detected, and both require AVX2, FMA and F16C, the features these
+            // kernels are compiled for.
             unsafe {
                 if dtype == DType::F32 {
                     x86::avx2::axpy_f32(alpha, x, y)

@@ -175,8 +175,8 @@ pub fn gemm_with(
     gemm_checked(isa, wtype, w, acts, tokens, &mut token_rows(out, n));
 }
 
-/// Whether [`gemm`] on this instruction set runs a panel kernel for `wtype` (sixteen rows
-/// at a time: callers splitting rows between threads should split at multiples of 16).
+/// Whether [`gemm`] on this instruction set runs a panel kernel for `wtype` ([`PANEL_ROWS`] rows at a time:
+/// callers splitting rows between threads split at multiples of it).
 pub fn has_panel_kernel(isa: Isa, wtype: DType) -> bool {
     isa.kind() == IsaKind::Avx512
         && matches!(wtype, DType::Q4_0 | DType::Q8_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K)
@@ -252,7 +252,10 @@ pub fn gemm_prepacked_into_rows(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    gemm_avx512(wtype, acts.k, w, n_rows, acts, tokens, out, true);
+    // SAFETY: `can_prepack` held above, so the process instruction set is AVX-512.
+    unsafe {
+        gemm_avx512(wtype, acts.k, w, n_rows, acts, tokens, out, true)
+    };
 }
 
 /// Checks the arguments of a matrix product; returns the number of weight rows.
@@ -288,7 +291,8 @@ fn gemm_checked(
     }
     #[cfg(target_arch = "x86_64")]
     if has_panel_kernel(isa, wtype) {
-        gemm_avx512(wtype, k, w, n_rows, acts, tokens, out, false);
+        // SAFETY: `has_panel_kernel` holds for a detected `isa`, which is then AVX-512.
+        unsafe { gemm_avx512(wtype, k, w, n_rows, acts, tokens, out, false) };
         return;
     }
     for (t, out_t) in tokens.zip(out.iter_mut()) {

@@ -74,9 +74,13 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// The panel kernels: `w` in the file's layout, or in [`prepack`]'s when `prepacked`.
+/// The panel kernels: `w` in the file's layout, or in [`crate::matmul::prepack`]'s when `prepacked`.
+///
+/// # Safety
+/// The CPU must run AVX-512 F/BW/VL/VNNI with AVX2, FMA and F16C: an [`crate::dispatch::Isa`] of kind
+/// `Avx512` was detected (`has_panel_kernel` or `can_prepack` held).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_avx512(
+pub(crate) unsafe fn gemm_avx512(
     wtype: DType,
     k: usize,
     w: &[u8],

@@ -7,8 +7,8 @@
 //! bit, `avx2_norm_rope.rs` and `avx512_norm_rope.rs` RMSNorm's and RoPE's element-wise steps; other
 //! single dot products on AVX-512 machines still run the AVX2 kernels.
 //!
-//! Nothing here checks CPU features: [`crate::dispatch`] detects them once and is the
-//! only caller.
+//! Nothing here checks CPU features: callers hold a [`crate::dispatch::Isa`] (made only by detection) of the
+//! right kind, or a check made from one (`matmul::has_panel_kernel`, `can_prepack`).
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
