@@ -165,7 +165,13 @@ fn load(args: &ModelArgs, opts: &LoadOptions) -> Result<(Engine, usize)> {
 fn params(s: &SamplingArgs) -> Result<GenerateParams> {
     let sampler = s.sampler().resolve();
     sampler.validate()?;
-    Ok(GenerateParams { max_tokens: s.max_tokens, sampler, stop: s.stop.clone(), ignore_eos: s.ignore_eos })
+    Ok(GenerateParams {
+        max_tokens: s.max_tokens,
+        sampler,
+        stop: s.stop.clone(),
+        ignore_eos: s.ignore_eos,
+        logprobs: None,
+    })
 }
 
 /// Generate and stream to stdout; returns the generated text.

@@ -11,7 +11,7 @@ use crate::chat::{ChatTemplate, Message, RenderOptions};
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvType};
 use crate::model::{LoadOptions, Logits, Model, RunState};
-use crate::sampler::{Sampler, SamplerConfig, StopMatcher};
+use crate::sampler::{Sampler, SamplerConfig, StopMatcher, TokenLogprob};
 use crate::tokenizer::{StreamDecoder, Tokenizer, VocabSpec};
 
 /// Tokens fed to the model per forward call while prefilling a prompt.
@@ -107,6 +107,9 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
     /// Keep going past end-of-generation tokens (benchmarks).
     pub ignore_eos: bool,
+    /// Report each generated token's log-probability and those of this many most likely alternatives
+    /// ([`TokenLogprob`]); `None`: none.
+    pub logprobs: Option<usize>,
 }
 
 impl Default for GenerateParams {
@@ -116,6 +119,7 @@ impl Default for GenerateParams {
             sampler: SamplerConfig::default(),
             stop: Vec::new(),
             ignore_eos: false,
+            logprobs: None,
         }
     }
 }
@@ -267,6 +271,9 @@ pub struct Generation<'t> {
     max_tokens: usize,
     ignore_eos: bool,
     penalty_window: usize,
+    /// `GenerateParams::logprobs`, and the raw logits kept for them (the sampler's penalties edit its input).
+    logprobs: Option<usize>,
+    raw: Vec<f32>,
     /// Tokens generated so far (a final end-of-generation token included).
     pub tokens: Vec<u32>,
     /// Set once generation is over.
@@ -280,6 +287,8 @@ pub struct Step {
     /// Text to show now (may be empty).
     pub text: String,
     pub done: bool,
+    /// The token's log-probabilities when asked for (never for an end-of-generation token that ends it).
+    pub logprob: Option<TokenLogprob>,
 }
 
 impl<'t> Generation<'t> {
@@ -292,6 +301,8 @@ impl<'t> Generation<'t> {
             max_tokens: params.max_tokens,
             ignore_eos: params.ignore_eos,
             penalty_window: params.sampler.penalty_last_n.max(1),
+            logprobs: params.logprobs,
+            raw: Vec::new(),
             tokens: Vec::new(),
             finish: if params.max_tokens == 0 { Some(FinishReason::Length) } else { None },
         }
@@ -301,15 +312,22 @@ impl<'t> Generation<'t> {
     /// `room` free positions left in the context.
     pub fn accept(&mut self, logits: &mut [f32], context: &[u32], room: usize) -> Step {
         if self.finish.is_some() {
-            return Step { token: 0, text: String::new(), done: true };
+            return Step { token: 0, text: String::new(), done: true, logprob: None };
+        }
+        if self.logprobs.is_some() {
+            self.raw.clear();
+            self.raw.extend_from_slice(logits);
         }
         let recent = &context[context.len().saturating_sub(self.penalty_window)..];
         let token = self.sampler.sample(logits, recent);
         self.tokens.push(token);
         if !self.ignore_eos && self.tokenizer.is_eog(token) {
             self.finish = Some(FinishReason::Stop);
-            return Step { token, text: self.flush(), done: true };
+            return Step { token, text: self.flush(), done: true, logprob: None };
         }
+        let tok = self.tokenizer;
+        let logprob =
+            self.logprobs.map(|n| TokenLogprob::from_logits(&self.raw, token, n, |t| tok.token_bytes(t)));
         let (mut text, hit_stop) = self.stops.push(&self.decoder.push(token));
         if hit_stop {
             self.finish = Some(FinishReason::Stop);
@@ -317,7 +335,7 @@ impl<'t> Generation<'t> {
             self.finish = Some(FinishReason::Length);
             text += &self.flush();
         }
-        Step { token, text, done: self.finish.is_some() }
+        Step { token, text, done: self.finish.is_some(), logprob }
     }
 
     /// End early because the consumer went away.

@@ -231,11 +231,16 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
     });
 }
 
+/// `ln Σ e^logit`, in f64 and numerically stable (the log-softmax's normalizer).
+pub fn log_sum_exp(logits: &[f32]) -> f64 {
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().filter(|l| !l.is_nan()).map(|&l| (l as f64 - max).exp()).sum();
+    max + sum.ln()
+}
+
 /// Numerically stable log-softmax probability of `target` under `logits`.
 pub fn log_softmax_at(logits: &[f32], target: usize) -> f64 {
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let sum: f64 = logits.iter().map(|&l| (l as f64 - max).exp()).sum();
-    logits[target] as f64 - max - sum.ln()
+    logits[target] as f64 - log_sum_exp(logits)
 }
 
 /// Index of the largest value, ties to the lowest index; NaN never wins (0 if every value is NaN).

@@ -141,6 +141,55 @@ impl SamplerOptions {
     }
 }
 
+/// One token's log-probability, with its bytes (a token may hold part of a UTF-8 character).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Logprob {
+    pub token: u32,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// The model's log-probability of a sampled token and of the most likely tokens at its position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub chosen: Logprob,
+    /// The `n` most likely tokens, most likely first (ties: lower id first).
+    pub top: Vec<Logprob>,
+}
+
+impl TokenLogprob {
+    /// Log-probabilities under the model's own distribution, the softmax of the raw `logits` (before
+    /// penalties, temperature and filters: what OpenAI reports), of `token` and of the `n_top` most likely;
+    /// `bytes` gives a token's bytes.
+    pub fn from_logits(
+        logits: &[f32],
+        token: u32,
+        n_top: usize,
+        bytes: impl Fn(u32) -> Vec<u8>,
+    ) -> TokenLogprob {
+        let lse = crate::ops::log_sum_exp(logits);
+        let lp = |l: f32| (l as f64 - lse) as f32;
+        let mut top: Vec<Cand> = Vec::with_capacity(n_top + 1);
+        if n_top > 0 {
+            for (id, &val) in logits.iter().enumerate() {
+                let c = Cand { id: id as u32, val };
+                if val.is_nan() || (top.len() == n_top && by_val_desc(&c, &top[n_top - 1]) != Ordering::Less)
+                {
+                    continue;
+                }
+                let at = top.partition_point(|t| by_val_desc(t, &c) == Ordering::Less);
+                top.insert(at, c);
+                top.truncate(n_top);
+            }
+        }
+        let entry = |token: u32, val: f32| Logprob { token, bytes: bytes(token), logprob: lp(val) };
+        TokenLogprob {
+            chosen: entry(token, logits[token as usize]),
+            top: top.into_iter().map(|c| entry(c.id, c.val)).collect(),
+        }
+    }
+}
+
 /// A candidate token: its id and its (scaled) logit, later its unnormalized probability.
 #[derive(Clone, Copy, Debug)]
 struct Cand {

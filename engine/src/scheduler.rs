@@ -26,6 +26,7 @@ use crate::generate::{
 use crate::kv_cache::KvCache;
 use crate::memory::MemoryPlan;
 use crate::model::{Logits, RunState, SeqBatch};
+use crate::sampler::TokenLogprob;
 
 /// How many conversations run at once and how much each may hold.
 #[derive(Clone, Debug)]
@@ -56,6 +57,9 @@ pub struct Request {
 pub enum Event {
     /// New text: whole UTF-8 characters, stop strings withheld.
     Text(String),
+    /// A generated token's log-probabilities (requests with `GenerateParams::logprobs`), sent before the
+    /// text it completes.
+    Logprob(TokenLogprob),
     /// Generation ended normally (or was cancelled by the consumer).
     Done(Usage),
     /// Generation could not go on.
@@ -451,7 +455,8 @@ impl<'e> Worker<'e> {
             generated += 1;
             a.next = Some(step.token);
             let mut done = step.done;
-            if !step.text.is_empty() && (a.req.on_event)(Event::Text(step.text)).is_break() {
+            let left = step.logprob.is_some_and(|lp| (a.req.on_event)(Event::Logprob(lp)).is_break());
+            if left || (!step.text.is_empty() && (a.req.on_event)(Event::Text(step.text)).is_break()) {
                 a.gen.cancel();
                 done = true;
             }

@@ -435,3 +435,39 @@ fn stop_matcher_random_chunking_property() {
         assert_eq!(stopped, stops.iter().any(|s| text.contains(s.as_str())));
     }
 }
+
+/// Log-probabilities are the raw logits' log-softmax (f64 reference within 1e-5), the top tokens are the most
+/// likely ones in order with ties to the lower id, and NaN logits are never among them.
+#[test]
+fn token_logprobs_are_the_models_distribution() {
+    use quire_engine::sampler::TokenLogprob;
+    for (seed, n) in [(1u64, 1usize), (2, 7), (3, 1000), (4, 151_936)] {
+        let mut logits = random_logits(n, seed, 20.0);
+        if n > 10 {
+            logits[3] = f32::NAN;
+            logits[5] = logits[4]; // a tie
+        }
+        let finite: Vec<f64> = logits.iter().filter(|v| !v.is_nan()).map(|&v| v as f64).collect();
+        let max = finite.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let lse = max + finite.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+        let token = (n / 2) as u32;
+        for n_top in [0usize, 1, 5, 20] {
+            let lp = TokenLogprob::from_logits(&logits, token, n_top, |t| t.to_le_bytes().to_vec());
+            assert_eq!((lp.chosen.token, &lp.chosen.bytes[..]), (token, &token.to_le_bytes()[..]));
+            assert!((lp.chosen.logprob as f64 - (logits[token as usize] as f64 - lse)).abs() < 1e-5);
+            let mut want: Vec<(u32, f32)> =
+                logits.iter().enumerate().filter(|(_, v)| !v.is_nan()).map(|(i, &v)| (i as u32, v)).collect();
+            want.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap().then(a.0.cmp(&b.0)));
+            want.truncate(n_top);
+            assert_eq!(
+                lp.top.iter().map(|t| t.token).collect::<Vec<_>>(),
+                want.iter().map(|t| t.0).collect::<Vec<_>>()
+            );
+            for (got, (_, l)) in lp.top.iter().zip(&want) {
+                assert!((got.logprob as f64 - (*l as f64 - lse)).abs() < 1e-5 && got.logprob <= 0.0);
+            }
+            let mass: f64 = lp.top.iter().map(|t| (t.logprob as f64).exp()).sum();
+            assert!(mass <= 1.0 + 1e-5);
+        }
+    }
+}

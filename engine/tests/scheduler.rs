@@ -20,7 +20,7 @@ fn engine() -> Arc<Engine> {
 fn params(seed: u64, max_tokens: usize) -> GenerateParams {
     let sampler =
         SamplerConfig { temperature: 0.9, top_k: 0, top_p: 1.0, seed: Some(seed), ..Default::default() };
-    GenerateParams { max_tokens, sampler, stop: vec![], ignore_eos: true }
+    GenerateParams { max_tokens, sampler, stop: vec![], ignore_eos: true, logprobs: None }
 }
 
 /// A request whose events go to the returned channel (dropping it cancels the request).
@@ -49,6 +49,7 @@ fn collect(rx: mpsc::Receiver<Event>) -> (String, Usage) {
     loop {
         match rx.recv_timeout(Duration::from_secs(60)).expect("scheduler answers") {
             Event::Text(t) => text.push_str(&t),
+            Event::Logprob(_) => {}
             Event::Done(u) => return (text, u),
             Event::Failed(e) => panic!("request failed: {e}"),
         }
@@ -134,7 +135,7 @@ fn cancelling_frees_the_slot() {
         match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
             Event::Done(u) => break u,
             Event::Failed(e) => panic!("{e}"),
-            Event::Text(_) => {}
+            Event::Text(_) | Event::Logprob(_) => {}
         }
     };
     assert_eq!(done.finish, FinishReason::Cancelled);
@@ -268,4 +269,41 @@ fn a_queued_request_times_out_in_the_queue() {
     assert_eq!(sched.stats().active, 1, "the running request still runs");
     let (_, u) = collect(running);
     assert_eq!((u.completion_tokens, u.finish), (480, FinishReason::Length));
+}
+
+/// Logprobs come one per generated token, before its text, and like the text they do not depend on what else
+/// is in the batch.
+#[test]
+fn logprobs_are_batch_invariant() {
+    let engine = engine();
+    let run = |n_slots: usize| -> Vec<Vec<quire_engine::sampler::TokenLogprob>> {
+        let cfg = SchedulerConfig { n_slots, n_ctx: 256, queue_capacity: 8, n_batch: 16 };
+        let sched = Scheduler::new(engine.clone(), cfg).unwrap();
+        let rxs: Vec<_> = (0..n_slots as u32)
+            .map(|i| submit(&sched, prompt(i), GenerateParams { logprobs: Some(4), ..params(i as u64, 10) }))
+            .collect();
+        rxs.into_iter()
+            .map(|rx| {
+                let mut lps = Vec::new();
+                loop {
+                    match rx.recv_timeout(Duration::from_secs(60)).unwrap() {
+                        Event::Logprob(lp) => lps.push(lp),
+                        Event::Text(_) => assert!(!lps.is_empty(), "a token's logprobs come before its text"),
+                        Event::Done(u) => {
+                            assert_eq!(lps.len(), u.completion_tokens);
+                            break lps;
+                        }
+                        Event::Failed(e) => panic!("{e}"),
+                    }
+                }
+            })
+            .collect()
+    };
+    let (alone, batched) = (run(1), run(3));
+    assert_eq!(alone[0], batched[0]);
+    for lp in batched.iter().flatten() {
+        assert_eq!(lp.top.len(), 4);
+        assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
+        assert!(lp.chosen.logprob <= 0.0 && lp.chosen.logprob.is_finite());
+    }
 }

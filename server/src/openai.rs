@@ -12,7 +12,7 @@ use percent_encoding::percent_decode_str;
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{FinishReason, GenerateParams};
 use quire_engine::gguf::json_kind;
-use quire_engine::sampler::SamplerOptions;
+use quire_engine::sampler::{Logprob, SamplerOptions, TokenLogprob};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -24,6 +24,9 @@ use crate::errors::{ApiError, ApiResult};
 pub const MAX_STOP_STRINGS: usize = 16;
 /// Longest stop string accepted, in bytes.
 pub const MAX_STOP_BYTES: usize = 256;
+/// Most alternatives per token: chat's `top_logprobs` (OpenAI's limit) and completions' `logprobs`.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+pub const MAX_COMPLETION_LOGPROBS: usize = 5;
 
 /// Sampling and length settings common to every endpoint, as the client gave them (`None` = default).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -39,6 +42,8 @@ pub struct SamplingRequest {
     pub frequency_penalty: Option<f32>,
     pub repetition_penalty: Option<f32>,
     pub ignore_eos: bool,
+    /// Log-probabilities of each generated token and of this many alternatives (`logprobs`, `top_logprobs`).
+    pub logprobs: Option<usize>,
 }
 
 impl SamplingRequest {
@@ -65,6 +70,7 @@ impl SamplingRequest {
             sampler: s,
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
+            logprobs: self.logprobs,
         }
     }
 }
@@ -242,6 +248,7 @@ impl SamplingBody {
             frequency_penalty: number_in("frequency_penalty", self.frequency_penalty, -2.0, false, 2.0)?,
             repetition_penalty: number_in("repetition_penalty", self.repetition_penalty, 0.0, true, 10.0)?,
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            logprobs: None,
         };
         // Belt and braces: the engine's own check, in case it grows rules we do not mirror here.
         let probe = s.to_params(0, 1);
@@ -485,8 +492,13 @@ pub fn parse_chat(map: &Map<String, Value>) -> ApiResult<ChatRequest> {
         }
     }
     check_n(b.n)?;
-    reject_if(b.logprobs == Some(true), "logprobs", "logprobs are not supported")?;
-    reject_if(b.top_logprobs.is_some_and(|n| n.0 != 0), "top_logprobs", "logprobs are not supported")?;
+    let top_logprobs = integer_in("top_logprobs", b.top_logprobs, 0, MAX_TOP_LOGPROBS as i128)?;
+    let logprobs = b.logprobs == Some(true);
+    reject_if(
+        !logprobs && top_logprobs.is_some_and(|n| n > 0),
+        "top_logprobs",
+        "top_logprobs needs logprobs: true",
+    )?;
     reject_if(
         b.response_format.and_then(|f| f.kind).is_some_and(|t| t != "text"),
         "response_format",
@@ -500,7 +512,10 @@ pub fn parse_chat(map: &Map<String, Value>) -> ApiResult<ChatRequest> {
         messages,
         stream: b.stream.unwrap_or(false),
         include_usage: include_usage(b.stream_options),
-        sampling: s.check(max_tokens)?,
+        sampling: SamplingRequest {
+            logprobs: logprobs.then_some(top_logprobs.unwrap_or(0) as usize),
+            ..s.check(max_tokens)?
+        },
         render: RenderOptions {
             add_generation_prompt: true,
             enable_thinking,
@@ -517,7 +532,7 @@ pub fn parse_completion(map: &Map<String, Value>) -> ApiResult<CompletionRequest
     check_n(b.n)?;
     reject_if(b.best_of.is_some_and(|n| n.0 != 1), "best_of", "only best_of = 1 is supported")?;
     reject_if(b.echo == Some(true), "echo", "echo is not supported")?;
-    reject_if(b.logprobs.is_some_and(|n| n.0 != 0), "logprobs", "logprobs are not supported")?;
+    let logprobs = integer_in("logprobs", b.logprobs, 0, MAX_COMPLETION_LOGPROBS as i128)?;
     reject_if(
         b.suffix.is_some_and(|s| !s.is_empty()),
         "suffix",
@@ -529,7 +544,7 @@ pub fn parse_completion(map: &Map<String, Value>) -> ApiResult<CompletionRequest
         prompt,
         stream: b.stream.unwrap_or(false),
         include_usage: include_usage(b.stream_options),
-        sampling: s.check(max_tokens)?,
+        sampling: SamplingRequest { logprobs: logprobs.map(|n| n as usize), ..s.check(max_tokens)? },
     })
 }
 
@@ -628,8 +643,57 @@ pub struct ResponseMeta {
     pub model: String,
 }
 
+/// One token as OpenAI's logprob entries show it: its text (lossy where it holds part of a character), its
+/// log-probability and its bytes.
+fn logprob_entry(l: &Logprob) -> Value {
+    json!({ "token": String::from_utf8_lossy(&l.bytes), "logprob": l.logprob, "bytes": l.bytes })
+}
+
+/// Chat's `logprobs` object for these tokens (`content` entries with their `top_logprobs`).
+pub fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|lp| {
+            let mut e = logprob_entry(&lp.chosen);
+            e["top_logprobs"] = lp.top.iter().map(logprob_entry).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content, "refusal": null })
+}
+
+/// Legacy completions' `logprobs` object for these tokens; `offset` counts the characters of text before
+/// them and is advanced past them (`text_offset`).
+pub fn completion_logprobs(lps: &[TokenLogprob], offset: &mut usize) -> Value {
+    let text = |l: &Logprob| String::from_utf8_lossy(&l.bytes).into_owned();
+    let mut offsets = Vec::with_capacity(lps.len());
+    for lp in lps {
+        offsets.push(*offset);
+        *offset += text(&lp.chosen).chars().count();
+    }
+    let top: Vec<Map<String, Value>> =
+        lps.iter().map(|lp| lp.top.iter().map(|t| (text(t), json!(t.logprob))).collect()).collect();
+    json!({
+        "tokens": lps.iter().map(|lp| text(&lp.chosen)).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|lp| lp.chosen.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": offsets,
+    })
+}
+
+/// A finished, non-streamed answer.
+pub struct Answer<'a> {
+    pub text: &'a str,
+    /// OpenAI's `finish_reason` ([`finish_reason`]).
+    pub finish: &'a str,
+    pub usage: UsageCounts,
+    /// The tokens' log-probabilities when the request asked for them.
+    pub logprobs: Option<&'a [TokenLogprob]>,
+}
+
 /// Non-streaming `chat.completion`.
-pub fn chat_completion(meta: &ResponseMeta, text: &str, finish: &str, usage: &UsageCounts) -> Value {
+pub fn chat_completion(meta: &ResponseMeta, a: &Answer) -> Value {
+    let (text, finish, usage) = (a.text, a.finish, &a.usage);
     json!({
         "id": meta.id,
         "object": "chat.completion",
@@ -638,7 +702,7 @@ pub fn chat_completion(meta: &ResponseMeta, text: &str, finish: &str, usage: &Us
         "choices": [{
             "index": 0,
             "message": { "role": "assistant", "content": text, "refusal": null },
-            "logprobs": null,
+            "logprobs": a.logprobs.map(chat_logprobs),
             "finish_reason": finish,
         }],
         "usage": usage.to_json(),
@@ -647,13 +711,15 @@ pub fn chat_completion(meta: &ResponseMeta, text: &str, finish: &str, usage: &Us
 }
 
 /// Non-streaming `text_completion`.
-pub fn text_completion(meta: &ResponseMeta, text: &str, finish: &str, usage: &UsageCounts) -> Value {
+pub fn text_completion(meta: &ResponseMeta, a: &Answer) -> Value {
+    let (text, finish, usage) = (a.text, a.finish, &a.usage);
+    let logprobs = a.logprobs.map(|lps| completion_logprobs(lps, &mut 0));
     json!({
         "id": meta.id,
         "object": "text_completion",
         "created": meta.created,
         "model": meta.model,
-        "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
+        "choices": [{ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish }],
         "usage": usage.to_json(),
         "system_fingerprint": fingerprint(),
     })
@@ -744,7 +810,15 @@ mod tests {
             (r#"{"messages":[{"role":"user","content":"x"}],"min_p":-1}"#, "min_p"),
             (r#"{"messages":[{"role":"user","content":"x"}],"seed":"s"}"#, "seed"),
             (r#"{"messages":[{"role":"user","content":"x"}],"model":3}"#, "model"),
-            (r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true}"#, "logprobs"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}"#,
+                "top_logprobs",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":-1}"#,
+                "top_logprobs",
+            ),
+            (r#"{"messages":[{"role":"user","content":"x"}],"logprobs":"yes"}"#, "logprobs"),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
                 "response_format",
@@ -820,13 +894,35 @@ mod tests {
     fn response_shapes() {
         let meta = ResponseMeta { id: "chatcmpl-1".into(), created: 5, model: "m".into() };
         let u = UsageCounts { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 2 };
-        let c = chat_completion(&meta, "hi", "stop", &u);
+        let answer = |text, finish, logprobs| Answer { text, finish, usage: u, logprobs };
+        let c = chat_completion(&meta, &answer("hi", "stop", None));
         assert_eq!(c["choices"][0]["message"]["content"], "hi");
+        assert_eq!(c["choices"][0]["logprobs"], Value::Null);
         assert_eq!(c["usage"]["total_tokens"], 7);
         assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
-        let t = text_completion(&meta, "yo", "length", &u);
+        let t = text_completion(&meta, &answer("yo", "length", None));
         assert_eq!(t["choices"][0]["text"], "yo");
         assert_eq!(t["object"], "text_completion");
+        // logprobs: "h" + "\xe4" (half of a character) with their alternatives
+        let l = |token: u32, bytes: &[u8], logprob: f32| Logprob { token, bytes: bytes.to_vec(), logprob };
+        let lps = [
+            TokenLogprob { chosen: l(1, b"h", -0.5), top: vec![l(1, b"h", -0.5), l(2, b"y", -1.5)] },
+            TokenLogprob { chosen: l(3, &[0xe4], -0.25), top: vec![l(3, &[0xe4], -0.25)] },
+        ];
+        let c = chat_completion(&meta, &answer("h", "stop", Some(&lps)));
+        let content = &c["choices"][0]["logprobs"]["content"];
+        assert_eq!(content[0]["token"], "h");
+        assert_eq!(content[0]["logprob"], -0.5);
+        assert_eq!(content[0]["bytes"], json!([104]));
+        assert_eq!(content[0]["top_logprobs"][1]["token"], "y");
+        assert_eq!(content[1]["bytes"], json!([0xe4]));
+        assert_eq!(content[1]["token"], "\u{fffd}");
+        let t = text_completion(&meta, &answer("hy", "stop", Some(&lps)));
+        let lp = &t["choices"][0]["logprobs"];
+        assert_eq!(lp["tokens"], json!(["h", "\u{fffd}"]));
+        assert_eq!(lp["token_logprobs"], json!([-0.5, -0.25]));
+        assert_eq!(lp["top_logprobs"][0]["y"], -1.5);
+        assert_eq!(lp["text_offset"], json!([0, 1]));
     }
     #[test]
     fn query_decoding_is_strict() {
@@ -955,7 +1051,10 @@ mod tests {
         assert_eq!(c.sampling.max_tokens, Some(2));
         assert_eq!(c.sampling.stop, vec!["a".to_string(), "b".to_string()]);
         let bad = |body: &str| err_param(parse_completion(&obj(body)));
-        assert_eq!(bad(r#"{"prompt":"x","logprobs":2}"#).as_deref(), Some("logprobs"));
+        assert_eq!(bad(r#"{"prompt":"x","logprobs":6}"#).as_deref(), Some("logprobs"));
+        assert_eq!(c.sampling.logprobs, Some(0));
+        let lp = |body: &str| parse_completion(&obj(body)).unwrap().sampling.logprobs;
+        assert_eq!((lp(r#"{"prompt":"x","logprobs":5}"#), lp(r#"{"prompt":"x"}"#)), (Some(5), None));
         assert_eq!(bad(r#"{"prompt":"x","suffix":"y"}"#).as_deref(), Some("suffix"));
         assert_eq!(bad(r#"{"prompt":[[1],[2]]}"#).as_deref(), Some("prompt"));
         assert_eq!(bad(r#"{"prompt":[[]]}"#).as_deref(), Some("prompt"));

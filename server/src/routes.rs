@@ -25,10 +25,11 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::errors::{ApiError, ApiResult};
 use crate::metrics::Snapshot;
-use crate::openai::{self, PromptInput, ResponseMeta, UsageCounts};
+use crate::openai::{self, Answer, PromptInput, ResponseMeta, UsageCounts};
 use crate::request_log::RequestLog;
-use crate::sse::{BoxError, ChatSse, CompletionSse, EventStream, PlainText, StreamFormat};
+use crate::sse::{BoxError, ChatSse, CompletionSse, EventStream, PendingLogprobs, PlainText, StreamFormat};
 use crate::state::{unix_now, AppState, LoadState, Ready};
+use quire_engine::sampler::TokenLogprob;
 use quire_engine::scheduler::{self, Event, SubmitError, Usage};
 
 /// Body type of every response.
@@ -463,14 +464,15 @@ async fn collect(
     state: &AppState,
     mut rx: UnboundedReceiver<Event>,
     log: &RequestLog,
-) -> ApiResult<(String, Usage)> {
-    let mut text = String::new();
+) -> ApiResult<(String, Usage, Vec<TokenLogprob>)> {
+    let (mut text, mut logprobs) = (String::new(), Vec::new());
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Text(t) => {
                 log.first_token();
                 text.push_str(&t);
             }
+            Event::Logprob(lp) => logprobs.push(lp),
             Event::Done(u) => {
                 log.set_usage(
                     u.prompt_tokens,
@@ -478,13 +480,31 @@ async fn collect(
                     u.completion_tokens,
                     openai::finish_reason(u.finish),
                 );
-                return Ok((text, u));
+                return Ok((text, u, logprobs));
             }
             Event::Failed(f) => return Err(ApiError::generation_failed(&f, state.cfg.timeout)),
         }
     }
     state.scheduler_lost.store(true, std::sync::atomic::Ordering::Release);
     Err(ApiError::internal("the scheduler dropped the request before it finished"))
+}
+
+/// A non-streamed OpenAI answer: the whole generation in `shape` (`logprobs`: the request asked for them).
+async fn whole_answer(
+    state: &AppState,
+    rx: UnboundedReceiver<Event>,
+    log: &RequestLog,
+    logprobs: bool,
+    shape: impl FnOnce(&Answer) -> Value,
+) -> ApiResult<Response<ResponseBody>> {
+    let (text, usage, lps) = collect(state, rx, log).await?;
+    let answer = Answer {
+        text: &text,
+        finish: openai::finish_reason(usage.finish),
+        usage: UsageCounts::from(&usage),
+        logprobs: logprobs.then_some(&lps[..]),
+    };
+    Ok(json_response(StatusCode::OK, &shape(&answer)))
 }
 
 fn stream_response<F: StreamFormat>(
@@ -521,17 +541,11 @@ async fn chat(
         model: state.cfg.model_name.clone(),
     };
     if req.stream {
-        let format = ChatSse { meta, include_usage: req.include_usage };
+        let logprobs = PendingLogprobs::new(req.sampling.logprobs.is_some());
+        let format = ChatSse { meta, include_usage: req.include_usage, logprobs };
         return Ok(stream_response(state, rx, format, "text/event-stream", log));
     }
-    let (text, usage) = collect(state, rx, log).await?;
-    let v = openai::chat_completion(
-        &meta,
-        &text,
-        openai::finish_reason(usage.finish),
-        &UsageCounts::from(&usage),
-    );
-    Ok(json_response(StatusCode::OK, &v))
+    whole_answer(state, rx, log, req.sampling.logprobs.is_some(), |a| openai::chat_completion(&meta, a)).await
 }
 
 async fn completions(
@@ -554,17 +568,11 @@ async fn completions(
         model: state.cfg.model_name.clone(),
     };
     if req.stream {
-        let format = CompletionSse { meta, include_usage: req.include_usage };
+        let logprobs = PendingLogprobs::new(req.sampling.logprobs.is_some());
+        let format = CompletionSse { meta, include_usage: req.include_usage, logprobs };
         return Ok(stream_response(state, rx, format, "text/event-stream", log));
     }
-    let (text, usage) = collect(state, rx, log).await?;
-    let v = openai::text_completion(
-        &meta,
-        &text,
-        openai::finish_reason(usage.finish),
-        &UsageCounts::from(&usage),
-    );
-    Ok(json_response(StatusCode::OK, &v))
+    whole_answer(state, rx, log, req.sampling.logprobs.is_some(), |a| openai::text_completion(&meta, a)).await
 }
 
 /// `/generate` → `{"result": text, "finish_reason", "usage"}`; `/stream` → the text as a chunked plain-text body.
@@ -586,7 +594,7 @@ async fn simple(
     if stream {
         return Ok(stream_response(state, rx, PlainText, "text/plain; charset=utf-8", log));
     }
-    let (text, usage) = collect(state, rx, log).await?;
+    let (text, usage, _) = collect(state, rx, log).await?;
     let v = json!({
         "result": text,
         "finish_reason": openai::finish_reason(usage.finish),

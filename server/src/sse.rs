@@ -19,9 +19,12 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::errors::ApiError;
-use crate::openai::{fingerprint, finish_reason, ResponseMeta, UsageCounts};
+use crate::openai::{
+    chat_logprobs, completion_logprobs, fingerprint, finish_reason, ResponseMeta, UsageCounts,
+};
 use crate::request_log::RequestLog;
 use crate::state::AppState;
+use quire_engine::sampler::TokenLogprob;
 use quire_engine::scheduler::{Event, Usage};
 
 /// Error type of response bodies: returning one from a body aborts the connection, which is how a plain
@@ -47,6 +50,9 @@ pub trait StreamFormat: Send + Unpin + 'static {
     }
     /// One piece of generated text.
     fn text(&mut self, piece: &str) -> Bytes;
+    /// A token's log-probabilities, sent before the text it completes (formats that report them keep them
+    /// for the next chunk).
+    fn logprob(&mut self, _lp: TokenLogprob) {}
     /// The end: final chunk, usage, terminator (`None` = nothing more to send).
     fn done(&mut self, usage: &Usage) -> Option<Bytes>;
     /// Generation failed after the response started: an error event (OpenAI's streams: the error object,
@@ -72,7 +78,7 @@ impl From<&Usage> for UsageCounts {
 
 /// The end of an OpenAI stream: the chunk with the finish reason, with `include_usage` a chunk with no choices
 /// and the usage, then `[DONE]`. `chunk(finish)` is the format's empty chunk.
-fn final_events(chunk: impl Fn(Option<&str>) -> Value, include_usage: bool, usage: &Usage) -> Bytes {
+fn final_events(chunk: impl Fn(Option<&str>) -> Value, include_usage: bool, usage: &Usage) -> String {
     let mut out = data_line(&chunk(Some(finish_reason(usage.finish))));
     if include_usage {
         let mut last = chunk(None);
@@ -81,24 +87,60 @@ fn final_events(chunk: impl Fn(Option<&str>) -> Value, include_usage: bool, usag
         out.push_str(&data_line(&last));
     }
     out.push_str(DONE_LINE);
-    out.into()
+    out
+}
+
+/// The log-probabilities of the tokens since the last chunk, when the request asked for them.
+#[derive(Default)]
+pub struct PendingLogprobs {
+    wanted: bool,
+    tokens: Vec<TokenLogprob>,
+    /// Characters of text already sent (completions' `text_offset`).
+    offset: usize,
+}
+
+impl PendingLogprobs {
+    pub fn new(wanted: bool) -> Self {
+        PendingLogprobs { wanted, ..Default::default() }
+    }
+
+    fn push(&mut self, lp: TokenLogprob) {
+        if self.wanted {
+            self.tokens.push(lp);
+        }
+    }
+
+    /// The pending tokens in `shape` (`null` when not asked for), emptied.
+    fn take(&mut self, shape: impl FnOnce(&[TokenLogprob], &mut usize) -> Value) -> Value {
+        if !self.wanted {
+            return Value::Null;
+        }
+        let v = shape(&self.tokens, &mut self.offset);
+        self.tokens.clear();
+        v
+    }
 }
 
 /// `chat.completion.chunk` events.
 pub struct ChatSse {
     pub meta: ResponseMeta,
     pub include_usage: bool,
+    pub logprobs: PendingLogprobs,
 }
 
 impl ChatSse {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
+        self.chunk_with(delta, finish, Value::Null)
+    }
+
+    fn chunk_with(&self, delta: Value, finish: Option<&str>, logprobs: Value) -> Value {
         let mut v = json!({
             "id": self.meta.id,
             "object": "chat.completion.chunk",
             "created": self.meta.created,
             "model": self.meta.model,
             "system_fingerprint": fingerprint(),
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish }],
         });
         if self.include_usage {
             // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
@@ -114,11 +156,23 @@ impl StreamFormat for ChatSse {
     }
 
     fn text(&mut self, piece: &str) -> Bytes {
-        data_line(&self.chunk(json!({ "content": piece }), None)).into()
+        let lp = self.logprobs.take(|t, _| chat_logprobs(t));
+        data_line(&self.chunk_with(json!({ "content": piece }), None, lp)).into()
+    }
+
+    fn logprob(&mut self, lp: TokenLogprob) {
+        self.logprobs.push(lp);
     }
 
     fn done(&mut self, usage: &Usage) -> Option<Bytes> {
-        Some(final_events(|finish| self.chunk(json!({}), finish), self.include_usage, usage))
+        // tokens whose text never came (a stop string held back) still get their entries
+        let mut out = String::new();
+        if !self.logprobs.tokens.is_empty() {
+            let lp = self.logprobs.take(|t, _| chat_logprobs(t));
+            out = data_line(&self.chunk_with(json!({ "content": "" }), None, lp));
+        }
+        out += &final_events(|finish| self.chunk(json!({}), finish), self.include_usage, usage);
+        Some(out.into())
     }
 }
 
@@ -126,17 +180,22 @@ impl StreamFormat for ChatSse {
 pub struct CompletionSse {
     pub meta: ResponseMeta,
     pub include_usage: bool,
+    pub logprobs: PendingLogprobs,
 }
 
 impl CompletionSse {
     fn chunk(&self, text: &str, finish: Option<&str>) -> Value {
+        self.chunk_with(text, finish, Value::Null)
+    }
+
+    fn chunk_with(&self, text: &str, finish: Option<&str>, logprobs: Value) -> Value {
         let mut v = json!({
             "id": self.meta.id,
             "object": "text_completion",
             "created": self.meta.created,
             "model": self.meta.model,
             "system_fingerprint": fingerprint(),
-            "choices": [{ "index": 0, "text": text, "logprobs": null, "finish_reason": finish }],
+            "choices": [{ "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish }],
         });
         if self.include_usage {
             v["usage"] = Value::Null;
@@ -147,11 +206,22 @@ impl CompletionSse {
 
 impl StreamFormat for CompletionSse {
     fn text(&mut self, piece: &str) -> Bytes {
-        data_line(&self.chunk(piece, None)).into()
+        let lp = self.logprobs.take(completion_logprobs);
+        data_line(&self.chunk_with(piece, None, lp)).into()
+    }
+
+    fn logprob(&mut self, lp: TokenLogprob) {
+        self.logprobs.push(lp);
     }
 
     fn done(&mut self, usage: &Usage) -> Option<Bytes> {
-        Some(final_events(|finish| self.chunk("", finish), self.include_usage, usage))
+        let mut out = String::new();
+        if !self.logprobs.tokens.is_empty() {
+            let lp = self.logprobs.take(completion_logprobs);
+            out = data_line(&self.chunk_with("", None, lp));
+        }
+        out += &final_events(|finish| self.chunk("", finish), self.include_usage, usage);
+        Some(out.into())
     }
 }
 
@@ -250,6 +320,7 @@ impl<F: StreamFormat> Body for EventStream<F> {
                     let b = this.format.text(&piece);
                     return this.data(b);
                 }
+                Poll::Ready(Some(Event::Logprob(lp))) => this.format.logprob(lp),
                 Poll::Ready(Some(Event::Done(usage))) => {
                     this.finished = true;
                     this.log.set_usage(

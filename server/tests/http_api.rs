@@ -327,7 +327,8 @@ async fn bad_inputs_get_4xx_and_the_server_keeps_working() {
         (chat(json!({"stream": 1})), "stream"),
         (chat(json!({"stop": [1, 2]})), "stop[0]"),
         (chat(json!({"frequency_penalty": 9})), "frequency_penalty"),
-        (chat(json!({"logprobs": true})), "logprobs"),
+        (chat(json!({"logprobs": true, "top_logprobs": 21})), "top_logprobs"),
+        (chat(json!({"top_logprobs": 3})), "top_logprobs"),
     ];
     for (body, param) in &cases {
         post_json(a, "/v1/chat/completions", body).await.assert_error(400, Some(param));
@@ -479,4 +480,58 @@ async fn health_is_503_while_loading_and_a_failed_load_stops_the_server() {
     let err = s.join().await.unwrap_err();
     assert!(format!("{err:#}").contains("failed to load"), "{err:#}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Greedy chat with `logprobs`: one entry per generated token (the end-of-generation token excluded), the
+/// chosen token is the most likely one, alternatives come most likely first, the entries' bytes spell the
+/// text; streamed entries equal the whole answer's. Completions report the same numbers in their own shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_chat_and_completions() {
+    let s = TestServer::start(test_config()).await;
+    let req = greedy_chat(json!({"logprobs": true, "top_logprobs": 3, "ignore_eos": true, "max_tokens": 12}));
+    let v = post_json(s.addr, "/v1/chat/completions", &req).await.json();
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
+    assert_eq!(content.len() as u64, v["usage"]["completion_tokens"].as_u64().unwrap());
+    let mut bytes = Vec::new();
+    for e in &content {
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        assert_eq!(top[0]["token"], e["token"], "greedy picks the most likely token");
+        assert_eq!(top[0]["logprob"], e["logprob"]);
+        let lps: Vec<f64> = top.iter().map(|t| t["logprob"].as_f64().unwrap()).collect();
+        assert!(lps.windows(2).all(|w| w[0] >= w[1]) && lps[0] <= 0.0, "{lps:?}");
+        assert!(lps.iter().map(|l| l.exp()).sum::<f64>() <= 1.0 + 1e-5);
+        // control tokens (`<|...|>`, which the tiny random model emits) are not shown in the text
+        let tok = e["token"].as_str().unwrap();
+        if !(tok.starts_with("<|") && tok.ends_with("|>")) {
+            bytes.extend(e["bytes"].as_array().unwrap().iter().map(|b| b.as_u64().unwrap() as u8));
+        }
+    }
+    assert_eq!(String::from_utf8_lossy(&bytes), v["choices"][0]["message"]["content"].as_str().unwrap());
+
+    let mut stream_req = req.clone();
+    stream_req["stream"] = json!(true);
+    let events = parse_sse(&post_json(s.addr, "/v1/chat/completions", &stream_req).await.text());
+    let streamed: Vec<Value> = events
+        .iter()
+        .filter_map(|e| if let Sse::Data(v) = e { Some(v) } else { None })
+        .filter_map(|v| v["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(streamed, content, "streamed logprobs equal the whole answer's");
+
+    let creq =
+        json!({"prompt": "The CPU", "temperature": 0, "max_tokens": 6, "ignore_eos": true, "logprobs": 2});
+    let c = post_json(s.addr, "/v1/completions", &creq).await.json();
+    let lp = &c["choices"][0]["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 6);
+    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), 6);
+    assert_eq!(lp["text_offset"][0], 0);
+    for (t, top) in tokens.iter().zip(lp["top_logprobs"].as_array().unwrap()) {
+        assert!(top.as_object().unwrap().len() <= 2);
+        assert!(top.get(t.as_str().unwrap()).is_some(), "greedy token {t} among its top alternatives");
+    }
+    s.stop().await.unwrap();
 }

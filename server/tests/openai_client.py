@@ -2,7 +2,8 @@
 
 Usage: python openai_client.py PORT [MODEL_NAME]
 Streams a chat completion and a completion (with usage), checks that each streamed text equals the
-non-streamed greedy text, lists the models, and checks that a bad request raises BadRequestError.
+non-streamed greedy text, lists the models, checks that a bad request raises BadRequestError, and reads
+logprobs (whole and streamed) through the client's own types.
 Prints a closing 'N passed, N failed' line; exits non-zero on any failure.
 """
 
@@ -92,9 +93,39 @@ def bad_request():
     raise AssertionError("temperature=5 was accepted")
 
 
+def chat_logprobs():
+    r = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=16, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) >= 1 and len(content) <= r.usage.completion_tokens, (len(content), r.usage)
+    text = b"".join(bytes(t.bytes) for t in content).decode("utf-8", "replace")
+    assert text.startswith(r.choices[0].message.content[:8]), (text, r.choices[0].message.content)
+    for t in content:
+        assert t.logprob <= 0 and len(t.top_logprobs) == 3, t
+        assert t.top_logprobs[0].token == t.token, t  # greedy: the most likely token
+        lps = [a.logprob for a in t.top_logprobs]
+        assert lps == sorted(lps, reverse=True), lps
+    streamed = []
+    for chunk in client.chat.completions.create(
+        model=model, messages=messages, max_tokens=16, temperature=0, logprobs=True, top_logprobs=3, stream=True
+    ):
+        for c in chunk.choices:
+            if c.logprobs and c.logprobs.content:
+                streamed.extend(c.logprobs.content)
+    assert [t.token for t in streamed] == [t.token for t in content]
+    try:
+        client.chat.completions.create(model=model, messages=messages, logprobs=True, top_logprobs=21)
+    except openai.BadRequestError as e:
+        assert e.body and e.body.get("param") == "top_logprobs", e.body
+        return
+    raise AssertionError("top_logprobs=21 was accepted")
+
+
 check("models.list", models)
 check("chat.completions stream == non-stream", chat_stream)
 check("completions stream == non-stream", completion_stream)
 check("bad request -> BadRequestError", bad_request)
+check("chat logprobs, whole and streamed", chat_logprobs)
 print(f"openai-client: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
