@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use args::{CacheArgs, ModelArgs, SamplingArgs};
+use args::{ModelArgs, SamplingArgs};
 use clap::{Args, Parser, Subcommand};
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{Engine, GenerateParams, GenerationStats, Session, DEFAULT_BATCH};
@@ -342,13 +342,9 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
 
 fn cmd_perplexity(a: PerplexityArgs, opts: &LoadOptions) -> Result<()> {
     let text = read_text(&a.file)?;
-    let (engine, n_ctx) = load(
-        &ModelArgs {
-            cache: CacheArgs { ctx: Some(a.model.cache.ctx.unwrap_or(512)), ..a.model.cache.clone() },
-            ..a.model.clone()
-        },
-        opts,
-    )?;
+    let mut model = a.model.clone();
+    model.cache.ctx.get_or_insert(512);
+    let (engine, n_ctx) = load(&model, opts)?;
     let tokens = engine.tokenizer.encode(&text)?;
     eprintln!("{} tokens, {} windows of {n_ctx}", tokens.len(), tokens.len() / n_ctx);
     let t0 = Instant::now();

@@ -194,7 +194,6 @@ impl<'e> Session<'e> {
     /// return the logits after the last prompt token plus the number of reused tokens.
     pub fn prefill(&mut self, prompt: &[u32]) -> Result<(Vec<f32>, usize)> {
         check_prompt(prompt.len(), self.kv.capacity())?;
-        self.engine.model.check_tokens(prompt)?;
         let reuse = reusable_prefix(&self.tokens, prompt);
         self.kv.truncate(reuse);
         self.tokens.truncate(reuse);

@@ -243,7 +243,7 @@ impl Model {
 
         // token embeddings
         let ids = seqs.iter().flat_map(|sq| sq.tokens.iter().map(|&t| t as usize));
-        self.token_embd.dequantize_rows(ids, &mut s.x[..n * dim]);
+        self.token_embd.dequantize_rows(ids, &mut s.x[..n * dim], &mut s.embd_row);
 
         for (l, layer) in self.layers.iter().enumerate() {
             self.attention_block(l, layer, s, seqs, n);
@@ -379,6 +379,8 @@ pub struct RunState {
     /// ([`ops::rope_table`]).
     positions: Vec<usize>,
     rope: Vec<f32>,
+    /// One embedding row read back from a prepacked table.
+    embd_row: Vec<u8>,
 }
 
 impl RunState {

@@ -182,16 +182,21 @@ impl Matrix {
     }
 
     /// Row `r` of every id in `ids`, dequantized to f32 into consecutive `cols`-wide rows of `out` (the
-    /// embedding lookup).
-    pub fn dequantize_rows(&self, ids: impl IntoIterator<Item = usize>, out: &mut [f32]) {
+    /// embedding lookup). `unpacked` is scratch for a row read back from the prepacked layout.
+    pub fn dequantize_rows(
+        &self,
+        ids: impl IntoIterator<Item = usize>,
+        out: &mut [f32],
+        unpacked: &mut Vec<u8>,
+    ) {
         let reading = self.store.reading();
         let data = self.data(&reading);
         let row_bytes = self.row_bytes();
-        let mut unpacked = vec![0u8; if data.prepacked { row_bytes } else { 0 }];
+        unpacked.resize(if data.prepacked { row_bytes } else { 0 }, 0);
         for (r, dst) in ids.into_iter().zip(out.chunks_exact_mut(self.cols)) {
             let row = match data.prepacked {
                 true => {
-                    quire_kernels::prepacked::unpack_row(self.dtype, self.cols, data.bytes, r, &mut unpacked);
+                    quire_kernels::prepacked::unpack_row(self.dtype, self.cols, data.bytes, r, unpacked);
                     &unpacked[..]
                 }
                 false => &data.bytes[r * row_bytes..(r + 1) * row_bytes],

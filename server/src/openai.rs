@@ -32,15 +32,9 @@ pub const MAX_COMPLETION_LOGPROBS: usize = 5;
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SamplingRequest {
     pub max_tokens: Option<usize>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub min_p: Option<f32>,
-    pub seed: Option<u64>,
+    /// Sampler settings (`temperature`, `top_p`, `top_k`, `min_p`, `seed`, the penalties).
+    pub sampler: SamplerOptions,
     pub stop: Vec<String>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
-    pub repetition_penalty: Option<f32>,
     pub ignore_eos: bool,
     /// Log-probabilities of each generated token and of this many alternatives (`logprobs`, `top_logprobs`).
     pub logprobs: Option<usize>,
@@ -53,21 +47,10 @@ impl SamplingRequest {
     /// goes past the context, generation simply ends there with `finish_reason: "length"` (as llama.cpp does,
     /// rather than OpenAI's 400), since the client cannot know our token count in advance.
     pub fn to_params(&self, prompt_tokens: usize, n_ctx: usize) -> GenerateParams {
-        let s = SamplerOptions {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            repetition_penalty: self.repetition_penalty,
-            presence_penalty: self.presence_penalty,
-            frequency_penalty: self.frequency_penalty,
-            seed: self.seed,
-        }
-        .resolve();
         let room = n_ctx.saturating_sub(prompt_tokens).max(1);
         GenerateParams {
             max_tokens: self.max_tokens.unwrap_or(room).min(room),
-            sampler: s,
+            sampler: self.sampler.resolve(),
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
             logprobs: self.logprobs,
@@ -236,17 +219,27 @@ impl SamplingBody {
         // OpenAI's seed is any integer; negative ones map onto u64 bit-for-bit so every value is a distinct seed.
         let seed =
             integer_in("seed", self.seed, i128::from(i64::MIN), i128::from(u64::MAX))?.map(|s| s as u64);
+        // checked in this order, so the first bad field is the one reported
+        let temperature = number_in("temperature", self.temperature, 0.0, false, 2.0)?;
+        let top_p = number_in("top_p", self.top_p, 0.0, true, 1.0)?;
+        let min_p = number_in("min_p", self.min_p, 0.0, false, 1.0)?;
+        let stop = check_stop(self.stop.map_or_else(Vec::new, |s| s.0))?;
+        let presence_penalty = number_in("presence_penalty", self.presence_penalty, -2.0, false, 2.0)?;
+        let frequency_penalty = number_in("frequency_penalty", self.frequency_penalty, -2.0, false, 2.0)?;
+        let repetition_penalty = number_in("repetition_penalty", self.repetition_penalty, 0.0, true, 10.0)?;
         let s = SamplingRequest {
             max_tokens,
-            temperature: number_in("temperature", self.temperature, 0.0, false, 2.0)?,
-            top_p: number_in("top_p", self.top_p, 0.0, true, 1.0)?,
-            top_k,
-            min_p: number_in("min_p", self.min_p, 0.0, false, 1.0)?,
-            seed,
-            stop: check_stop(self.stop.map_or_else(Vec::new, |s| s.0))?,
-            presence_penalty: number_in("presence_penalty", self.presence_penalty, -2.0, false, 2.0)?,
-            frequency_penalty: number_in("frequency_penalty", self.frequency_penalty, -2.0, false, 2.0)?,
-            repetition_penalty: number_in("repetition_penalty", self.repetition_penalty, 0.0, true, 10.0)?,
+            sampler: SamplerOptions {
+                temperature,
+                top_p,
+                top_k,
+                min_p,
+                seed,
+                presence_penalty,
+                frequency_penalty,
+                repetition_penalty,
+            },
+            stop,
             ignore_eos: self.ignore_eos.unwrap_or(false),
             logprobs: None,
         };
@@ -768,8 +761,9 @@ mod tests {
         assert!(r.render.add_generation_prompt);
         let s = &r.sampling;
         assert_eq!(s.max_tokens, Some(7));
-        assert_eq!((s.temperature, s.top_p, s.top_k, s.min_p), (Some(0.0), Some(0.5), Some(0), Some(0.1)));
-        assert_eq!(s.seed, Some(u64::MAX));
+        let o = &s.sampler;
+        assert_eq!((o.temperature, o.top_p, o.top_k, o.min_p), (Some(0.0), Some(0.5), Some(0), Some(0.1)));
+        assert_eq!(o.seed, Some(u64::MAX));
         assert_eq!(s.stop, vec!["\n\n".to_string()]);
         let p = s.to_params(10, 100);
         assert_eq!(p.max_tokens, 7);
@@ -879,7 +873,7 @@ mod tests {
         assert_eq!(q["stop"], "\n");
         let r = parse_simple(&q).unwrap();
         assert_eq!(r.sampling.max_tokens, Some(3));
-        assert_eq!(r.sampling.temperature, Some(0.5));
+        assert_eq!(r.sampling.sampler.temperature, Some(0.5));
         assert!(r.raw);
         let q = query_to_object("prompt=x&max_new_tokens=lots").unwrap();
         assert_eq!(err_param(parse_simple(&q)).as_deref(), Some("max_new_tokens"));
@@ -953,14 +947,14 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(r.sampling.max_tokens, Some(8));
-        assert_eq!(r.sampling.seed, Some(u64::MAX - 1));
-        assert_eq!(r.sampling.top_k, Some(40));
+        assert_eq!(r.sampling.sampler.seed, Some(u64::MAX - 1));
+        assert_eq!(r.sampling.sampler.top_k, Some(40));
         let s = |body: &str| parse_simple(&obj(body)).map(|r| r.sampling);
-        assert_eq!(s(r#"{"prompt":"x","seed":18446744073709551615}"#).unwrap().seed, Some(u64::MAX));
+        assert_eq!(s(r#"{"prompt":"x","seed":18446744073709551615}"#).unwrap().sampler.seed, Some(u64::MAX));
         assert_eq!(err_param(s(r#"{"prompt":"x","seed":18446744073709551616}"#)).as_deref(), Some("seed"));
         assert_eq!(err_param(s(r#"{"prompt":"x","top_k":-2}"#)).as_deref(), Some("top_k"));
         assert_eq!(err_param(s(r#"{"prompt":"x","top_k":4294967296}"#)).as_deref(), Some("top_k"));
-        assert_eq!(s(r#"{"prompt":"x","top_k":4294967295}"#).unwrap().top_k, Some(u32::MAX as usize));
+        assert_eq!(s(r#"{"prompt":"x","top_k":4294967295}"#).unwrap().sampler.top_k, Some(u32::MAX as usize));
         // The later alias wins, and each is checked.
         let r = s(r#"{"prompt":"x","max_tokens":3,"max_new_tokens":4}"#).unwrap();
         assert_eq!(r.max_tokens, Some(4));
