@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
+use quire_engine::grammar::GrammarSpec;
 use quire_engine::kv_cache::KvType;
 use quire_engine::sampler::SamplerOptions;
 
@@ -92,9 +93,38 @@ pub struct SamplingArgs {
     /// For hybrid-thinking Qwen3 models: let the model think first (default) or not (`--think false`).
     #[arg(long)]
     pub think: Option<bool>,
+    /// Constrain the reply to JSON valid against the JSON Schema in FILE.
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub json_schema: Option<PathBuf>,
+    /// Constrain the reply to any JSON object.
+    #[arg(long, group = "constraint")]
+    pub json: bool,
+    /// Constrain the reply to the Lark grammar in FILE (llguidance's syntax).
+    #[arg(long, value_name = "FILE", group = "constraint")]
+    pub grammar: Option<PathBuf>,
+    /// Constrain the reply to match a regular expression.
+    #[arg(long, value_name = "REGEX", group = "constraint")]
+    pub regex: Option<String>,
 }
 
 impl SamplingArgs {
+    /// What the reply must match (`--json-schema`, `--json`, `--grammar`, `--regex`), if anything.
+    pub fn grammar(&self) -> Result<Option<GrammarSpec>> {
+        let read =
+            |f: &PathBuf| std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()));
+        Ok(if let Some(f) = &self.json_schema {
+            let schema = serde_json::from_str(&read(f)?)
+                .with_context(|| format!("{} is not valid JSON", f.display()))?;
+            Some(GrammarSpec::JsonSchema(schema))
+        } else if self.json {
+            Some(GrammarSpec::JsonObject)
+        } else if let Some(f) = &self.grammar {
+            Some(GrammarSpec::Lark(read(f)?))
+        } else {
+            self.regex.clone().map(GrammarSpec::Regex)
+        })
+    }
+
     /// The sampler settings these flags override (the rest keep their defaults).
     pub fn sampler(&self) -> SamplerOptions {
         SamplerOptions {

@@ -6,7 +6,7 @@ mod cmd_convert;
 mod cmd_serve;
 mod cmd_synth;
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,8 +17,10 @@ use clap::{Args, Parser, Subcommand};
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{Engine, GenerateParams, GenerationStats, Session, DEFAULT_BATCH};
 use quire_engine::gguf::GgufFile;
+use quire_engine::grammar::GrammarSpec;
 use quire_engine::memory::{human_bytes, MemoryPlan};
 use quire_engine::model::LoadOptions;
+use quire_engine::reasoning::ReasoningSplit;
 use quire_kernels::dispatch::{self, IsaKind};
 
 #[derive(Parser)]
@@ -162,6 +164,7 @@ fn load(args: &ModelArgs, opts: &LoadOptions) -> Result<(Engine, usize)> {
     Ok((engine, n_ctx))
 }
 
+/// Sampling settings from the flags (checked before the model loads).
 fn params(s: &SamplingArgs) -> Result<GenerateParams> {
     let sampler = s.sampler().resolve();
     sampler.validate()?;
@@ -170,24 +173,44 @@ fn params(s: &SamplingArgs) -> Result<GenerateParams> {
         sampler,
         stop: s.stop.clone(),
         ignore_eos: s.ignore_eos,
-        logprobs: None,
+        ..Default::default()
     })
 }
 
-/// Generate and stream to stdout; returns the generated text.
+/// `p` with the reply's grammar (`--json-schema`, `--json`, `--grammar`, `--regex`) compiled for `engine`.
+fn constrain(engine: &Engine, spec: Option<GrammarSpec>, mut p: GenerateParams) -> Result<GenerateParams> {
+    if let Some(spec) = spec {
+        p.constraint = Some(engine.grammars()?.compile(&spec).context("cannot use this grammar")?);
+    }
+    Ok(p)
+}
+
+/// Generate and stream to stdout, the model's reasoning (Qwen3 `<think>`) to stderr, dimmed on a terminal;
+/// returns the answer.
 fn stream_reply(
     session: &mut Session,
     prompt: &[u32],
     p: &GenerateParams,
 ) -> Result<(String, GenerationStats)> {
+    let mut split = ReasoningSplit::new(p.thinking.is_some_and(|t| t.started));
     let mut out = std::io::stdout().lock();
+    let err = std::io::stderr();
+    let dim = err.is_terminal();
     let mut text = String::new();
-    let stats = session.generate(prompt, p, |piece| {
-        text.push_str(piece);
-        let _ = out.write_all(piece.as_bytes());
+    let mut show = |(reasoning, answer): (String, String)| {
+        if !reasoning.is_empty() {
+            let mut e = err.lock();
+            let _ = if dim { write!(e, "\x1b[2m{reasoning}\x1b[0m") } else { write!(e, "{reasoning}") };
+        }
+        text.push_str(&answer);
+        let _ = out.write_all(answer.as_bytes());
         let _ = out.flush();
+    };
+    let stats = session.generate(prompt, p, |piece| {
+        show(split.push(piece));
         ControlFlow::Continue(())
     })?;
+    show(split.finish());
     let _ = writeln!(out);
     Ok((text, stats))
 }
@@ -210,6 +233,13 @@ fn render_opts(s: &SamplingArgs) -> RenderOptions {
     RenderOptions { add_generation_prompt: true, enable_thinking: s.think, tools: None }
 }
 
+/// `p` for a reply to `prompt`: whether the model may reason first (its template allows it and `--think`
+/// does not say no, or the prompt opened the block itself).
+fn for_prompt(engine: &Engine, s: &SamplingArgs, p: &GenerateParams, prompt: &[u32]) -> GenerateParams {
+    let may_think = engine.template.can_think() && s.think != Some(false);
+    GenerateParams { thinking: engine.thinking(prompt, may_think), ..p.clone() }
+}
+
 fn cmd_run(a: RunArgs, opts: &LoadOptions) -> Result<()> {
     let prompt_text = match (&a.prompt, &a.file) {
         (Some(p), _) => p.clone(),
@@ -219,7 +249,9 @@ fn cmd_run(a: RunArgs, opts: &LoadOptions) -> Result<()> {
         (None, None) => bail!("give a prompt with -p TEXT or -f FILE"),
     };
     let p = params(&a.sampling)?;
+    let spec = a.sampling.grammar()?;
     let (engine, n_ctx) = load(&a.model, opts)?;
+    let p = constrain(&engine, spec, p)?;
     let prompt = if a.raw {
         engine.tokenizer.encode(&prompt_text)?
     } else {
@@ -231,6 +263,7 @@ fn cmd_run(a: RunArgs, opts: &LoadOptions) -> Result<()> {
         engine.chat_tokens(&messages, &render_opts(&a.sampling))?
     };
     let mut session = engine.session(n_ctx)?;
+    let p = for_prompt(&engine, &a.sampling, &p, &prompt);
     let (_, stats) = stream_reply(&mut session, &prompt, &p)?;
     print_stats(&stats);
     Ok(())
@@ -238,7 +271,9 @@ fn cmd_run(a: RunArgs, opts: &LoadOptions) -> Result<()> {
 
 fn cmd_chat(a: ChatArgs, opts: &LoadOptions) -> Result<()> {
     let p = params(&a.sampling)?;
+    let spec = a.sampling.grammar()?;
     let (engine, n_ctx) = load(&a.model, opts)?;
+    let p = constrain(&engine, spec, p)?;
     let mut session = engine.session(n_ctx)?;
     let mut history: Vec<Message> = Vec::new();
     if let Some(sys) = &a.sampling.system {
@@ -264,7 +299,7 @@ fn cmd_chat(a: ChatArgs, opts: &LoadOptions) -> Result<()> {
         }
         history.push(Message::user(line));
         let prompt = engine.chat_tokens(&history, &render_opts(&a.sampling))?;
-        match stream_reply(&mut session, &prompt, &p) {
+        match stream_reply(&mut session, &prompt, &for_prompt(&engine, &a.sampling, &p, &prompt)) {
             Ok((reply, stats)) => {
                 print_stats(&stats);
                 history.push(Message::assistant(reply));

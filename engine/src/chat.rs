@@ -202,6 +202,11 @@ impl ChatTemplate {
         self.is_fallback
     }
 
+    /// True if the template lets the model reason first (Qwen3's hybrid templates read `enable_thinking`).
+    pub fn can_think(&self) -> bool {
+        self.source().contains("enable_thinking")
+    }
+
     /// Render like transformers' `apply_chat_template(messages, tools=..., add_generation_prompt=...,
     /// enable_thinking=..., tokenize=False)`. Errors raised by the template (`raise_exception`, undefined
     /// attribute access, type errors) come back as `Err` with the template's message and line.

@@ -3,12 +3,14 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
 use crate::chat::{ChatTemplate, Message, RenderOptions};
 use crate::gguf::GgufFile;
+use crate::grammar::{Constraint, Grammars};
 use crate::kv_cache::{KvCache, KvType};
 use crate::model::{LoadOptions, Logits, Model, RunState};
 use crate::sampler::{Sampler, SamplerConfig, StopMatcher, TokenLogprob};
@@ -25,6 +27,8 @@ pub struct Engine {
     /// Element type of every KV cache this engine allocates (sessions, scheduler slots, perplexity):
     /// f16 unless set (`--kv-type`).
     pub kv_type: KvType,
+    /// The grammar compiler for this vocabulary, built on first use ([`Engine::grammars`]).
+    grammars: OnceLock<std::result::Result<Grammars, String>>,
 }
 
 impl Engine {
@@ -54,7 +58,34 @@ impl Engine {
                 model.config.vocab_size
             );
         }
-        Ok(Engine { model, tokenizer, template, kv_type: KvType::default() })
+        Ok(Engine { model, tokenizer, template, kv_type: KvType::default(), grammars: OnceLock::new() })
+    }
+
+    /// The grammar compiler for constrained decoding, built on first use (its token trie costs a few hundred
+    /// milliseconds for a 152k vocabulary, which only requests with a grammar should pay).
+    pub fn grammars(&self) -> Result<&Grammars> {
+        self.grammars
+            .get_or_init(|| {
+                Grammars::new(&self.tokenizer, self.model.config.vocab_size).map_err(|e| format!("{e:#}"))
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("constrained decoding is unavailable for this model: {e}"))
+    }
+
+    /// Qwen3's reasoning block for a reply to `prompt`, when the model may reason before answering: the
+    /// vocabulary has `<think>`/`</think>`, and either the prompt ends inside an open block (templates that
+    /// open it for the model) or `may_open` (the chat template lets this model think and the request did not
+    /// turn it off).
+    pub fn thinking(&self, prompt: &[u32], may_open: bool) -> Option<Thinking> {
+        let open = self.tokenizer.token_to_id("<think>")?;
+        let close = self.tokenizer.token_to_id("</think>")?;
+        let last = |id: u32| prompt.iter().rposition(|&t| t == id);
+        let started = match (last(open), last(close)) {
+            (Some(o), Some(c)) => o > c,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        (started || may_open).then_some(Thinking { open, close, started })
     }
 
     /// Render a conversation with the model's chat template and tokenize it.
@@ -110,6 +141,19 @@ pub struct GenerateParams {
     /// Report each generated token's log-probability and those of this many most likely alternatives
     /// ([`TokenLogprob`]); `None`: none.
     pub logprobs: Option<usize>,
+    /// What the reply must match (from [`Grammars::compile`]); `None`: free text.
+    pub constraint: Option<Constraint>,
+    /// The model may reason first ([`Engine::thinking`]): the reasoning is free and the constraint starts
+    /// after it.
+    pub thinking: Option<Thinking>,
+}
+
+/// A reasoning block's delimiting tokens, and whether the prompt already opened it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Thinking {
+    pub open: u32,
+    pub close: u32,
+    pub started: bool,
 }
 
 impl Default for GenerateParams {
@@ -120,6 +164,8 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             ignore_eos: false,
             logprobs: None,
+            constraint: None,
+            thinking: None,
         }
     }
 }
@@ -237,7 +283,7 @@ impl<'e> Session<'e> {
         let t1 = Instant::now();
         let mut gen = Generation::new(&self.engine.tokenizer, params);
         loop {
-            let step = gen.accept(&mut logits, &self.tokens, self.kv.capacity() - self.tokens.len());
+            let step = gen.accept(&mut logits, &self.tokens, self.kv.capacity() - self.tokens.len())?;
             if !step.text.is_empty() && on_text(&step.text).is_break() {
                 gen.cancel();
                 break;
@@ -273,10 +319,23 @@ pub struct Generation<'t> {
     /// `GenerateParams::logprobs`, and the raw logits kept for them (the sampler's penalties edit its input).
     logprobs: Option<usize>,
     raw: Vec<f32>,
+    constraint: Option<Constraint>,
+    phase: Phase,
     /// Tokens generated so far (a final end-of-generation token included).
     pub tokens: Vec<u32>,
     /// Set once generation is over.
     pub finish: Option<FinishReason>,
+}
+
+/// Where a constrained reply is: the constraint applies from the first token (`Constrained`), or the model may
+/// first open a reasoning block (`MayThink`: the grammar's tokens or `<think>`), is inside one (`Thinking`:
+/// free until `</think>`), or there is no constraint (`Free`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Free,
+    MayThink(Thinking),
+    Thinking(Thinking),
+    Constrained,
 }
 
 /// The outcome of one `Generation::accept`.
@@ -302,6 +361,13 @@ impl<'t> Generation<'t> {
             penalty_window: params.sampler.penalty_last_n.max(1),
             logprobs: params.logprobs,
             raw: Vec::new(),
+            constraint: params.constraint.clone(),
+            phase: match (&params.constraint, params.thinking) {
+                (None, _) => Phase::Free,
+                (Some(_), None) => Phase::Constrained,
+                (Some(_), Some(t)) if t.started => Phase::Thinking(t),
+                (Some(_), Some(t)) => Phase::MayThink(t),
+            },
             tokens: Vec::new(),
             finish: if params.max_tokens == 0 { Some(FinishReason::Length) } else { None },
         }
@@ -309,32 +375,93 @@ impl<'t> Generation<'t> {
 
     /// Sample from `logits` (the model's prediction after `context`, the tokens in the cache), with
     /// `room` free positions left in the context.
-    pub fn accept(&mut self, logits: &mut [f32], context: &[u32], room: usize) -> Step {
+    ///
+    /// Fails only if the grammar does (an internal error of the constraint, never a user's mistake).
+    pub fn accept(&mut self, logits: &mut [f32], context: &[u32], room: usize) -> Result<Step> {
         if self.finish.is_some() {
-            return Step { token: 0, text: String::new(), done: true, logprob: None };
+            return Ok(Step { token: 0, text: String::new(), done: true, logprob: None });
         }
         if self.logprobs.is_some() {
             self.raw.clear();
             self.raw.extend_from_slice(logits);
         }
+        self.restrict(logits)?;
         let recent = &context[context.len().saturating_sub(self.penalty_window)..];
         let token = self.sampler.sample(logits, recent);
         self.tokens.push(token);
-        if !self.ignore_eos && self.tokenizer.is_eog(token) {
+        let eog = !self.ignore_eos && self.tokenizer.is_eog(token);
+        if !eog {
+            self.advance(token)?;
+        }
+        if eog {
             self.finish = Some(FinishReason::Stop);
-            return Step { token, text: self.flush(), done: true, logprob: None };
+            return Ok(Step { token, text: self.flush(), done: true, logprob: None });
         }
         let tok = self.tokenizer;
         let logprob =
             self.logprobs.map(|n| TokenLogprob::from_logits(&self.raw, token, n, |t| tok.token_bytes(t)));
         let (mut text, hit_stop) = self.stops.push(&self.decoder.push(token));
+        let complete =
+            self.phase == Phase::Constrained && self.constraint.as_ref().is_some_and(|c| c.is_finished());
         if hit_stop {
             self.finish = Some(FinishReason::Stop);
-        } else if self.tokens.len() >= self.max_tokens || room == 0 {
-            self.finish = Some(FinishReason::Length);
+        } else if complete || self.tokens.len() >= self.max_tokens || room == 0 {
+            self.finish = Some(if complete { FinishReason::Stop } else { FinishReason::Length });
             text += &self.flush();
         }
-        Step { token, text, done: self.finish.is_some(), logprob }
+        Ok(Step { token, text, done: self.finish.is_some(), logprob })
+    }
+
+    /// Masks what the constraint forbids at this point of the reply: everything outside the grammar once it
+    /// applies, plus, while the model reasons before a constrained answer, the end of generation (it must
+    /// close the block and answer).
+    fn restrict(&mut self, logits: &mut [f32]) -> Result<()> {
+        let Some(c) = self.constraint.as_mut() else { return Ok(()) };
+        match self.phase {
+            Phase::Free => {}
+            Phase::Constrained => c.mask(logits)?,
+            Phase::MayThink(t) => {
+                let open = logits.get(t.open as usize).copied();
+                c.mask(logits)?;
+                if let (Some(l), Some(v)) = (logits.get_mut(t.open as usize), open) {
+                    *l = v;
+                }
+            }
+            Phase::Thinking(_) => {
+                if !self.ignore_eos {
+                    for &id in self.tokenizer.eog_ids() {
+                        if let Some(l) = logits.get_mut(id as usize) {
+                            *l = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the constraint past an accepted token (not an end-of-generation token that ends the reply).
+    fn advance(&mut self, token: u32) -> Result<()> {
+        let Some(c) = self.constraint.as_mut() else { return Ok(()) };
+        match self.phase {
+            Phase::Free => {}
+            Phase::MayThink(t) if token == t.open => self.phase = Phase::Thinking(t),
+            Phase::Thinking(t) => {
+                if token == t.close {
+                    self.phase = Phase::Constrained;
+                }
+            }
+            Phase::MayThink(_) | Phase::Constrained => {
+                self.phase = Phase::Constrained;
+                c.commit(token)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Seconds spent computing grammar masks, and how many were computed.
+    pub fn mask_time(&self) -> (f64, usize) {
+        self.constraint.as_ref().map_or((0.0, 0), |c| (c.mask_secs, c.masks))
     }
 
     /// End early because the consumer went away.

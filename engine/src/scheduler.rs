@@ -435,6 +435,7 @@ impl<'e> Worker<'e> {
         let mut rows = logits.chunks(vocab);
         let mut generated = 0u64;
         let mut finished = Vec::new();
+        let mut broken = Vec::new();
         for (i, tokens, want) in plan {
             let slot = &mut self.slots[i];
             slot.tokens.extend_from_slice(&tokens);
@@ -450,7 +451,13 @@ impl<'e> Worker<'e> {
             }
             let mut row = rows.next().expect("one logits row per wanted sequence").to_vec();
             let room = slot.kv.capacity() - slot.kv.len();
-            let step = a.gen.accept(&mut row, &slot.tokens, room);
+            let step = match a.gen.accept(&mut row, &slot.tokens, room) {
+                Ok(step) => step,
+                Err(e) => {
+                    broken.push((i, e));
+                    continue;
+                }
+            };
             a.first_token_at.get_or_insert_with(Instant::now);
             generated += 1;
             a.next = Some(step.token);
@@ -472,6 +479,9 @@ impl<'e> Worker<'e> {
                 };
                 finished.push((a, usage));
             }
+        }
+        for (i, e) in broken {
+            self.drop_slot(i, Failure::Inference(format!("{e:#}")));
         }
         {
             let mut stats = self.shared.stats.lock().unwrap();

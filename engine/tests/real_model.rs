@@ -50,7 +50,7 @@ fn check_goldens(engine: &Engine) -> usize {
             sampler: SamplerConfig::greedy(),
             stop: vec![],
             ignore_eos: true,
-            logprobs: None,
+            ..Default::default()
         };
         let stats = session.generate(&want_ids, &params, |_| ControlFlow::Continue(())).unwrap();
         let want = &ids(&p["greedy_64"])[..32];

@@ -20,7 +20,7 @@ fn engine() -> Arc<Engine> {
 fn params(seed: u64, max_tokens: usize) -> GenerateParams {
     let sampler =
         SamplerConfig { temperature: 0.9, top_k: 0, top_p: 1.0, seed: Some(seed), ..Default::default() };
-    GenerateParams { max_tokens, sampler, stop: vec![], ignore_eos: true, logprobs: None }
+    GenerateParams { max_tokens, sampler, ignore_eos: true, ..Default::default() }
 }
 
 /// A request whose events go to the returned channel (dropping it cancels the request).

@@ -54,6 +54,7 @@ impl SamplingRequest {
             stop: self.stop.clone(),
             ignore_eos: self.ignore_eos,
             logprobs: self.logprobs,
+            ..Default::default()
         }
     }
 }
