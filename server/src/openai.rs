@@ -12,6 +12,7 @@ use percent_encoding::percent_decode_str;
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{FinishReason, GenerateParams};
 use quire_engine::gguf::json_kind;
+use quire_engine::grammar::GrammarSpec;
 use quire_engine::sampler::{Logprob, SamplerOptions, TokenLogprob};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -38,6 +39,15 @@ pub struct SamplingRequest {
     pub ignore_eos: bool,
     /// Log-probabilities of each generated token and of this many alternatives (`logprobs`, `top_logprobs`).
     pub logprobs: Option<usize>,
+    /// What the reply must match (`response_format`, `grammar`, `regex`).
+    pub grammar: Option<GrammarRequest>,
+}
+
+/// A grammar as asked for, with the request field it came from (the `param` of its compile errors).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrammarRequest {
+    pub spec: GrammarSpec,
+    pub param: &'static str,
 }
 
 impl SamplingRequest {
@@ -150,7 +160,6 @@ struct ChatBody {
     tools: Option<Vec<Value>>,
     logprobs: Option<bool>,
     top_logprobs: Option<Integer>,
-    response_format: Option<ResponseFormat>,
 }
 
 #[derive(Deserialize)]
@@ -163,10 +172,54 @@ struct TemplateKwargs {
     enable_thinking: Option<bool>,
 }
 
+/// `response_format`: OpenAI's `text`, `json_object` and `json_schema` (`json_schema.schema`); llama-server's
+/// `json_object` with a `schema` beside it works too.
 #[derive(Deserialize)]
 struct ResponseFormat {
     #[serde(rename = "type")]
     kind: Option<String>,
+    json_schema: Option<JsonSchemaFormat>,
+    schema: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct JsonSchemaFormat {
+    /// OpenAI requires a name; we need none, and `strict` is how we always decode (the schema is enforced).
+    #[allow(dead_code)]
+    name: Option<String>,
+    schema: Option<Value>,
+    #[allow(dead_code)]
+    strict: Option<bool>,
+}
+
+impl ResponseFormat {
+    /// The grammar this format asks for (`None` for text).
+    fn grammar(self) -> ApiResult<Option<GrammarRequest>> {
+        let kind = self.kind.ok_or_else(|| required("response_format.type"))?;
+        let spec =
+            match kind.as_str() {
+                "text" => return Ok(None),
+                "json_object" => match self.schema {
+                    Some(schema) => GrammarSpec::JsonSchema(schema),
+                    None => GrammarSpec::JsonObject,
+                },
+                "json_schema" => {
+                    let f = self.json_schema.ok_or_else(|| required("response_format.json_schema"))?;
+                    let schema = f.schema.ok_or_else(|| required("response_format.json_schema.schema"))?;
+                    return Ok(Some(GrammarRequest {
+                        spec: GrammarSpec::JsonSchema(schema),
+                        param: "response_format.json_schema.schema",
+                    }));
+                }
+                other => return Err(ApiError::invalid_param(
+                    "response_format.type",
+                    format!(
+                        "unknown response_format type '{other}'; expected text, json_object or json_schema"
+                    ),
+                )),
+            };
+        Ok(Some(GrammarRequest { spec, param: "response_format" }))
+    }
 }
 
 /// `/v1/completions`, less the sampling fields.
@@ -207,6 +260,10 @@ struct SamplingBody {
     frequency_penalty: Option<f64>,
     repetition_penalty: Option<f64>,
     ignore_eos: Option<bool>,
+    response_format: Option<ResponseFormat>,
+    /// Extensions: a Lark grammar (llguidance's syntax) or a regex the whole reply must match.
+    grammar: Option<String>,
+    regex: Option<String>,
 }
 
 /// Largest `max_tokens` accepted; anything bigger is surely a mistake (and is clamped to the context anyway).
@@ -228,6 +285,25 @@ impl SamplingBody {
         let presence_penalty = number_in("presence_penalty", self.presence_penalty, -2.0, false, 2.0)?;
         let frequency_penalty = number_in("frequency_penalty", self.frequency_penalty, -2.0, false, 2.0)?;
         let repetition_penalty = number_in("repetition_penalty", self.repetition_penalty, 0.0, true, 10.0)?;
+        let mut grammars = Vec::new();
+        if let Some(f) = self.response_format {
+            grammars.extend(f.grammar()?);
+        }
+        if let Some(g) = self.grammar {
+            grammars.push(GrammarRequest { spec: GrammarSpec::Lark(g), param: "grammar" });
+        }
+        if let Some(r) = self.regex {
+            grammars.push(GrammarRequest { spec: GrammarSpec::Regex(r), param: "regex" });
+        }
+        if grammars.len() > 1 {
+            return Err(ApiError::invalid_param(
+                grammars[1].param,
+                format!(
+                    "give one of response_format, grammar and regex, not {} and {}",
+                    grammars[0].param, grammars[1].param
+                ),
+            ));
+        }
         let s = SamplingRequest {
             max_tokens,
             sampler: SamplerOptions {
@@ -243,6 +319,7 @@ impl SamplingBody {
             stop,
             ignore_eos: self.ignore_eos.unwrap_or(false),
             logprobs: None,
+            grammar: grammars.pop(),
         };
         // Belt and braces: the engine's own check, in case it grows rules we do not mirror here.
         let probe = s.to_params(0, 1);
@@ -493,11 +570,6 @@ pub fn parse_chat(map: &Map<String, Value>) -> ApiResult<ChatRequest> {
         "top_logprobs",
         "top_logprobs needs logprobs: true",
     )?;
-    reject_if(
-        b.response_format.and_then(|f| f.kind).is_some_and(|t| t != "text"),
-        "response_format",
-        "only response_format {\"type\": \"text\"} is supported",
-    )?;
     let max_tokens =
         max_tokens(&[("max_tokens", s.max_tokens), ("max_completion_tokens", b.max_completion_tokens)])?;
     let enable_thinking = b.chat_template_kwargs.and_then(|k| k.enable_thinking).or(b.enable_thinking);
@@ -683,11 +755,17 @@ pub struct Answer<'a> {
     pub usage: UsageCounts,
     /// The tokens' log-probabilities when the request asked for them.
     pub logprobs: Option<&'a [TokenLogprob]>,
+    /// Chat replies of models that reason first: the reasoning, apart from `text` (`reasoning_content`).
+    pub reasoning: Option<&'a str>,
 }
 
 /// Non-streaming `chat.completion`.
 pub fn chat_completion(meta: &ResponseMeta, a: &Answer) -> Value {
     let (text, finish, usage) = (a.text, a.finish, &a.usage);
+    let mut message = json!({ "role": "assistant", "content": text, "refusal": null });
+    if let Some(r) = a.reasoning.filter(|r| !r.is_empty()) {
+        message["reasoning_content"] = r.into();
+    }
     json!({
         "id": meta.id,
         "object": "chat.completion",
@@ -695,7 +773,7 @@ pub fn chat_completion(meta: &ResponseMeta, a: &Answer) -> Value {
         "model": meta.model,
         "choices": [{
             "index": 0,
-            "message": { "role": "assistant", "content": text, "refusal": null },
+            "message": message,
             "logprobs": a.logprobs.map(chat_logprobs),
             "finish_reason": finish,
         }],
@@ -815,8 +893,20 @@ mod tests {
             ),
             (r#"{"messages":[{"role":"user","content":"x"}],"logprobs":"yes"}"#, "logprobs"),
             (
-                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
-                "response_format",
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#,
+                "response_format.type",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema"}}"#,
+                "response_format.json_schema",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"a"}}}"#,
+                "response_format.json_schema.schema",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"},"regex":"a+"}"#,
+                "regex",
             ),
         ];
         for (body, param) in cases {
@@ -889,12 +979,16 @@ mod tests {
     fn response_shapes() {
         let meta = ResponseMeta { id: "chatcmpl-1".into(), created: 5, model: "m".into() };
         let u = UsageCounts { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 2 };
-        let answer = |text, finish, logprobs| Answer { text, finish, usage: u, logprobs };
+        let answer = |text, finish, logprobs| Answer { text, finish, usage: u, logprobs, reasoning: None };
         let c = chat_completion(&meta, &answer("hi", "stop", None));
         assert_eq!(c["choices"][0]["message"]["content"], "hi");
         assert_eq!(c["choices"][0]["logprobs"], Value::Null);
         assert_eq!(c["usage"]["total_tokens"], 7);
         assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
+        assert!(c["choices"][0]["message"].get("reasoning_content").is_none());
+        let r = chat_completion(&meta, &Answer { reasoning: Some("plan"), ..answer("{}", "stop", None) });
+        assert_eq!(r["choices"][0]["message"]["reasoning_content"], "plan");
+        assert_eq!(r["choices"][0]["message"]["content"], "{}");
         let t = text_completion(&meta, &answer("yo", "length", None));
         assert_eq!(t["choices"][0]["text"], "yo");
         assert_eq!(t["object"], "text_completion");

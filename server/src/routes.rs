@@ -18,14 +18,15 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use quire_engine::chat::RenderOptions;
-use quire_engine::generate::{Engine, GenerateParams, PromptError};
+use quire_engine::generate::{Engine, GenerateParams, PromptError, Thinking};
+use quire_engine::reasoning::ReasoningSplit;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::errors::{ApiError, ApiResult};
 use crate::metrics::Snapshot;
-use crate::openai::{self, Answer, PromptInput, ResponseMeta, UsageCounts};
+use crate::openai::{self, Answer, PromptInput, ResponseMeta, SamplingRequest, UsageCounts};
 use crate::request_log::RequestLog;
 use crate::sse::{BoxError, ChatSse, CompletionSse, EventStream, PendingLogprobs, PlainText, StreamFormat};
 use crate::state::{unix_now, AppState, LoadState, Ready};
@@ -489,22 +490,59 @@ async fn collect(
     Err(ApiError::internal("the scheduler dropped the request before it finished"))
 }
 
-/// A non-streamed OpenAI answer: the whole generation in `shape` (`logprobs`: the request asked for them).
+/// A non-streamed OpenAI answer: the whole generation in `shape` (`logprobs`: the request asked for them;
+/// `thinking`: split the reasoning off the answer).
 async fn whole_answer(
     state: &AppState,
     rx: UnboundedReceiver<Event>,
     log: &RequestLog,
     logprobs: bool,
+    thinking: Option<Thinking>,
     shape: impl FnOnce(&Answer) -> Value,
 ) -> ApiResult<Response<ResponseBody>> {
     let (text, usage, lps) = collect(state, rx, log).await?;
+    let (reasoning, text) = match thinking {
+        Some(t) => {
+            let (r, a) = ReasoningSplit::split(&text, t.started);
+            (Some(r), a)
+        }
+        None => (None, text),
+    };
     let answer = Answer {
         text: &text,
         finish: openai::finish_reason(usage.finish),
         usage: UsageCounts::from(&usage),
         logprobs: logprobs.then_some(&lps[..]),
+        reasoning: reasoning.as_deref(),
     };
     Ok(json_response(StatusCode::OK, &shape(&answer)))
+}
+
+/// Engine parameters for `prompt`: the sampling settings, the compiled grammar (compiled off the async
+/// threads: a new schema takes milliseconds, and a model's first grammar builds its token trie) and whether
+/// the model may reason first (`may_think`: its template lets it and the request did not say no).
+async fn engine_params(
+    ready: &Arc<Ready>,
+    sampling: &SamplingRequest,
+    prompt: &[u32],
+    may_think: bool,
+) -> ApiResult<GenerateParams> {
+    let mut params = sampling.to_params(prompt.len(), ready.n_ctx);
+    params.thinking = ready.engine.thinking(prompt, may_think);
+    if let Some(g) = sampling.grammar.clone() {
+        let engine = ready.engine.clone();
+        let compiled = tokio::task::spawn_blocking(move || {
+            let grammars = engine.grammars().map_err(|e| ApiError::internal(format!("{e:#}")))?;
+            grammars.compile(&g.spec).map_err(|e| {
+                ApiError::invalid_param(g.param, format!("cannot use '{}': {e:#}", g.param))
+                    .with_code("invalid_grammar")
+            })
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the grammar compiler crashed: {e}")))??;
+        params.constraint = Some(compiled);
+    }
+    Ok(params)
 }
 
 fn stream_response<F: StreamFormat>(
@@ -532,8 +570,10 @@ async fn chat(
 ) -> ApiResult<Response<ResponseBody>> {
     let req = openai::parse_chat(&openai::parse_json_object(body)?)?;
     check_model(state, req.model.as_deref());
+    let may_think = ready.engine.template.can_think() && req.render.enable_thinking != Some(false);
     let prompt = chat_prompt(&ready, req.messages, req.render).await?;
-    let params = req.sampling.to_params(prompt.len(), ready.n_ctx);
+    let params = engine_params(&ready, &req.sampling, &prompt, may_think).await?;
+    let thinking = params.thinking;
     let rx = submit(state, &ready, prompt, params, "messages", log)?;
     let meta = ResponseMeta {
         id: format!("chatcmpl-{}", log.id()),
@@ -542,10 +582,12 @@ async fn chat(
     };
     if req.stream {
         let logprobs = PendingLogprobs::new(req.sampling.logprobs.is_some());
-        let format = ChatSse { meta, include_usage: req.include_usage, logprobs };
+        let reasoning = thinking.map(|t| ReasoningSplit::new(t.started));
+        let format = ChatSse { meta, include_usage: req.include_usage, logprobs, reasoning };
         return Ok(stream_response(state, rx, format, "text/event-stream", log));
     }
-    whole_answer(state, rx, log, req.sampling.logprobs.is_some(), |a| openai::chat_completion(&meta, a)).await
+    let logprobs = req.sampling.logprobs.is_some();
+    whole_answer(state, rx, log, logprobs, thinking, |a| openai::chat_completion(&meta, a)).await
 }
 
 async fn completions(
@@ -560,7 +602,7 @@ async fn completions(
         PromptInput::Text(t) => text_prompt(&ready, t).await?,
         PromptInput::Tokens(ids) => ids,
     };
-    let params = req.sampling.to_params(prompt.len(), ready.n_ctx);
+    let params = engine_params(&ready, &req.sampling, &prompt, false).await?;
     let rx = submit(state, &ready, prompt, params, "prompt", log)?;
     let meta = ResponseMeta {
         id: format!("cmpl-{}", log.id()),
@@ -572,7 +614,8 @@ async fn completions(
         let format = CompletionSse { meta, include_usage: req.include_usage, logprobs };
         return Ok(stream_response(state, rx, format, "text/event-stream", log));
     }
-    whole_answer(state, rx, log, req.sampling.logprobs.is_some(), |a| openai::text_completion(&meta, a)).await
+    let logprobs = req.sampling.logprobs.is_some();
+    whole_answer(state, rx, log, logprobs, None, |a| openai::text_completion(&meta, a)).await
 }
 
 /// `/generate` → `{"result": text, "finish_reason", "usage"}`; `/stream` → the text as a chunked plain-text body.
@@ -589,7 +632,8 @@ async fn simple(
         let opts = RenderOptions { add_generation_prompt: true, ..Default::default() };
         chat_prompt(&ready, req.messages(), opts).await.map_err(|e| e.with_param("prompt"))?
     };
-    let params = req.sampling.to_params(prompt.len(), ready.n_ctx);
+    let may_think = !req.raw && ready.engine.template.can_think();
+    let params = engine_params(&ready, &req.sampling, &prompt, may_think).await?;
     let rx = submit(state, &ready, prompt, params, "prompt", log)?;
     if stream {
         return Ok(stream_response(state, rx, PlainText, "text/plain; charset=utf-8", log));

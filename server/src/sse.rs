@@ -24,6 +24,7 @@ use crate::openai::{
 };
 use crate::request_log::RequestLog;
 use crate::state::AppState;
+use quire_engine::reasoning::ReasoningSplit;
 use quire_engine::sampler::TokenLogprob;
 use quire_engine::scheduler::{Event, Usage};
 
@@ -126,9 +127,27 @@ pub struct ChatSse {
     pub meta: ResponseMeta,
     pub include_usage: bool,
     pub logprobs: PendingLogprobs,
+    /// Models that reason first: reasoning goes out as `delta.reasoning_content`, the answer as `content`.
+    pub reasoning: Option<ReasoningSplit>,
 }
 
 impl ChatSse {
+    /// A chunk with reasoning and/or answer text (nothing while the splitter holds a possible tag back).
+    fn delta(&mut self, reasoning: String, answer: String) -> String {
+        let mut delta = serde_json::Map::new();
+        if !reasoning.is_empty() {
+            delta.insert("reasoning_content".into(), reasoning.into());
+        }
+        if !answer.is_empty() {
+            delta.insert("content".into(), answer.into());
+        }
+        if delta.is_empty() {
+            return String::new();
+        }
+        let lp = self.logprobs.take(|t, _| chat_logprobs(t));
+        data_line(&self.chunk_with(Value::Object(delta), None, lp))
+    }
+
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
         self.chunk_with(delta, finish, Value::Null)
     }
@@ -156,8 +175,12 @@ impl StreamFormat for ChatSse {
     }
 
     fn text(&mut self, piece: &str) -> Bytes {
-        let lp = self.logprobs.take(|t, _| chat_logprobs(t));
-        data_line(&self.chunk_with(json!({ "content": piece }), None, lp)).into()
+        let Some(split) = self.reasoning.as_mut() else {
+            let lp = self.logprobs.take(|t, _| chat_logprobs(t));
+            return data_line(&self.chunk_with(json!({ "content": piece }), None, lp)).into();
+        };
+        let (reasoning, answer) = split.push(piece);
+        self.delta(reasoning, answer).into()
     }
 
     fn logprob(&mut self, lp: TokenLogprob) {
@@ -166,10 +189,13 @@ impl StreamFormat for ChatSse {
 
     fn done(&mut self, usage: &Usage) -> Option<Bytes> {
         // tokens whose text never came (a stop string held back) still get their entries
-        let mut out = String::new();
+        let mut out = match self.reasoning.as_mut().map(|s| s.finish()) {
+            Some((reasoning, answer)) => self.delta(reasoning, answer),
+            None => String::new(),
+        };
         if !self.logprobs.tokens.is_empty() {
             let lp = self.logprobs.take(|t, _| chat_logprobs(t));
-            out = data_line(&self.chunk_with(json!({ "content": "" }), None, lp));
+            out += &data_line(&self.chunk_with(json!({ "content": "" }), None, lp));
         }
         out += &final_events(|finish| self.chunk(json!({}), finish), self.include_usage, usage);
         Some(out.into())
@@ -318,6 +344,9 @@ impl<F: StreamFormat> Body for EventStream<F> {
                     }
                     this.log.first_token();
                     let b = this.format.text(&piece);
+                    if b.is_empty() {
+                        continue; // held back (a possible `</think>`): nothing to send yet
+                    }
                     return this.data(b);
                 }
                 Poll::Ready(Some(Event::Logprob(lp))) => this.format.logprob(lp),
@@ -368,5 +397,49 @@ impl<F: StreamFormat> Drop for EventStream<F> {
         if !self.finished {
             self.log.client_closed();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quire_engine::generate::FinishReason;
+
+    fn deltas(bytes: &[Bytes]) -> Vec<Value> {
+        bytes
+            .iter()
+            .flat_map(|b| std::str::from_utf8(b).unwrap().lines().map(str::to_owned).collect::<Vec<_>>())
+            .filter_map(|l| l.strip_prefix("data: ").and_then(|d| serde_json::from_str::<Value>(d).ok()))
+            .map(|v| v["choices"][0]["delta"].clone())
+            .collect()
+    }
+
+    #[test]
+    fn chat_stream_sends_reasoning_apart_from_content() {
+        let meta = ResponseMeta { id: "chatcmpl-1".into(), created: 5, model: "m".into() };
+        let mut f = ChatSse {
+            meta,
+            include_usage: false,
+            logprobs: PendingLogprobs::new(false),
+            reasoning: Some(ReasoningSplit::new(false)),
+        };
+        let mut out: Vec<Bytes> = ["<think>", "\nplan", " it</th", "ink>", "\n\n", "{\"a\"", ": 1}"]
+            .iter()
+            .map(|p| f.text(p))
+            .filter(|b| !b.is_empty())
+            .collect();
+        let usage = Usage {
+            prompt_tokens: 3,
+            cached_tokens: 0,
+            completion_tokens: 7,
+            finish: FinishReason::Stop,
+            prompt_secs: 0.0,
+            gen_secs: 0.0,
+        };
+        out.extend(f.done(&usage));
+        let d = deltas(&out);
+        let join = |key: &str| d.iter().filter_map(|v| v[key].as_str()).collect::<String>();
+        assert_eq!(join("reasoning_content"), "\nplan it");
+        assert_eq!(join("content"), "{\"a\": 1}");
     }
 }

@@ -141,6 +141,16 @@ pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
     // For the log line only: the scheduler itself refuses (with numbers) when the slots' caches do not fit.
     let plan = MemoryPlan::new(&engine.model, n_ctx * cfg.n_slots, DEFAULT_BATCH, engine.kv_type);
     let engine = Arc::new(engine);
+    // Build the grammar compiler's token trie now, beside the first requests, so the first request with a
+    // `response_format` does not wait for it (it waits only if it comes within that time).
+    let warm = engine.clone();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        match warm.grammars() {
+            Ok(_) => tracing::info!("grammar compiler ready in {:.2} s", t.elapsed().as_secs_f64()),
+            Err(e) => tracing::warn!("{e:#}"),
+        }
+    });
     let scheduler = Scheduler::new(
         engine.clone(),
         SchedulerConfig {

@@ -535,3 +535,139 @@ async fn logprobs_chat_and_completions() {
     }
     s.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_on_every_endpoint() {
+    let s = TestServer::start(test_config()).await;
+    let a = s.addr;
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "title": {"type": "string", "maxLength": 10},
+            "slug": {"type": "string", "pattern": "^[a-z]{1,5}(-[a-z]{1,5})?$"},
+            "stock": {"type": "integer", "minimum": 0, "maximum": 500},
+            "colour": {"enum": ["red", "green"]},
+        },
+        "required": ["title", "slug", "stock", "colour"],
+        "additionalProperties": false,
+    });
+    let check = |v: &Value| {
+        let o = v.as_object().unwrap_or_else(|| panic!("{v} is not an object"));
+        assert_eq!(o.len(), 4, "{v}");
+        assert!(v["title"].as_str().unwrap().chars().count() <= 10, "{v}");
+        let slug = v["slug"].as_str().unwrap();
+        assert!(
+            slug.split('-').all(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_lowercase())),
+            "{v}"
+        );
+        assert!((0..=500).contains(&v["stock"].as_i64().unwrap()), "{v}");
+        assert!(v["colour"] == "red" || v["colour"] == "green", "{v}");
+    };
+    let format =
+        json!({"type": "json_schema", "json_schema": {"name": "item", "schema": schema, "strict": true}});
+    for seed in 0..3 {
+        // thinking off: the random model, free to reason first, need never close its `<think>` block
+        let req = greedy_chat(
+            json!({"response_format": format, "temperature": 1.2, "seed": seed, "max_tokens": 200, "enable_thinking": false}),
+        );
+        let v = post_json(a, "/v1/chat/completions", &req).await.json();
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+        let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+        check(&serde_json::from_str(content).unwrap());
+
+        // streamed: the same text in pieces
+        let mut sreq = req.clone();
+        sreq["stream"] = json!(true);
+        let events = parse_sse(&post_json(a, "/v1/chat/completions", &sreq).await.text());
+        let (text, finish, _) = chat_stream_text(&events, false);
+        assert_eq!((text.as_str(), finish.as_str()), (content, "stop"));
+    }
+
+    // json_object, on chat; a regex on /v1/completions, /generate and /stream; a Lark grammar.
+    let v = post_json(
+        a,
+        "/v1/chat/completions",
+        &greedy_chat(
+            json!({"response_format": {"type": "json_object"}, "max_tokens": 300, "enable_thinking": false}),
+        ),
+    )
+    .await
+    .json();
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    if v["choices"][0]["finish_reason"] == "stop" {
+        assert!(serde_json::from_str::<Value>(content).unwrap().is_object(), "{content}");
+    } else {
+        assert!(content.starts_with('{'), "{content}");
+    }
+    let rx = "[a-c]{2}[0-9]";
+    let ok = |t: &str| {
+        t.len() == 3
+            && t.as_bytes()[..2].iter().all(|b| (b'a'..=b'c').contains(b))
+            && t.as_bytes()[2].is_ascii_digit()
+    };
+    let c = post_json(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "Code:", "regex": rx, "temperature": 1.0, "seed": 3}),
+    )
+    .await
+    .json();
+    assert!(ok(c["choices"][0]["text"].as_str().unwrap()), "{c}");
+    let g =
+        post_json(a, "/generate", &json!({"prompt": "Code?", "regex": rx, "temperature": 1.0, "seed": 4}))
+            .await
+            .json();
+    assert!(ok(g["result"].as_str().unwrap()), "{g}");
+    let t = post_json(a, "/stream", &json!({"prompt": "Code?", "regex": rx, "temperature": 1.0, "seed": 4}))
+        .await
+        .text();
+    assert_eq!(t, g["result"].as_str().unwrap(), "/stream equals /generate");
+    let lark = "start: \"answer: \" (\"yes\" | \"no\")";
+    let c = post_json(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "Q:", "grammar": lark, "temperature": 1.0, "seed": 1}),
+    )
+    .await
+    .json();
+    let text = c["choices"][0]["text"].as_str().unwrap();
+    assert!(text == "answer: yes" || text == "answer: no", "{c}");
+
+    // max_tokens inside the structure: "length" with the partial text
+    let req = greedy_chat(json!({"response_format": format, "max_tokens": 4, "enable_thinking": false}));
+    let v = post_json(a, "/v1/chat/completions", &req).await.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert!(v["choices"][0]["message"]["content"].as_str().unwrap().starts_with('{'), "{v}");
+
+    // Grammars that cannot be used are 400s naming the field, with the reason; the server goes on.
+    let cases = [
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strang"}}}}),
+            "response_format.json_schema.schema",
+            "strang",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "array", "uniqueItems": true}}}}),
+            "response_format.json_schema.schema",
+            "uniqueItems",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+            "response_format.json_schema.schema",
+            "required",
+        ),
+        (json!({"response_format": {"type": "yaml"}}), "response_format.type", "yaml"),
+        (json!({"grammar": "start: ((\n"}), "grammar", "Expected"),
+        (json!({"regex": "[a-"}), "regex", ""),
+        (json!({"regex": "a", "grammar": "start: \"a\""}), "regex", "one of"),
+    ];
+    for (extra, param, needle) in cases {
+        let e = post_json(a, "/v1/chat/completions", &greedy_chat(extra.clone()))
+            .await
+            .assert_error(400, Some(param));
+        let msg = e["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{extra}: {msg}");
+    }
+    let v = post_json(a, "/v1/chat/completions", &greedy_chat(json!({}))).await;
+    assert_eq!(v.status, 200);
+}

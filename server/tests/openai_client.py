@@ -3,14 +3,17 @@
 Usage: python openai_client.py PORT [MODEL_NAME]
 Streams a chat completion and a completion (with usage), checks that each streamed text equals the
 non-streamed greedy text, lists the models, checks that a bad request raises BadRequestError, and reads
-logprobs (whole and streamed) through the client's own types.
+logprobs (whole and streamed) through the client's own types, and parses structured output into a pydantic
+model with `chat.completions.parse`.
 Prints a closing 'N passed, N failed' line; exits non-zero on any failure.
 """
 
+import json
 import os
 import sys
 
 import openai
+import pydantic
 
 port = int(sys.argv[1])
 client = openai.OpenAI(
@@ -122,10 +125,56 @@ def chat_logprobs():
     raise AssertionError("top_logprobs=21 was accepted")
 
 
+class Product(pydantic.BaseModel):
+    name: str
+    price_eur: float
+    tags: list[str]
+    in_stock: bool
+
+
+def structured_parse():
+    # The client turns the pydantic model into a strict json_schema response_format and parses the reply.
+    r = client.chat.completions.parse(
+        model=model,
+        messages=[{"role": "user", "content": "Describe a stainless steel water bottle for our shop, as JSON."}],
+        response_format=Product,
+        max_tokens=200,
+        temperature=0.7,
+        seed=1,
+    )
+    p = r.choices[0].message.parsed
+    assert isinstance(p, Product), r
+    assert p.name and r.choices[0].finish_reason == "stop", r
+    streamed = "".join(
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": "Describe a kettle as JSON."}],
+            response_format={"type": "json_object"},
+            max_tokens=200,
+            temperature=0,
+            stream=True,
+        )
+        if c.choices
+    )
+    assert isinstance(json.loads(streamed), dict), streamed
+    try:
+        client.chat.completions.create(
+            model=model,
+            messages=messages,
+            response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "strang"}}},
+        )
+    except openai.BadRequestError as e:
+        assert e.body and e.body.get("param") == "response_format.json_schema.schema", e.body
+        return
+    raise AssertionError("an invalid schema was accepted")
+
+
 check("models.list", models)
 check("chat.completions stream == non-stream", chat_stream)
 check("completions stream == non-stream", completion_stream)
 check("bad request -> BadRequestError", bad_request)
 check("chat logprobs, whole and streamed", chat_logprobs)
+check("structured output: parse() with a pydantic model, json_object streamed, bad schema", structured_parse)
 print(f"openai-client: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
