@@ -196,28 +196,29 @@ impl ResponseFormat {
     /// The grammar this format asks for (`None` for text).
     fn grammar(self) -> ApiResult<Option<GrammarRequest>> {
         let kind = self.kind.ok_or_else(|| required("response_format.type"))?;
-        let spec =
-            match kind.as_str() {
-                "text" => return Ok(None),
-                "json_object" => match self.schema {
-                    Some(schema) => GrammarSpec::JsonSchema(schema),
-                    None => GrammarSpec::JsonObject,
-                },
-                "json_schema" => {
-                    let f = self.json_schema.ok_or_else(|| required("response_format.json_schema"))?;
-                    let schema = f.schema.ok_or_else(|| required("response_format.json_schema.schema"))?;
-                    return Ok(Some(GrammarRequest {
-                        spec: GrammarSpec::JsonSchema(schema),
-                        param: "response_format.json_schema.schema",
-                    }));
-                }
-                other => return Err(ApiError::invalid_param(
+        let spec = match kind.as_str() {
+            "text" => return Ok(None),
+            "json_object" => match self.schema {
+                Some(schema) => GrammarSpec::JsonSchema(schema),
+                None => GrammarSpec::JsonObject,
+            },
+            "json_schema" => {
+                let f = self.json_schema.ok_or_else(|| required("response_format.json_schema"))?;
+                let schema = f.schema.ok_or_else(|| required("response_format.json_schema.schema"))?;
+                return Ok(Some(GrammarRequest {
+                    spec: GrammarSpec::JsonSchema(schema),
+                    param: "response_format.json_schema.schema",
+                }));
+            }
+            other => {
+                return Err(ApiError::invalid_param(
                     "response_format.type",
                     format!(
                         "unknown response_format type '{other}'; expected text, json_object or json_schema"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         Ok(Some(GrammarRequest { spec, param: "response_format" }))
     }
 }
