@@ -146,6 +146,9 @@ pub struct GenerateParams {
     /// The model may reason first ([`Engine::thinking`]): the reasoning is free and the constraint starts
     /// after it.
     pub thinking: Option<Thinking>,
+    /// Apply `constraint` only after this token, afresh each time the model writes it, until the grammar is
+    /// complete; the rest of the reply is free (`tool_choice: "auto"`: a call's body after `<tool_call>`).
+    pub constraint_after: Option<u32>,
 }
 
 /// A reasoning block's delimiting tokens, and whether the prompt already opened it.
@@ -166,6 +169,7 @@ impl Default for GenerateParams {
             logprobs: None,
             constraint: None,
             thinking: None,
+            constraint_after: None,
         }
     }
 }
@@ -319,7 +323,10 @@ pub struct Generation<'t> {
     /// `GenerateParams::logprobs`, and the raw logits kept for them (the sampler's penalties edit its input).
     logprobs: Option<usize>,
     raw: Vec<f32>,
+    /// The constraint in force, if any.
     constraint: Option<Constraint>,
+    /// `GenerateParams::constraint_after`: the token that starts a fresh copy of the constraint.
+    lazy: Option<(u32, Constraint)>,
     phase: Phase,
     /// Tokens generated so far (a final end-of-generation token included).
     pub tokens: Vec<u32>,
@@ -361,8 +368,10 @@ impl<'t> Generation<'t> {
             penalty_window: params.sampler.penalty_last_n.max(1),
             logprobs: params.logprobs,
             raw: Vec::new(),
-            constraint: params.constraint.clone(),
+            constraint: params.constraint.clone().filter(|_| params.constraint_after.is_none()),
+            lazy: params.constraint_after.zip(params.constraint.clone()),
             phase: match (&params.constraint, params.thinking) {
+                _ if params.constraint_after.is_some() => Phase::Free,
                 (None, _) => Phase::Free,
                 (Some(_), None) => Phase::Constrained,
                 (Some(_), Some(t)) if t.started => Phase::Thinking(t),
@@ -401,8 +410,12 @@ impl<'t> Generation<'t> {
         let logprob =
             self.logprobs.map(|n| TokenLogprob::from_logits(&self.raw, token, n, |t| tok.token_bytes(t)));
         let (mut text, hit_stop) = self.stops.push(&self.decoder.push(token));
-        let complete =
+        let mut complete =
             self.phase == Phase::Constrained && self.constraint.as_ref().is_some_and(|c| c.is_finished());
+        if complete && self.lazy.is_some() {
+            // a triggered block is over: back to free text until the next trigger
+            (self.phase, self.constraint, complete) = (Phase::Free, None, false);
+        }
         if hit_stop {
             self.finish = Some(FinishReason::Stop);
         } else if complete || self.tokens.len() >= self.max_tokens || room == 0 {
@@ -442,6 +455,13 @@ impl<'t> Generation<'t> {
 
     /// Moves the constraint past an accepted token (not an end-of-generation token that ends the reply).
     fn advance(&mut self, token: u32) -> Result<()> {
+        if self.phase == Phase::Free {
+            if let Some((_, template)) = self.lazy.as_ref().filter(|(t, _)| *t == token) {
+                self.constraint = Some(template.clone());
+                self.phase = Phase::Constrained;
+            }
+            return Ok(());
+        }
         let Some(c) = self.constraint.as_mut() else { return Ok(()) };
         match self.phase {
             Phase::Free => {}
@@ -457,11 +477,6 @@ impl<'t> Generation<'t> {
             }
         }
         Ok(())
-    }
-
-    /// Seconds spent computing grammar masks, and how many were computed.
-    pub fn mask_time(&self) -> (f64, usize) {
-        self.constraint.as_ref().map_or((0.0, 0), |c| (c.mask_secs, c.masks))
     }
 
     /// End early because the consumer went away.

@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use anyhow::{anyhow, bail, Result};
 use llguidance::api::TopLevelGrammar;
@@ -194,36 +193,27 @@ impl TokenizerEnv for VocabEnv {
 #[derive(Clone)]
 pub struct Constraint {
     matcher: Matcher,
-    /// Time spent computing masks so far (reported per token by the benchmarks).
-    pub mask_secs: f64,
-    pub masks: usize,
 }
 
 impl std::fmt::Debug for Constraint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Constraint")
-            .field("finished", &self.is_finished())
-            .field("masks", &self.masks)
-            .finish()
+        f.debug_struct("Constraint").field("finished", &self.is_finished()).finish()
     }
 }
 
 impl Constraint {
     fn new(matcher: Matcher) -> Constraint {
-        Constraint { matcher, mask_secs: 0.0, masks: 0 }
+        Constraint { matcher }
     }
 
     /// Sets the logit of every token the grammar does not allow next to -inf. Fails if the grammar is in an
     /// error state or allows nothing (never expected after a successful compile and accepted tokens).
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<()> {
-        let t0 = Instant::now();
         let allowed = self.matcher.compute_mask_or_eos()?;
         if allowed.is_zero() {
             bail!("the grammar allows no token here");
         }
         apply_mask(&allowed, logits);
-        self.mask_secs += t0.elapsed().as_secs_f64();
-        self.masks += 1;
         Ok(())
     }
 

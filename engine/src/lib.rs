@@ -18,4 +18,5 @@ pub mod sampler;
 pub mod scheduler;
 pub mod threads;
 pub mod tokenizer;
+pub mod tools;
 pub mod weights;

@@ -357,3 +357,46 @@ fn reasoning_is_free_and_the_constraint_starts_after_it() {
     let mut gen = Generation::new(tok, &params(true));
     assert_eq!(step(&mut gen, peaked(vocab, x), &mut vec![]), x);
 }
+
+#[test]
+fn a_lazy_constraint_applies_from_its_trigger_until_complete() {
+    use quire_engine::tools::{call_grammar, CallGrammar, Function};
+    let engine = engine();
+    let tok = &engine.tokenizer;
+    let vocab = engine.model.config.vocab_size;
+    let open = tok.token_to_id("<tool_call>").unwrap();
+    let x = tok.encode("x").unwrap()[0];
+    let f = Function {
+        name: "f".into(),
+        parameters: json!({"type": "object", "properties": {"u": {"enum": ["a"]}}, "required": ["u"], "additionalProperties": false}),
+    };
+    let spec = call_grammar(&[f], CallGrammar::Body);
+    let p = GenerateParams {
+        sampler: SamplerConfig::greedy(),
+        constraint: Some(engine.grammars().unwrap().compile(&spec).unwrap()),
+        constraint_after: Some(open),
+        max_tokens: 200,
+        ..Default::default()
+    };
+    let mut gen = Generation::new(tok, &p);
+    let mut ctx = Vec::new();
+    let mut step = |logits: Vec<f32>| {
+        let mut l = logits;
+        let s = gen.accept(&mut l, &ctx, 1000).unwrap();
+        ctx.push(s.token);
+        (s.token, s.text)
+    };
+    assert_eq!(step(peaked(vocab, x)).0, x, "free before the trigger");
+    assert_eq!(step(peaked(vocab, open)).0, open);
+    // inside the block only the grammar's tokens: even a peaked `x` is refused until `</tool_call>`
+    let mut body = String::new();
+    for _ in 0..100 {
+        let (_, text) = step(peaked(vocab, x));
+        body += &text;
+        if body.ends_with("</tool_call>") {
+            break;
+        }
+    }
+    assert_eq!(body, "\n{\"name\": \"f\", \"arguments\": {\"u\": \"a\"}}\n</tool_call>");
+    assert_eq!(step(peaked(vocab, x)).0, x, "free again after the block");
+}

@@ -14,6 +14,7 @@ use quire_engine::generate::{FinishReason, GenerateParams};
 use quire_engine::gguf::json_kind;
 use quire_engine::grammar::GrammarSpec;
 use quire_engine::sampler::{Logprob, SamplerOptions, TokenLogprob};
+use quire_engine::tools::{call_grammar, CallGrammar, Function, ParsedCall};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -78,6 +79,42 @@ pub struct ChatRequest {
     pub include_usage: bool,
     pub sampling: SamplingRequest,
     pub render: RenderOptions,
+    /// Tool calling: what the model may call and how (`None`: no tools, or `tool_choice: "none"`).
+    pub tools: Option<ToolUse>,
+}
+
+/// `tools` with `tool_choice` and `parallel_tool_calls`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ToolUse {
+    pub functions: Vec<Function>,
+    pub choice: ToolChoice,
+    pub parallel: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// The model decides; once it opens a call, the call must match a function's schema.
+    Auto,
+    /// The reply is one or more calls.
+    Required,
+    /// The reply is a call of this function.
+    Named(String),
+}
+
+impl ToolUse {
+    /// The grammar the reply or its calls follow, and whether it applies after `<tool_call>` only.
+    pub fn grammar(&self) -> (GrammarSpec, bool) {
+        match &self.choice {
+            ToolChoice::Auto => (call_grammar(&self.functions, CallGrammar::Body), true),
+            ToolChoice::Required => {
+                (call_grammar(&self.functions, CallGrammar::Reply { parallel: self.parallel }), false)
+            }
+            ToolChoice::Named(name) => {
+                let f: Vec<Function> = self.functions.iter().filter(|f| &f.name == name).cloned().collect();
+                (call_grammar(&f, CallGrammar::Reply { parallel: false }), false)
+            }
+        }
+    }
 }
 
 /// What `/v1/completions` is asked to continue.
@@ -157,9 +194,33 @@ struct ChatBody {
     /// Qwen3 hybrid models: a top-level `enable_thinking`, or vLLM's `chat_template_kwargs` one (which wins).
     enable_thinking: Option<bool>,
     chat_template_kwargs: Option<TemplateKwargs>,
-    tools: Option<Vec<Value>>,
+    tools: Option<Vec<Tool>>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
     logprobs: Option<bool>,
     top_logprobs: Option<Integer>,
+}
+
+/// One entry of `tools`: `{"type": "function", "function": {"name", "description", "parameters"}}`. Kept
+/// whole for the chat template, which renders it as the client sent it.
+#[derive(Deserialize)]
+struct Tool {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    function: Option<ToolFunction>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+struct ToolFunction {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -574,21 +635,97 @@ pub fn parse_chat(map: &Map<String, Value>) -> ApiResult<ChatRequest> {
     let max_tokens =
         max_tokens(&[("max_tokens", s.max_tokens), ("max_completion_tokens", b.max_completion_tokens)])?;
     let enable_thinking = b.chat_template_kwargs.and_then(|k| k.enable_thinking).or(b.enable_thinking);
+    let (tool_use, rendered_tools) = tool_use(b.tools, b.tool_choice, b.parallel_tool_calls)?;
+    let sampling = SamplingRequest {
+        logprobs: logprobs.then_some(top_logprobs.unwrap_or(0) as usize),
+        ..s.check(max_tokens)?
+    };
+    if tool_use.is_some() && sampling.grammar.is_some() {
+        // One grammar per reply: a JSON answer or a tool call would need one grammar for both (not built yet).
+        return Err(ApiError::invalid_param(
+            sampling.grammar.as_ref().map_or("response_format", |g| g.param),
+            "response_format, grammar and regex cannot be combined with tools (use tool_choice: \"none\")",
+        ));
+    }
     Ok(ChatRequest {
         model: b.model,
         messages,
         stream: b.stream.unwrap_or(false),
         include_usage: include_usage(b.stream_options),
-        sampling: SamplingRequest {
-            logprobs: logprobs.then_some(top_logprobs.unwrap_or(0) as usize),
-            ..s.check(max_tokens)?
-        },
-        render: RenderOptions {
-            add_generation_prompt: true,
-            enable_thinking,
-            tools: b.tools.filter(|t| !t.is_empty()).map(Value::Array),
-        },
+        sampling,
+        render: RenderOptions { add_generation_prompt: true, enable_thinking, tools: rendered_tools },
+        tools: tool_use,
     })
+}
+
+/// `tools`, `tool_choice` and `parallel_tool_calls`: the functions (each with a name; no `parameters` means
+/// any object), the choice (`none`, `auto`, `required` or `{"type": "function", "function": {"name"}}`,
+/// which must name one of them), and the tools as the chat template gets them (none for `"none"`: the model
+/// is not told about tools it may not call).
+fn tool_use(
+    tools: Option<Vec<Tool>>,
+    choice: Option<Value>,
+    parallel: Option<bool>,
+) -> ApiResult<(Option<ToolUse>, Option<Value>)> {
+    let tools = tools.unwrap_or_default();
+    let mut functions = Vec::new();
+    let mut rendered = Vec::new();
+    for (i, t) in tools.into_iter().enumerate() {
+        if t.kind.as_deref().is_some_and(|k| k != "function") {
+            return Err(ApiError::invalid_param(
+                format!("tools[{i}].type"),
+                "only function tools are supported",
+            ));
+        }
+        let f = t.function.ok_or_else(|| required(&format!("tools[{i}].function")))?;
+        if f.name.is_empty() || functions.iter().any(|g: &Function| g.name == f.name) {
+            return Err(ApiError::invalid_param(
+                format!("tools[{i}].function.name"),
+                "function names must be non-empty and distinct",
+            ));
+        }
+        let parameters = f.parameters.clone().unwrap_or_else(|| json!({"type": "object"}));
+        functions.push(Function { name: f.name.clone(), parameters });
+        let mut v = t.rest;
+        v.insert("type".into(), "function".into());
+        v.insert("function".into(), serde_json::to_value(&f).expect("a function serializes"));
+        rendered.push(Value::Object(v));
+    }
+    let choice = match &choice {
+        None => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => return Ok((None, None)),
+            "auto" => Some(ToolChoice::Auto),
+            "required" => Some(ToolChoice::Required),
+            other => {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    format!("unknown tool_choice '{other}'; expected none, auto, required or a function"),
+                ))
+            }
+        },
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) if functions.iter().any(|f| f.name == name) => Some(ToolChoice::Named(name.to_string())),
+            Some(name) => {
+                return Err(ApiError::invalid_param("tool_choice", format!("no tool named '{name}' in tools")))
+            }
+            None => {
+                return Err(ApiError::invalid_param(
+                    "tool_choice",
+                    "tool_choice must be none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                ))
+            }
+        },
+    };
+    if functions.is_empty() {
+        if choice.is_some_and(|c| c != ToolChoice::Auto) {
+            return Err(ApiError::invalid_param("tool_choice", "tool_choice needs tools"));
+        }
+        return Ok((None, None));
+    }
+    let tool_use =
+        ToolUse { functions, choice: choice.unwrap_or(ToolChoice::Auto), parallel: parallel.unwrap_or(true) };
+    Ok((Some(tool_use), Some(Value::Array(rendered))))
 }
 
 /// Parse `/v1/completions`.
@@ -758,6 +895,14 @@ pub struct Answer<'a> {
     pub logprobs: Option<&'a [TokenLogprob]>,
     /// Chat replies of models that reason first: the reasoning, apart from `text` (`reasoning_content`).
     pub reasoning: Option<&'a str>,
+    /// Chat replies to requests with tools: the calls parsed out of the reply.
+    pub tool_calls: &'a [ParsedCall],
+}
+
+/// The id of a reply's `index`-th tool call, the same whole and streamed.
+pub fn call_id(response_id: &str, index: usize) -> String {
+    let base = response_id.strip_prefix("chatcmpl-").unwrap_or(response_id);
+    format!("call_{base}_{index}")
 }
 
 /// Non-streaming `chat.completion`.
@@ -766,6 +911,25 @@ pub fn chat_completion(meta: &ResponseMeta, a: &Answer) -> Value {
     let mut message = json!({ "role": "assistant", "content": text, "refusal": null });
     if let Some(r) = a.reasoning.filter(|r| !r.is_empty()) {
         message["reasoning_content"] = r.into();
+    }
+    let mut finish = finish;
+    if !a.tool_calls.is_empty() {
+        let calls: Vec<Value> = a
+            .tool_calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                json!({"id": call_id(&meta.id, i), "type": "function",
+                       "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect();
+        message["tool_calls"] = Value::Array(calls);
+        if text.is_empty() {
+            message["content"] = Value::Null;
+        }
+        if finish == "stop" {
+            finish = "tool_calls";
+        }
     }
     json!({
         "id": meta.id,
@@ -980,7 +1144,14 @@ mod tests {
     fn response_shapes() {
         let meta = ResponseMeta { id: "chatcmpl-1".into(), created: 5, model: "m".into() };
         let u = UsageCounts { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 2 };
-        let answer = |text, finish, logprobs| Answer { text, finish, usage: u, logprobs, reasoning: None };
+        let answer = |text, finish, logprobs| Answer {
+            text,
+            finish,
+            usage: u,
+            logprobs,
+            reasoning: None,
+            tool_calls: &[],
+        };
         let c = chat_completion(&meta, &answer("hi", "stop", None));
         assert_eq!(c["choices"][0]["message"]["content"], "hi");
         assert_eq!(c["choices"][0]["logprobs"], Value::Null);

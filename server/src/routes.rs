@@ -20,13 +20,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use quire_engine::chat::RenderOptions;
 use quire_engine::generate::{Engine, GenerateParams, PromptError, Thinking};
 use quire_engine::reasoning::ReasoningSplit;
+use quire_engine::tools::ToolCallSplit;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::errors::{ApiError, ApiResult};
 use crate::metrics::Snapshot;
-use crate::openai::{self, Answer, PromptInput, ResponseMeta, SamplingRequest, UsageCounts};
+use crate::openai::{self, Answer, GrammarRequest, PromptInput, ResponseMeta, SamplingRequest, UsageCounts};
 use crate::request_log::RequestLog;
 use crate::sse::{BoxError, ChatSse, CompletionSse, EventStream, PendingLogprobs, PlainText, StreamFormat};
 use crate::state::{unix_now, AppState, LoadState, Ready};
@@ -498,6 +499,7 @@ async fn whole_answer(
     log: &RequestLog,
     logprobs: bool,
     thinking: Option<Thinking>,
+    tools: bool,
     shape: impl FnOnce(&Answer) -> Value,
 ) -> ApiResult<Response<ResponseBody>> {
     let (text, usage, lps) = collect(state, rx, log).await?;
@@ -508,12 +510,14 @@ async fn whole_answer(
         }
         None => (None, text),
     };
+    let (text, tool_calls) = if tools { ToolCallSplit::split(&text) } else { (text, Vec::new()) };
     let answer = Answer {
         text: &text,
         finish: openai::finish_reason(usage.finish),
         usage: UsageCounts::from(&usage),
         logprobs: logprobs.then_some(&lps[..]),
         reasoning: reasoning.as_deref(),
+        tool_calls: &tool_calls,
     };
     Ok(json_response(StatusCode::OK, &shape(&answer)))
 }
@@ -521,14 +525,17 @@ async fn whole_answer(
 /// Engine parameters for `prompt`: the sampling settings, the compiled grammar (compiled off the async
 /// threads: a new schema takes milliseconds, and a model's first grammar builds its token trie) and whether
 /// the model may reason first (`may_think`: its template lets it and the request did not say no).
+/// `constraint_after`: the grammar applies only after this token ([`GenerateParams::constraint_after`]).
 async fn engine_params(
     ready: &Arc<Ready>,
     sampling: &SamplingRequest,
     prompt: &[u32],
     may_think: bool,
+    constraint_after: Option<u32>,
 ) -> ApiResult<GenerateParams> {
     let mut params = sampling.to_params(prompt.len(), ready.n_ctx);
     params.thinking = ready.engine.thinking(prompt, may_think);
+    params.constraint_after = constraint_after;
     if let Some(g) = sampling.grammar.clone() {
         let engine = ready.engine.clone();
         let compiled = tokio::task::spawn_blocking(move || {
@@ -572,7 +579,19 @@ async fn chat(
     check_model(state, req.model.as_deref());
     let may_think = ready.engine.template.can_think() && req.render.enable_thinking != Some(false);
     let prompt = chat_prompt(&ready, req.messages, req.render).await?;
-    let params = engine_params(&ready, &req.sampling, &prompt, may_think).await?;
+    // Tools: the calls' grammar, from the first token (`required`, a named function) or after each
+    // `<tool_call>` the model writes (`auto`; a vocabulary without that token decodes freely).
+    let mut sampling = req.sampling.clone();
+    let mut after = None;
+    if let Some(tools) = &req.tools {
+        let (spec, lazy) = tools.grammar();
+        let trigger = ready.engine.tokenizer.token_to_id(quire_engine::tools::OPEN);
+        if !lazy || trigger.is_some() {
+            sampling.grammar = Some(GrammarRequest { spec, param: "tools" });
+            after = trigger.filter(|_| lazy);
+        }
+    }
+    let params = engine_params(&ready, &sampling, &prompt, may_think, after).await?;
     let thinking = params.thinking;
     let rx = submit(state, &ready, prompt, params, "messages", log)?;
     let meta = ResponseMeta {
@@ -583,11 +602,13 @@ async fn chat(
     if req.stream {
         let logprobs = PendingLogprobs::new(req.sampling.logprobs.is_some());
         let reasoning = thinking.map(|t| ReasoningSplit::new(t.started));
-        let format = ChatSse { meta, include_usage: req.include_usage, logprobs, reasoning };
+        let tools = req.tools.is_some().then(ToolCallSplit::new);
+        let format = ChatSse { meta, include_usage: req.include_usage, logprobs, reasoning, tools, calls: 0 };
         return Ok(stream_response(state, rx, format, "text/event-stream", log));
     }
     let logprobs = req.sampling.logprobs.is_some();
-    whole_answer(state, rx, log, logprobs, thinking, |a| openai::chat_completion(&meta, a)).await
+    let tools = req.tools.is_some();
+    whole_answer(state, rx, log, logprobs, thinking, tools, |a| openai::chat_completion(&meta, a)).await
 }
 
 async fn completions(
@@ -602,7 +623,7 @@ async fn completions(
         PromptInput::Text(t) => text_prompt(&ready, t).await?,
         PromptInput::Tokens(ids) => ids,
     };
-    let params = engine_params(&ready, &req.sampling, &prompt, false).await?;
+    let params = engine_params(&ready, &req.sampling, &prompt, false, None).await?;
     let rx = submit(state, &ready, prompt, params, "prompt", log)?;
     let meta = ResponseMeta {
         id: format!("cmpl-{}", log.id()),
@@ -615,7 +636,7 @@ async fn completions(
         return Ok(stream_response(state, rx, format, "text/event-stream", log));
     }
     let logprobs = req.sampling.logprobs.is_some();
-    whole_answer(state, rx, log, logprobs, None, |a| openai::text_completion(&meta, a)).await
+    whole_answer(state, rx, log, logprobs, None, false, |a| openai::text_completion(&meta, a)).await
 }
 
 /// `/generate` → `{"result": text, "finish_reason", "usage"}`; `/stream` → the text as a chunked plain-text body.
@@ -633,7 +654,7 @@ async fn simple(
         chat_prompt(&ready, req.messages(), opts).await.map_err(|e| e.with_param("prompt"))?
     };
     let may_think = !req.raw && ready.engine.template.can_think();
-    let params = engine_params(&ready, &req.sampling, &prompt, may_think).await?;
+    let params = engine_params(&ready, &req.sampling, &prompt, may_think, None).await?;
     let rx = submit(state, &ready, prompt, params, "prompt", log)?;
     if stream {
         return Ok(stream_response(state, rx, PlainText, "text/plain; charset=utf-8", log));

@@ -20,13 +20,14 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::errors::ApiError;
 use crate::openai::{
-    chat_logprobs, completion_logprobs, fingerprint, finish_reason, ResponseMeta, UsageCounts,
+    call_id, chat_logprobs, completion_logprobs, fingerprint, finish_reason, ResponseMeta, UsageCounts,
 };
 use crate::request_log::RequestLog;
 use crate::state::AppState;
 use quire_engine::reasoning::ReasoningSplit;
 use quire_engine::sampler::TokenLogprob;
 use quire_engine::scheduler::{Event, Usage};
+use quire_engine::tools::{Piece, ToolCallSplit};
 
 /// Error type of response bodies: returning one from a body aborts the connection, which is how a plain
 /// text stream tells its client that it did not end normally.
@@ -129,23 +130,52 @@ pub struct ChatSse {
     pub logprobs: PendingLogprobs,
     /// Models that reason first: reasoning goes out as `delta.reasoning_content`, the answer as `content`.
     pub reasoning: Option<ReasoningSplit>,
+    /// Requests with tools: calls in the answer go out as `delta.tool_calls`, the rest as `content`.
+    pub tools: Option<ToolCallSplit>,
+    /// Tool calls sent so far.
+    pub calls: usize,
 }
 
 impl ChatSse {
-    /// A chunk with reasoning and/or answer text (nothing while the splitter holds a possible tag back).
-    fn delta(&mut self, reasoning: String, answer: String) -> String {
-        let mut delta = serde_json::Map::new();
+    /// Chunks for reasoning and answer text: `reasoning_content`, `content`, and each tool call as OpenAI
+    /// streams one (its index, id, type and name with empty arguments, then the arguments). Nothing while the
+    /// splitters hold a possible tag back; `end`: flush them.
+    fn deltas(&mut self, reasoning: String, answer: String, end: bool) -> String {
+        let mut deltas = Vec::new();
         if !reasoning.is_empty() {
-            delta.insert("reasoning_content".into(), reasoning.into());
+            deltas.push(json!({ "reasoning_content": reasoning }));
         }
-        if !answer.is_empty() {
-            delta.insert("content".into(), answer.into());
+        let mut pieces = match self.tools.as_mut() {
+            Some(split) => split.push(&answer),
+            None if answer.is_empty() => Vec::new(),
+            None => vec![Piece::Text(answer)],
+        };
+        if end {
+            pieces.extend(self.tools.as_mut().map(ToolCallSplit::finish).unwrap_or_default());
         }
-        if delta.is_empty() {
-            return String::new();
+        for p in pieces {
+            match p {
+                Piece::Text(t) => deltas.push(json!({ "content": t })),
+                Piece::Call(c) => {
+                    let index = self.calls;
+                    self.calls += 1;
+                    let id = call_id(&self.meta.id, index);
+                    deltas.push(json!({"tool_calls": [{
+                        "index": index, "id": id, "type": "function",
+                        "function": {"name": c.name, "arguments": ""},
+                    }]}));
+                    deltas.push(
+                        json!({"tool_calls": [{"index": index, "function": {"arguments": c.arguments}}]}),
+                    );
+                }
+            }
         }
-        let lp = self.logprobs.take(|t, _| chat_logprobs(t));
-        data_line(&self.chunk_with(Value::Object(delta), None, lp))
+        let mut out = String::new();
+        for (i, d) in deltas.into_iter().enumerate() {
+            let lp = if i == 0 { self.logprobs.take(|t, _| chat_logprobs(t)) } else { Value::Null };
+            out += &data_line(&self.chunk_with(d, None, lp));
+        }
+        out
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
@@ -175,12 +205,15 @@ impl StreamFormat for ChatSse {
     }
 
     fn text(&mut self, piece: &str) -> Bytes {
-        let Some(split) = self.reasoning.as_mut() else {
+        if self.reasoning.is_none() && self.tools.is_none() {
             let lp = self.logprobs.take(|t, _| chat_logprobs(t));
             return data_line(&self.chunk_with(json!({ "content": piece }), None, lp)).into();
+        }
+        let (reasoning, answer) = match self.reasoning.as_mut() {
+            Some(split) => split.push(piece),
+            None => (String::new(), piece.to_string()),
         };
-        let (reasoning, answer) = split.push(piece);
-        self.delta(reasoning, answer).into()
+        self.deltas(reasoning, answer, false).into()
     }
 
     fn logprob(&mut self, lp: TokenLogprob) {
@@ -189,15 +222,22 @@ impl StreamFormat for ChatSse {
 
     fn done(&mut self, usage: &Usage) -> Option<Bytes> {
         // tokens whose text never came (a stop string held back) still get their entries
-        let mut out = match self.reasoning.as_mut().map(|s| s.finish()) {
-            Some((reasoning, answer)) => self.delta(reasoning, answer),
-            None => String::new(),
+        let (reasoning, answer) = self.reasoning.as_mut().map(ReasoningSplit::finish).unwrap_or_default();
+        let mut out = if self.reasoning.is_some() || self.tools.is_some() {
+            self.deltas(reasoning, answer, true)
+        } else {
+            String::new()
         };
         if !self.logprobs.tokens.is_empty() {
             let lp = self.logprobs.take(|t, _| chat_logprobs(t));
             out += &data_line(&self.chunk_with(json!({ "content": "" }), None, lp));
         }
-        out += &final_events(|finish| self.chunk(json!({}), finish), self.include_usage, usage);
+        let calls = self.calls > 0;
+        let chunk = |f: Option<&str>| {
+            let f = f.map(|f| if calls && f == "stop" { "tool_calls" } else { f });
+            self.chunk(json!({}), f)
+        };
+        out += &final_events(chunk, self.include_usage, usage);
         Some(out.into())
     }
 }
@@ -422,6 +462,8 @@ mod tests {
             include_usage: false,
             logprobs: PendingLogprobs::new(false),
             reasoning: Some(ReasoningSplit::new(false)),
+            tools: None,
+            calls: 0,
         };
         let mut out: Vec<Bytes> = ["<think>", "\nplan", " it</th", "ink>", "\n\n", "{\"a\"", ": 1}"]
             .iter()

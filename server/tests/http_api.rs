@@ -671,3 +671,101 @@ async fn structured_output_on_every_endpoint() {
     let v = post_json(a, "/v1/chat/completions", &greedy_chat(json!({}))).await;
     assert_eq!(v.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_in_openai_shape() {
+    let mut cfg = test_config();
+    cfg.ctx = Some(2048); // the tools' description is long in the tiny model's 538-token vocabulary
+    let s = TestServer::start(cfg).await;
+    let a = s.addr;
+    let tools = json!([
+        {"type": "function", "function": {"name": "lookup", "parameters": {
+            "type": "object", "properties": {"sku": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{3}$"}},
+            "required": ["sku"], "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "stock", "parameters": {
+            "type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "required": ["n"], "additionalProperties": false}}},
+    ]);
+    let valid = |c: &Value| {
+        assert_eq!(c["type"], "function");
+        assert!(c["id"].as_str().unwrap().starts_with("call_"));
+        let args: Value = serde_json::from_str(c["function"]["arguments"].as_str().unwrap()).unwrap();
+        match c["function"]["name"].as_str().unwrap() {
+            "lookup" => {
+                let sku = args["sku"].as_str().unwrap();
+                assert!(sku.len() == 5 && sku[..2].bytes().all(|b| b.is_ascii_uppercase()), "{args}");
+            }
+            "stock" => assert!((0..=9).contains(&args["n"].as_i64().unwrap()), "{args}"),
+            other => panic!("unknown function {other}"),
+        }
+    };
+    for (choice, seed) in
+        [(json!("required"), 1), (json!({"type": "function", "function": {"name": "stock"}}), 2)]
+    {
+        let req =
+            greedy_chat(json!({"tools": tools, "tool_choice": choice, "temperature": 1.0, "seed": seed,
+                                     "max_tokens": 200, "enable_thinking": false}));
+        let v = post_json(a, "/v1/chat/completions", &req).await.json();
+        let choice0 = &v["choices"][0];
+        assert_eq!(choice0["finish_reason"], "tool_calls", "{v}");
+        let calls = choice0["message"]["tool_calls"].as_array().unwrap();
+        assert!(!calls.is_empty());
+        calls.iter().for_each(valid);
+        if seed == 2 {
+            assert!(calls.iter().all(|c| c["function"]["name"] == "stock"), "{v}");
+        }
+        // streamed: index, id, type and name first, then the arguments; reassembled equal to the whole reply
+        let mut sreq = req.clone();
+        sreq["stream"] = json!(true);
+        let events = parse_sse(&post_json(a, "/v1/chat/completions", &sreq).await.text());
+        let mut streamed: Vec<Value> = Vec::new();
+        let mut finish = Value::Null;
+        for e in &events {
+            let Sse::Data(d) = e else { continue };
+            let c = &d["choices"][0];
+            if !c["finish_reason"].is_null() {
+                finish = c["finish_reason"].clone();
+            }
+            for t in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                let i = t["index"].as_u64().unwrap() as usize;
+                if i == streamed.len() {
+                    assert!(
+                        t["id"].is_string() && t["function"]["name"].is_string(),
+                        "first chunk of a call: {t}"
+                    );
+                    streamed.push(json!({"id": t["id"], "type": t["type"], "function": {"name": t["function"]["name"], "arguments": ""}}));
+                }
+                let args = streamed[i]["function"]["arguments"].as_str().unwrap().to_owned()
+                    + t["function"]["arguments"].as_str().unwrap_or("");
+                streamed[i]["function"]["arguments"] = args.into();
+            }
+        }
+        assert_eq!(finish, "tool_calls");
+        let strip = |v: &Value| json!({"type": v["type"], "function": v["function"]});
+        assert_eq!(
+            streamed.iter().map(strip).collect::<Vec<_>>(),
+            calls.iter().map(strip).collect::<Vec<_>>()
+        );
+    }
+    // none: no calls parsed, plain content
+    let v =
+        post_json(a, "/v1/chat/completions", &greedy_chat(json!({"tools": tools, "tool_choice": "none"})))
+            .await
+            .json();
+    assert!(v["choices"][0]["message"].get("tool_calls").is_none(), "{v}");
+    // bad tool requests
+    let cases = [
+        (
+            json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (json!({"tool_choice": "required"}), "tool_choice"),
+        (json!({"tools": tools, "tool_choice": "sometimes"}), "tool_choice"),
+        (json!({"tools": [{"type": "function", "function": {"name": ""}}]}), "tools[0].function.name"),
+        (json!({"tools": [{"type": "function"}]}), "tools[0].function"),
+        (json!({"tools": tools, "response_format": {"type": "json_object"}}), "response_format"),
+    ];
+    for (extra, param) in cases {
+        post_json(a, "/v1/chat/completions", &greedy_chat(extra)).await.assert_error(400, Some(param));
+    }
+}

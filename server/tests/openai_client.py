@@ -4,7 +4,7 @@ Usage: python openai_client.py PORT [MODEL_NAME]
 Streams a chat completion and a completion (with usage), checks that each streamed text equals the
 non-streamed greedy text, lists the models, checks that a bad request raises BadRequestError, and reads
 logprobs (whole and streamed) through the client's own types, and parses structured output into a pydantic
-model with `chat.completions.parse`.
+model with `chat.completions.parse`, and calls tools (every tool_choice, streamed, a second turn).
 Prints a closing 'N passed, N failed' line; exits non-zero on any failure.
 """
 
@@ -170,11 +170,88 @@ def structured_parse():
     raise AssertionError("an invalid schema was accepted")
 
 
+tools = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "Local time in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
+]
+ask = [{"role": "user", "content": "What is the weather in Paris and the time in Tokyo?"}]
+
+
+def valid_call(call):
+    args = json.loads(call.function.arguments)
+    assert call.type == "function" and call.id, call
+    assert call.function.name in ("get_weather", "get_time"), call
+    assert isinstance(args.get("city"), str), args
+    assert set(args) <= {"city", "unit"} and args.get("unit", "celsius") in ("celsius", "fahrenheit"), args
+    return args
+
+
+def tool_calls():
+    # required: the reply is calls (parallel by default), each valid against its function's schema
+    r = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required", temperature=0)
+    m = r.choices[0].message
+    assert r.choices[0].finish_reason == "tool_calls" and m.tool_calls, r
+    for c in m.tool_calls:
+        valid_call(c)
+    # a named function, from the first token
+    r = client.chat.completions.create(
+        model=model, messages=ask, tools=tools, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
+    calls = r.choices[0].message.tool_calls
+    assert len(calls) == 1 and calls[0].function.name == "get_time", r
+    # none: a text answer; auto: this model answers in text (its calls, if any, are valid)
+    r = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="none", temperature=0, max_tokens=40)
+    assert r.choices[0].message.content and not r.choices[0].message.tool_calls, r
+    r = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="auto", temperature=0, max_tokens=120)
+    for c in r.choices[0].message.tool_calls or []:
+        valid_call(c)
+    # streamed: the client's chunks reassemble into the same calls as the whole reply
+    whole = client.chat.completions.create(model=model, messages=ask, tools=tools, tool_choice="required", temperature=0)
+    parts, finish = {}, None
+    for chunk in client.chat.completions.create(
+        model=model, messages=ask, tools=tools, tool_choice="required", temperature=0, stream=True
+    ):
+        for ch in chunk.choices:
+            finish = ch.finish_reason or finish
+            for d in ch.delta.tool_calls or []:
+                p = parts.setdefault(d.index, {"id": None, "name": None, "arguments": ""})
+                p["id"] = d.id or p["id"]
+                if d.function:
+                    p["name"] = d.function.name or p["name"]
+                    p["arguments"] += d.function.arguments or ""
+    got = [(parts[i]["id"] is not None, parts[i]["name"], parts[i]["arguments"]) for i in sorted(parts)]
+    want = [(True, c.function.name, c.function.arguments) for c in whole.choices[0].message.tool_calls]
+    assert finish == "tool_calls" and got == want, (got, want)
+    # a second turn with the tools' results
+    m = whole.choices[0].message
+    follow = ask + [m.model_dump(exclude_none=True)] + [
+        {"role": "tool", "tool_call_id": c.id, "content": json.dumps({"result": "18 C, sunny" if c.function.name == "get_weather" else "21:05"})}
+        for c in m.tool_calls
+    ]
+    r = client.chat.completions.create(model=model, messages=follow, tools=tools, tool_choice="none", temperature=0, max_tokens=60)
+    assert r.choices[0].message.content, r
+    try:
+        client.chat.completions.create(
+            model=model, messages=ask, tools=tools, tool_choice={"type": "function", "function": {"name": "nope"}}
+        )
+    except openai.BadRequestError as e:
+        assert e.body and e.body.get("param") == "tool_choice", e.body
+        return
+    raise AssertionError("a tool_choice naming a missing function was accepted")
+
+
 check("models.list", models)
 check("chat.completions stream == non-stream", chat_stream)
 check("completions stream == non-stream", completion_stream)
 check("bad request -> BadRequestError", bad_request)
 check("chat logprobs, whole and streamed", chat_logprobs)
 check("structured output: parse() with a pydantic model, json_object streamed, bad schema", structured_parse)
+check("tool calls: required, named, none, auto, streamed, second turn, bad tool_choice", tool_calls)
 print(f"openai-client: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
