@@ -21,7 +21,7 @@ use quire_engine::scheduler::{Event, Request, Scheduler, SchedulerConfig};
 use serde_json::Value;
 
 const SCHEMAS: &str = include_str!("../engine/tests/data/content-schemas.json");
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 2;
 
 struct Case {
     prompt: Vec<u32>,
