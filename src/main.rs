@@ -233,10 +233,16 @@ fn render_opts(s: &SamplingArgs) -> RenderOptions {
     RenderOptions { add_generation_prompt: true, enable_thinking: s.think, tools: None }
 }
 
-/// `p` for a reply to `prompt`: whether the model may reason first (its template allows it and `--think`
-/// does not say no, or the prompt opened the block itself).
-fn for_prompt(engine: &Engine, s: &SamplingArgs, p: &GenerateParams, prompt: &[u32]) -> GenerateParams {
-    let may_think = engine.template.can_think() && s.think != Some(false);
+/// `p` for a reply to `prompt`: whether the model may reason first (a chat prompt whose template allows it
+/// and `--think` does not say no, or the prompt opened the block itself).
+fn for_prompt(
+    engine: &Engine,
+    s: &SamplingArgs,
+    p: &GenerateParams,
+    prompt: &[u32],
+    raw: bool,
+) -> GenerateParams {
+    let may_think = !raw && engine.template.can_think() && s.think != Some(false);
     GenerateParams { thinking: engine.thinking(prompt, may_think), ..p.clone() }
 }
 
@@ -263,7 +269,7 @@ fn cmd_run(a: RunArgs, opts: &LoadOptions) -> Result<()> {
         engine.chat_tokens(&messages, &render_opts(&a.sampling))?
     };
     let mut session = engine.session(n_ctx)?;
-    let p = for_prompt(&engine, &a.sampling, &p, &prompt);
+    let p = for_prompt(&engine, &a.sampling, &p, &prompt, a.raw);
     let (_, stats) = stream_reply(&mut session, &prompt, &p)?;
     print_stats(&stats);
     Ok(())
@@ -299,7 +305,7 @@ fn cmd_chat(a: ChatArgs, opts: &LoadOptions) -> Result<()> {
         }
         history.push(Message::user(line));
         let prompt = engine.chat_tokens(&history, &render_opts(&a.sampling))?;
-        match stream_reply(&mut session, &prompt, &for_prompt(&engine, &a.sampling, &p, &prompt)) {
+        match stream_reply(&mut session, &prompt, &for_prompt(&engine, &a.sampling, &p, &prompt, false)) {
             Ok((reply, stats)) => {
                 print_stats(&stats);
                 history.push(Message::assistant(reply));

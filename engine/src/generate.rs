@@ -146,9 +146,17 @@ pub struct GenerateParams {
     /// The model may reason first ([`Engine::thinking`]): the reasoning is free and the constraint starts
     /// after it.
     pub thinking: Option<Thinking>,
-    /// Apply `constraint` only after this token, afresh each time the model writes it, until the grammar is
-    /// complete; the rest of the reply is free (`tool_choice: "auto"`: a call's body after `<tool_call>`).
-    pub constraint_after: Option<u32>,
+    /// Apply `constraint` only after a trigger token, until the grammar is complete; the rest of the reply
+    /// is free (`tool_choice: "auto"`: a call's body after `<tool_call>`).
+    pub constraint_after: Option<Trigger>,
+}
+
+/// When a lazy constraint starts: after `token` outside a reasoning block, afresh each time (`repeat`) or
+/// once, the reply ending when that block is complete (`parallel_tool_calls: false`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    pub token: u32,
+    pub repeat: bool,
 }
 
 /// A reasoning block's delimiting tokens, and whether the prompt already opened it.
@@ -325,8 +333,10 @@ pub struct Generation<'t> {
     raw: Vec<f32>,
     /// The constraint in force, if any.
     constraint: Option<Constraint>,
-    /// `GenerateParams::constraint_after`: the token that starts a fresh copy of the constraint.
-    lazy: Option<(u32, Constraint)>,
+    /// `GenerateParams::constraint_after`: what starts a fresh copy of the constraint.
+    lazy: Option<(Trigger, Constraint)>,
+    /// With a lazy constraint and a reasoning model: inside `<think>…</think>`, where triggers do not count.
+    lazy_thinking: Option<(Thinking, bool)>,
     phase: Phase,
     /// Tokens generated so far (a final end-of-generation token included).
     pub tokens: Vec<u32>,
@@ -370,6 +380,10 @@ impl<'t> Generation<'t> {
             raw: Vec::new(),
             constraint: params.constraint.clone().filter(|_| params.constraint_after.is_none()),
             lazy: params.constraint_after.zip(params.constraint.clone()),
+            lazy_thinking: params
+                .thinking
+                .filter(|_| params.constraint_after.is_some())
+                .map(|t| (t, t.started)),
             phase: match (&params.constraint, params.thinking) {
                 _ if params.constraint_after.is_some() => Phase::Free,
                 (None, _) => Phase::Free,
@@ -412,7 +426,7 @@ impl<'t> Generation<'t> {
         let (mut text, hit_stop) = self.stops.push(&self.decoder.push(token));
         let mut complete =
             self.phase == Phase::Constrained && self.constraint.as_ref().is_some_and(|c| c.is_finished());
-        if complete && self.lazy.is_some() {
+        if complete && self.lazy.as_ref().is_some_and(|(t, _)| t.repeat) {
             // a triggered block is over: back to free text until the next trigger
             (self.phase, self.constraint, complete) = (Phase::Free, None, false);
         }
@@ -456,7 +470,16 @@ impl<'t> Generation<'t> {
     /// Moves the constraint past an accepted token (not an end-of-generation token that ends the reply).
     fn advance(&mut self, token: u32) -> Result<()> {
         if self.phase == Phase::Free {
-            if let Some((_, template)) = self.lazy.as_ref().filter(|(t, _)| *t == token) {
+            if let Some((t, inside)) = self.lazy_thinking.as_mut() {
+                if token == t.open || token == t.close {
+                    *inside = token == t.open;
+                    return Ok(());
+                }
+                if *inside {
+                    return Ok(());
+                }
+            }
+            if let Some((_, template)) = self.lazy.as_ref().filter(|(t, _)| t.token == token) {
                 self.constraint = Some(template.clone());
                 self.phase = Phase::Constrained;
             }

@@ -31,6 +31,8 @@ pub struct ToolCallSplit {
     held: String,
     in_call: bool,
     calls: usize,
+    /// A call just closed: the newline Qwen writes after it (often the next token) is not content.
+    after_call: bool,
 }
 
 impl ToolCallSplit {
@@ -47,6 +49,12 @@ impl ToolCallSplit {
         self.held.push_str(text);
         let mut out = Vec::new();
         loop {
+            if self.after_call && !self.in_call && !self.held.is_empty() {
+                self.after_call = false;
+                if self.held.starts_with('\n') {
+                    self.held.remove(0);
+                }
+            }
             if self.in_call {
                 let Some(end) = self.held.find(CLOSE) else { break };
                 let body = self.held[OPEN.len()..end].to_string();
@@ -57,10 +65,7 @@ impl ToolCallSplit {
                     Some(call) => {
                         self.calls += 1;
                         out.push(Piece::Call(call));
-                        // the newline Qwen writes between calls is not content
-                        if self.held.starts_with('\n') {
-                            self.held.remove(0);
-                        }
+                        self.after_call = true;
                     }
                     None => out.push(Piece::Text(raw)),
                 }
@@ -150,31 +155,36 @@ pub enum CallGrammar {
 }
 
 /// The grammar of a tool-call block for `functions`: the JSON is `{"name": <one of them>, "arguments":
-/// <that function's parameters>}`.
+/// <that function's parameters>}`. Each function is its own `%json` rule, with the parameters' `$defs` (and
+/// `definitions`) lifted to that rule's root, where their `#/$defs/…` references point.
 pub fn call_grammar(functions: &[Function], kind: CallGrammar) -> GrammarSpec {
-    let calls: Vec<Value> = functions
-        .iter()
-        .map(|f| {
-            json!({
-                "type": "object",
-                "properties": {"name": {"const": f.name}, "arguments": f.parameters},
-                "required": ["name", "arguments"],
-                "additionalProperties": false,
-            })
-        })
-        .collect();
-    let mut schema = Map::new();
-    schema.insert("anyOf".into(), Value::Array(calls));
-    schema.insert(
-        "x-guidance".into(),
-        json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
-    );
-    let body = format!("%json {}", Value::Object(schema));
+    let mut rules = String::new();
+    let mut names = Vec::new();
+    for (i, f) in functions.iter().enumerate() {
+        let mut params = f.parameters.clone();
+        let mut schema = Map::new();
+        for key in ["$defs", "definitions"] {
+            if let Some(defs) = params.as_object_mut().and_then(|p| p.remove(key)) {
+                schema.insert(key.into(), defs);
+            }
+        }
+        schema.insert("type".into(), json!("object"));
+        schema.insert("properties".into(), json!({"name": {"const": f.name}, "arguments": params}));
+        schema.insert("required".into(), json!(["name", "arguments"]));
+        schema.insert("additionalProperties".into(), json!(false));
+        schema.insert(
+            "x-guidance".into(),
+            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
+        rules += &format!("fn_{i}: %json {}\n", Value::Object(schema));
+        names.push(format!("fn_{i}"));
+    }
+    let body = format!("call_json: {}\n{rules}", names.join(" | "));
     let lark = match kind {
-        CallGrammar::Body => format!("start: \"\\n\" call_json \"\\n{CLOSE}\"\ncall_json: {body}\n"),
+        CallGrammar::Body => format!("start: \"\\n\" call_json \"\\n{CLOSE}\"\n{body}"),
         CallGrammar::Reply { parallel } => {
             let more = if parallel { " (\"\\n\" call)*" } else { "" };
-            format!("start: call{more}\ncall: \"{OPEN}\\n\" call_json \"\\n{CLOSE}\"\ncall_json: {body}\n")
+            format!("start: call{more}\ncall: \"{OPEN}\\n\" call_json \"\\n{CLOSE}\"\n{body}")
         }
     };
     GrammarSpec::Lark(lark)
@@ -211,7 +221,7 @@ mod tests {
             .iter()
             .filter_map(|p| if let Piece::Text(t) = p { Some(t.as_str()) } else { None })
             .collect();
-        assert_eq!(streamed_text.trim(), "Let me check.");
+        assert_eq!(streamed_text, "Let me check.\n", "no newline between or after the calls");
     }
 
     #[test]

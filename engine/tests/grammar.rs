@@ -360,43 +360,109 @@ fn reasoning_is_free_and_the_constraint_starts_after_it() {
 
 #[test]
 fn a_lazy_constraint_applies_from_its_trigger_until_complete() {
+    use quire_engine::generate::Trigger;
     use quire_engine::tools::{call_grammar, CallGrammar, Function};
     let engine = engine();
     let tok = &engine.tokenizer;
     let vocab = engine.model.config.vocab_size;
     let open = tok.token_to_id("<tool_call>").unwrap();
+    let (think, unthink) = (tok.token_to_id("<think>").unwrap(), tok.token_to_id("</think>").unwrap());
     let x = tok.encode("x").unwrap()[0];
     let f = Function {
         name: "f".into(),
         parameters: json!({"type": "object", "properties": {"u": {"enum": ["a"]}}, "required": ["u"], "additionalProperties": false}),
     };
     let spec = call_grammar(&[f], CallGrammar::Body);
-    let p = GenerateParams {
+    let constraint = engine.grammars().unwrap().compile(&spec).unwrap();
+    let params = |repeat: bool| GenerateParams {
         sampler: SamplerConfig::greedy(),
-        constraint: Some(engine.grammars().unwrap().compile(&spec).unwrap()),
-        constraint_after: Some(open),
+        constraint: Some(constraint.clone()),
+        constraint_after: Some(Trigger { token: open, repeat }),
+        thinking: Some(Thinking { open: think, close: unthink, started: false }),
         max_tokens: 200,
         ..Default::default()
     };
-    let mut gen = Generation::new(tok, &p);
-    let mut ctx = Vec::new();
-    let mut step = |logits: Vec<f32>| {
-        let mut l = logits;
-        let s = gen.accept(&mut l, &ctx, 1000).unwrap();
-        ctx.push(s.token);
-        (s.token, s.text)
-    };
-    assert_eq!(step(peaked(vocab, x)).0, x, "free before the trigger");
-    assert_eq!(step(peaked(vocab, open)).0, open);
-    // inside the block only the grammar's tokens: even a peaked `x` is refused until `</tool_call>`
-    let mut body = String::new();
-    for _ in 0..100 {
-        let (_, text) = step(peaked(vocab, x));
-        body += &text;
-        if body.ends_with("</tool_call>") {
-            break;
+    for repeat in [true, false] {
+        let p = params(repeat);
+        let mut gen = Generation::new(tok, &p);
+        let mut ctx = Vec::new();
+        let mut step = |logits: Vec<f32>| {
+            let mut l = logits;
+            let s = gen.accept(&mut l, &ctx, 1000).unwrap();
+            ctx.push(s.token);
+            (s.token, s.text, s.done)
+        };
+        assert_eq!(step(peaked(vocab, x)).0, x, "free before the trigger");
+        // a <tool_call> while reasoning is not a call
+        assert_eq!(step(peaked(vocab, think)).0, think);
+        assert_eq!(step(peaked(vocab, open)).0, open);
+        assert_eq!(step(peaked(vocab, x)).0, x, "still free inside <think>");
+        assert_eq!(step(peaked(vocab, unthink)).0, unthink);
+        assert_eq!(step(peaked(vocab, open)).0, open);
+        // inside the block only the grammar's tokens: even a peaked `x` is refused until `</tool_call>`
+        let mut body = String::new();
+        let mut done = false;
+        for _ in 0..100 {
+            let (_, text, d) = step(peaked(vocab, x));
+            body += &text;
+            done = d;
+            if body.ends_with("</tool_call>") {
+                break;
+            }
+        }
+        assert_eq!(body, "\n{\"name\": \"f\", \"arguments\": {\"u\": \"a\"}}\n</tool_call>");
+        if repeat {
+            assert!(!done);
+            assert_eq!(step(peaked(vocab, x)).0, x, "free again after the block");
+        } else {
+            assert!(done, "one call only: the reply ends with the block");
+            assert_eq!(gen.finish, Some(FinishReason::Stop));
         }
     }
-    assert_eq!(body, "\n{\"name\": \"f\", \"arguments\": {\"u\": \"a\"}}\n</tool_call>");
-    assert_eq!(step(peaked(vocab, x)).0, x, "free again after the block");
+}
+
+/// Tool parameters as pydantic writes them (`$defs` and `$ref`), two functions: every call the grammar lets
+/// a hot model write parses, names one of them and matches that function's schema.
+#[test]
+fn tool_parameters_with_defs_and_refs_constrain_calls() {
+    use quire_engine::tools::{call_grammar, CallGrammar, Function, ToolCallSplit};
+    let engine = engine();
+    let order = json!({
+        "$defs": {
+            "Item": {"type": "object", "properties": {"sku": {"type": "string", "pattern": "^[A-Z]{2}[0-9]{2}$"},
+                "qty": {"type": "integer", "minimum": 1, "maximum": 9}}, "required": ["sku", "qty"],
+                "additionalProperties": false},
+            "Speed": {"enum": ["standard", "express"]}
+        },
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": {"$ref": "#/$defs/Item"}, "minItems": 1, "maxItems": 2},
+            "speed": {"$ref": "#/$defs/Speed"}},
+        "required": ["items", "speed"], "additionalProperties": false
+    });
+    let lookup = json!({"type": "object", "properties": {"id": {"type": "integer", "minimum": 0, "maximum": 99}},
+        "required": ["id"], "additionalProperties": false});
+    let functions = [
+        Function { name: "place_order".into(), parameters: order.clone() },
+        Function { name: "lookup".into(), parameters: lookup.clone() },
+    ];
+    let spec = call_grammar(&functions, CallGrammar::Reply { parallel: false });
+    let validators = [
+        ("place_order", jsonschema::validator_for(&order).unwrap()),
+        ("lookup", jsonschema::validator_for(&lookup).unwrap()),
+    ];
+    let mut names = std::collections::BTreeSet::new();
+    for seed in 0..12 {
+        let (text, tokens, finish) = run(&engine, &spec, hot(seed, 400), &prompt(&engine, seed));
+        assert_eq!(finish, FinishReason::Stop, "seed {seed}: {text}");
+        assert_all_allowed(&engine, &spec, &tokens);
+        let (rest, calls) = ToolCallSplit::split(&text);
+        assert!(rest.is_empty() && calls.len() == 1, "seed {seed}: {text}");
+        for c in calls {
+            let (_, v) = validators.iter().find(|(n, _)| *n == c.name).expect("a declared function");
+            let args: Value = serde_json::from_str(&c.arguments).unwrap();
+            assert!(v.is_valid(&args), "seed {seed}: {} {args}", c.name);
+            names.insert(c.name);
+        }
+    }
+    assert_eq!(names.len(), 2, "both functions were called over the seeds: {names:?}");
 }

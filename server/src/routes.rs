@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use quire_engine::chat::RenderOptions;
-use quire_engine::generate::{Engine, GenerateParams, PromptError, Thinking};
+use quire_engine::generate::{Engine, GenerateParams, PromptError, Thinking, Trigger};
 use quire_engine::reasoning::ReasoningSplit;
 use quire_engine::tools::ToolCallSplit;
 use serde_json::{json, Value};
@@ -525,13 +525,13 @@ async fn whole_answer(
 /// Engine parameters for `prompt`: the sampling settings, the compiled grammar (compiled off the async
 /// threads: a new schema takes milliseconds, and a model's first grammar builds its token trie) and whether
 /// the model may reason first (`may_think`: its template lets it and the request did not say no).
-/// `constraint_after`: the grammar applies only after this token ([`GenerateParams::constraint_after`]).
+/// `constraint_after`: the grammar applies only after a trigger ([`GenerateParams::constraint_after`]).
 async fn engine_params(
     ready: &Arc<Ready>,
     sampling: &SamplingRequest,
     prompt: &[u32],
     may_think: bool,
-    constraint_after: Option<u32>,
+    constraint_after: Option<Trigger>,
 ) -> ApiResult<GenerateParams> {
     let mut params = sampling.to_params(prompt.len(), ready.n_ctx);
     params.thinking = ready.engine.thinking(prompt, may_think);
@@ -588,7 +588,8 @@ async fn chat(
         let trigger = ready.engine.tokenizer.token_to_id(quire_engine::tools::OPEN);
         if !lazy || trigger.is_some() {
             sampling.grammar = Some(GrammarRequest { spec, param: "tools" });
-            after = trigger.filter(|_| lazy);
+            // `parallel_tool_calls: false`: the reply ends with its first call
+            after = trigger.filter(|_| lazy).map(|token| Trigger { token, repeat: tools.parallel });
         }
     }
     let params = engine_params(&ready, &sampling, &prompt, may_think, after).await?;
@@ -655,16 +656,25 @@ async fn simple(
     };
     let may_think = !req.raw && ready.engine.template.can_think();
     let params = engine_params(&ready, &req.sampling, &prompt, may_think, None).await?;
+    let params_thinking = params.thinking;
     let rx = submit(state, &ready, prompt, params, "prompt", log)?;
     if stream {
         return Ok(stream_response(state, rx, PlainText, "text/plain; charset=utf-8", log));
     }
     let (text, usage, _) = collect(state, rx, log).await?;
-    let v = json!({
+    // A reasoning model's thinking goes apart from the result (a constrained result is then parseable).
+    let (reasoning, text) = match params_thinking {
+        Some(t) => ReasoningSplit::split(&text, t.started),
+        None => (String::new(), text),
+    };
+    let mut v = json!({
         "result": text,
         "finish_reason": openai::finish_reason(usage.finish),
         "usage": UsageCounts::from(&usage).to_json(),
     });
+    if !reasoning.is_empty() {
+        v["reasoning"] = json!(reasoning);
+    }
     Ok(json_response(StatusCode::OK, &v))
 }
 

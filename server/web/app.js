@@ -320,9 +320,12 @@
 
   function messageEl(m, isLast) {
     const body = h("div", { class: "msg-body" });
+    // A reasoning model's thinking (delta.reasoning_content) goes in a fold above the answer.
+    const reasoning = h("details", { class: "msg-reasoning", hidden: true },
+      h("summary", {}), h("div", { class: "msg-reasoning-body" }));
     const el = h("article", { class: `msg ${m.role}`, dataset: { mid: m.id, role: m.role } },
       h("div", { class: "msg-avatar", "aria-hidden": "true", text: m.role === "user" ? t("youShort") : "Q" }),
-      h("div", { class: "msg-content" }, body, h("div", { class: "msg-meta" })));
+      h("div", { class: "msg-content" }, reasoning, body, h("div", { class: "msg-meta" })));
     fillMessage(el, m, isLast);
     return el;
   }
@@ -340,7 +343,8 @@
       if (m.status === "error") {
         body.append(h("div", { class: "msg-error", role: "alert", text: `${t("errorPrefix")} ${m.error || ""}` }));
       }
-      if (live && !m.content) body.prepend(h("span", { class: "thinking", text: t("waiting") }));
+      if (live && !m.content && !m.reasoning) body.prepend(h("span", { class: "thinking", text: t("waiting") }));
+      fillReasoning(el, m, live);
     }
     const meta = $(".msg-meta", el);
     meta.replaceChildren();
@@ -365,6 +369,19 @@
         }, icon("refresh")));
       }
     }
+  }
+
+  // Open while the model thinks; folded once, when the answer starts, and then left as the user sets it.
+  function fillReasoning(el, m, live) {
+    const box = $(".msg-reasoning", el);
+    box.hidden = !m.reasoning;
+    if (!m.reasoning) return;
+    const thinking = live && !m.content;
+    $("summary", box).textContent = thinking ? t("waiting") : t("reasoning");
+    $(".msg-reasoning-body", box).textContent = m.reasoning;
+    if (thinking && !box.dataset.folded) box.open = true;
+    else if (box.open && !box.dataset.folded && live) box.open = false;
+    if (!thinking) box.dataset.folded = "1";
   }
 
   // Where the blinking cursor goes while a reply streams: at the end of the text being written, which may
@@ -512,6 +529,7 @@
     setBusy(true);
     msg.status = "streaming";
     msg.content = "";
+    msg.reasoning = "";
     msg.stats = null;
     msg.error = undefined;
     const t0 = performance.now();
@@ -544,12 +562,14 @@
         const ch = obj.choices && obj.choices[0];
         if (!ch) return;
         const piece = ch.delta && ch.delta.content;
-        if (piece) {
+        const thought = ch.delta && ch.delta.reasoning_content;
+        if (piece || thought) {
           const tNow = performance.now();
           if (tFirst == null) tFirst = tNow;
           tLast = tNow;
           pieces++;
-          msg.content += piece;
+          if (piece) msg.content += piece;
+          if (thought) msg.reasoning += thought;
           queueRender(msg);
           if (now() - lastSave > 2000) { lastSave = now(); saveConvs(); }
         }

@@ -102,6 +102,7 @@ const lastAssistant = (page) =>
     const st = m.querySelector(".msg-stats");
     return {
       text: m.querySelector(".msg-body").textContent,
+      reasoning: m.querySelector(".msg-reasoning").hidden ? "" : m.querySelector(".msg-reasoning-body").textContent,
       html: m.querySelector(".msg-body").innerHTML,
       stats: st ? st.textContent : "",
       tps: st && st.dataset.tps ? Number(st.dataset.tps) : null,
@@ -210,10 +211,13 @@ test("Stop cancels the answer and the server frees the slot", async () => {
     await sendMessage(page, p);
     // Stop as soon as text appears.
     await page.waitForFunction(() => {
-      const all = document.querySelectorAll(".msg.assistant.streaming .msg-body");
-      return !all.length || all[all.length - 1].textContent.replace("Thinking…", "").length > 0;
+      // the answer or the model's reasoning (a reply may start with <think>)
+      const all = document.querySelectorAll(".msg.assistant.streaming .msg-content");
+      return !all.length || all[all.length - 1].textContent.replaceAll("Thinking…", "").length > 0;
     }, null, { timeout: 20000, polling: 5 });
-    await page.click("#stop", { timeout: 1000 }).catch(() => {});
+    // force: the button sits in a layout that reflows every frame while tokens stream in, which can keep
+    // Playwright waiting for it to be "stable"
+    await page.click("#stop", { timeout: 1000, force: true }).catch(() => {});
     await page.waitForSelector("#send:not([hidden])", { timeout: 3000 });
     if (/stopped/.test((await lastAssistant(page)).stats)) { stoppedOne = true; break; }
     console.log(`   (the answer to "${p}" ended before Stop; trying another prompt)`);
@@ -240,7 +244,9 @@ test("Stop cancels the answer and the server frees the slot", async () => {
   await sendMessage(page, "Again, shorter.");
   await waitIdle(page);
   const c = await lastAssistant(page);
-  assert.ok(c.text.length > 0 && !/stopped/.test(c.stats), "next answer completes");
+  // The tiny model's greedy reply may open with <think>: then all 16 tokens can be reasoning.
+  assert.ok((c.text.length > 0 || c.reasoning.length > 0) && !/stopped/.test(c.stats),
+    `next answer completes (${JSON.stringify(c)})`);
 });
 
 test("conversations: reload keeps them; new, rename, delete, continue with context", async () => {
@@ -450,6 +456,41 @@ test("sanitising: <img onerror>, javascript: links and raw HTML in a reply rende
   await sleep(300);
   assert.deepEqual(await page.evaluate(() => window.__alerts), [], "no script ran");
   await shot(page, "07-sanitised");
+});
+
+test("reasoning: delta.reasoning_content shows in a fold above the answer, and is not sent back", async () => {
+  const { page } = await openPage(BASE);
+  const thought = "The user wants a greeting. <img src=x onerror=alert(1)> Keep it short.";
+  const answer = "Hello **there**.";
+  let bodies = [];
+  await page.route("**/v1/chat/completions", async (route) => {
+    bodies.push(JSON.parse(route.request().postData()));
+    const chunk = (delta, fin) => `data: ${JSON.stringify({ object: "chat.completion.chunk", choices: [{ index: 0, delta, finish_reason: fin }] })}\n\n`;
+    const sse = chunk({ role: "assistant", content: "" }, null) +
+      thought.match(/[\s\S]{1,5}/g).map((p) => chunk({ reasoning_content: p }, null)).join("") +
+      answer.match(/[\s\S]{1,4}/g).map((p) => chunk({ content: p }, null)).join("") +
+      chunk({}, "stop") + "data: [DONE]\n\n";
+    await route.fulfill({ status: 200, headers: { "content-type": "text/event-stream" }, body: sse });
+  });
+  await sendMessage(page, "say hello");
+  await waitIdle(page);
+  let a = await lastAssistant(page);
+  assert.equal(a.text.trim(), "Hello there.", "the answer alone in the message body");
+  assert.equal(a.reasoning, thought, "the reasoning in its fold, as text");
+  assert.equal(await page.$eval(".msg.assistant .msg-reasoning", (d) => d.open), false, "folded once answered");
+  assert.equal(await page.$$eval(".msg-reasoning img", (e) => e.length), 0, "reasoning rendered inert");
+  await page.click(".msg.assistant .msg-reasoning summary");
+  assert.equal(await page.$eval(".msg.assistant .msg-reasoning", (d) => d.open), true, "opens on click");
+  await shot(page, "08-reasoning");
+  await page.reload();
+  await page.waitForSelector(".msg.assistant");
+  a = await lastAssistant(page);
+  assert.equal(a.reasoning, thought, "kept over a reload");
+  await sendMessage(page, "again");
+  await waitIdle(page);
+  const history = bodies[1].messages.filter((m) => m.role === "assistant");
+  assert.deepEqual(history, [{ role: "assistant", content: "Hello **there**." }], "only the answer goes back");
+  await page.unrouteAll();
 });
 
 test("theme and language: light toggle and Chinese interface, both remembered", async () => {
