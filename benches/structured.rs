@@ -48,7 +48,9 @@ fn run(engine: &Arc<Engine>, streams: usize, jobs: Vec<(Vec<u32>, GenerateParams
                     ControlFlow::Break(())
                 }
             });
-            sched.submit(Request { prompt, params, deadline: None, on_event }).unwrap();
+            sched
+                .submit(Request { prompt, params, deadline: None, priority: Default::default(), on_event })
+                .unwrap();
             rx
         })
         .collect();

@@ -133,7 +133,7 @@ pub fn run(args: BenchArgs, opts: &LoadOptions) -> Result<()> {
     }
     let peak_rss = peak_rss_bytes().unwrap_or(0);
     let file_bytes = model.file.file_len();
-    let name = format!("{} {} {}", c.arch.name(), model.n_params(), dominant_type(model));
+    let name = format!("{} {} {}", c.arch.name(), model.n_params(), model.main_type());
 
     if args.json {
         let (pp_mean, pp_sd) = if pp.is_empty() { (0.0, 0.0) } else { mean_sd(&pp) };
@@ -188,13 +188,4 @@ pub fn run(args: BenchArgs, opts: &LoadOptions) -> Result<()> {
         args.repetitions
     );
     Ok(())
-}
-
-/// The type holding most weight bytes ("Q4_0", "Q4_K", ...), for the model column.
-fn dominant_type(model: &Model) -> String {
-    let mut bytes: std::collections::BTreeMap<&str, usize> = Default::default();
-    for t in model.file.tensors() {
-        *bytes.entry(t.dtype.name()).or_default() += t.n_bytes();
-    }
-    bytes.into_iter().max_by_key(|&(_, b)| b).map(|(n, _)| n.to_string()).unwrap_or_default()
 }

@@ -1,6 +1,7 @@
 //! `quire`: the command line. Each subcommand is a thin layer over the engine crate.
 
 mod args;
+mod cmd_batch;
 mod cmd_bench;
 mod cmd_convert;
 mod cmd_serve;
@@ -61,6 +62,8 @@ enum Command {
     Bench(cmd_bench::BenchArgs),
     /// Serve the model over HTTP: OpenAI-compatible API, /generate, /stream, /health, /metrics, chat page.
     Serve(cmd_serve::ServeArgs),
+    /// Run a batch file (OpenAI's JSONL batch format) into output and error files; rerun to continue.
+    Batch(cmd_batch::BatchArgs),
 }
 
 #[derive(Args)]
@@ -131,6 +134,7 @@ fn main() {
         Command::Synth(a) => cmd_synth::run(a),
         Command::Bench(a) => cmd_bench::run(a, &load),
         Command::Serve(a) => cmd_serve::run(&a, cli.prepack),
+        Command::Batch(a) => cmd_batch::run(&a, cli.prepack),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -344,6 +344,15 @@ impl Model {
         }
     }
 
+    /// The tensor type holding most weight bytes ("Q4_0", "Q4_K", ...): what a file's quantization is called.
+    pub fn main_type(&self) -> String {
+        let mut bytes: std::collections::BTreeMap<&str, usize> = Default::default();
+        for t in self.file.tensors() {
+            *bytes.entry(t.dtype.name()).or_default() += t.n_bytes();
+        }
+        bytes.into_iter().max_by_key(|&(_, b)| b).map(|(n, _)| n.to_string()).unwrap_or_default()
+    }
+
     /// Bytes of scratch a `RunState` for batches of `n_batch` tokens takes (logits for one position), with the
     /// attention scratch of every worker thread at a context of `n_ctx` positions.
     pub fn scratch_bytes(&self, n_batch: usize, n_ctx: usize) -> usize {

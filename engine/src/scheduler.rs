@@ -10,6 +10,12 @@
 //! Every logit is one dot product over the request's own quantized activation row, and attention runs per
 //! sequence, so a request's output does not depend on what else is in the batch: same seed, same request,
 //! same text, alone or alongside others.
+//!
+//! Interactive first: a [`Priority::Batch`] request takes a slot only when no interactive request waits, and
+//! when an interactive request arrives while batch work holds every slot, one batch request is paused before
+//! the next step: it leaves its slot with its sampler and grammar state, and when a slot frees up its cache
+//! is refilled (prompt and tokens so far, prefilled again; nothing is recomputed where the slot still holds
+//! them) and it goes on exactly where it was: the same tokens as if it had never paused.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
@@ -49,7 +55,17 @@ pub struct Request {
     pub params: GenerateParams,
     /// Past this instant (queue wait included) the request ends with [`Failure::TimedOut`].
     pub deadline: Option<Instant>,
+    pub priority: Priority,
     pub on_event: Box<dyn FnMut(Event) -> ControlFlow<()> + Send>,
+}
+
+/// Who waits for a request: a person (first served) or a batch job (served when no person waits, and paused
+/// for one).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Batch,
 }
 
 /// What a request's consumer is told.
@@ -109,8 +125,15 @@ pub enum SubmitError {
 /// A snapshot of the scheduler for metrics.
 #[derive(Clone, Debug, Default)]
 pub struct SchedulerStats {
+    /// Requests waiting for a slot (batch requests paused for interactive ones included).
     pub queued: usize,
+    /// Batch requests among `queued`.
+    pub queued_batch: usize,
     pub active: usize,
+    /// Batch requests among `active`.
+    pub active_batch: usize,
+    /// Times a batch request left its slot for an interactive one.
+    pub preemptions_total: u64,
     pub n_slots: usize,
     pub kv_used_tokens: usize,
     pub kv_capacity_tokens: usize,
@@ -134,6 +157,8 @@ struct Shared {
     /// Requests accepted and not yet finished (queued or in a slot). Admission counts these, not just the
     /// queue, so a burst that arrives before the worker wakes still gets the free slots.
     in_system: AtomicUsize,
+    /// Batch requests paused by the worker (for the stats).
+    paused: AtomicUsize,
 }
 
 /// The batching worker and its request queue. Dropping it shuts down and waits for in-flight requests.
@@ -166,11 +191,12 @@ impl Scheduler {
             wake: Condvar::new(),
             shutting_down: AtomicBool::new(false),
             in_system: AtomicUsize::new(0),
+            paused: AtomicUsize::new(0),
         });
         let (worker_shared, engine_ref) = (shared.clone(), engine.clone());
         let worker = std::thread::Builder::new().name("quire-scheduler".into()).spawn(move || {
             let slots = caches.into_iter().map(Slot::new).collect();
-            Worker { engine: &engine, shared: &worker_shared, slots }.run()
+            Worker { engine: &engine, shared: &worker_shared, slots, paused: VecDeque::new() }.run()
         })?;
         Ok(Scheduler { shared, worker: Mutex::new(Some(worker)), engine: engine_ref })
     }
@@ -191,7 +217,7 @@ impl Scheduler {
         }
         self.shared.in_system.fetch_add(1, Ordering::SeqCst);
         queue.push_back((Instant::now(), req));
-        self.shared.stats.lock().unwrap().queued = queue.len();
+        self.shared.publish_queue(&queue);
         drop(queue);
         self.shared.wake.notify_all();
         Ok(())
@@ -247,6 +273,10 @@ impl Slot<'_> {
 struct Active<'e> {
     req: Request,
     gen: Generation<'e>,
+    /// After a pause: the tokens its cache held, to be in the slot's cache again before it goes on, and how
+    /// many are.
+    refill: Vec<u32>,
+    refilled: usize,
     /// Prompt tokens already in the cache.
     prompt_done: usize,
     cached: usize,
@@ -262,6 +292,30 @@ struct Worker<'e> {
     engine: &'e Engine,
     shared: &'e Shared,
     slots: Vec<Slot<'e>>,
+    /// Batch requests that gave their slot to an interactive one, oldest first.
+    paused: VecDeque<Active<'e>>,
+}
+
+impl Active<'_> {
+    fn refilling(&self) -> bool {
+        self.refilled < self.refill.len()
+    }
+
+    /// Feeds its sampled token this step.
+    fn decoding(&self) -> bool {
+        self.next.is_some() && !self.refilling()
+    }
+}
+
+impl Shared {
+    /// The queue's numbers for the stats; called with the queue locked (queue before stats, as everywhere).
+    fn publish_queue(&self, queue: &VecDeque<(Instant, Request)>) {
+        let paused = self.paused.load(Ordering::SeqCst);
+        let batch = queue.iter().filter(|(_, r)| r.priority == Priority::Batch).count();
+        let mut stats = self.stats.lock().unwrap();
+        stats.queued = queue.len() + paused;
+        stats.queued_batch = batch + paused;
+    }
 }
 
 impl<'e> Worker<'e> {
@@ -292,45 +346,131 @@ impl<'e> Worker<'e> {
         }
     }
 
-    /// Move queued requests into free slots, each to the free slot sharing the longest prefix with it.
+    /// Move waiting requests into free slots: interactive ones first (pausing batch work for those that
+    /// find no free slot), then paused batch requests, then new ones. Each goes to the free slot sharing the
+    /// longest prefix with what it needs in the cache.
     fn admit(&mut self) {
+        self.preempt();
         loop {
             if !self.slots.iter().any(|s| s.active.is_none()) {
                 return;
             }
-            let Some((submitted, req)) = self.shared.queue.lock().unwrap().pop_front() else { return };
-            let (i, _) = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.active.is_none())
-                .max_by_key(|(i, s)| (reusable_prefix(&s.tokens, &req.prompt), usize::MAX - i))
-                .expect("a free slot exists");
-            let slot = &mut self.slots[i];
-            let reuse = reusable_prefix(&slot.tokens, &req.prompt);
-            slot.kv.truncate(reuse);
-            slot.tokens.truncate(reuse);
-            let gen = Generation::new(&self.engine.tokenizer, &req.params);
-            slot.active = Some(Active {
-                gen,
-                prompt_done: reuse,
-                cached: reuse,
-                next: None,
-                submitted,
-                started: Instant::now(),
-                prompt_secs: 0.0,
-                first_token_at: None,
-                req,
-            });
+            let mut queue = self.shared.queue.lock().unwrap();
+            let waiting = queue.iter().position(|(_, r)| r.priority == Priority::Interactive);
+            if let Some(pos) = waiting {
+                let (submitted, req) = queue.remove(pos).expect("position is in the queue");
+                drop(queue);
+                self.start(submitted, req);
+            } else if let Some(a) = self.paused.pop_front() {
+                drop(queue);
+                self.shared.paused.fetch_sub(1, Ordering::SeqCst);
+                self.resume(a);
+            } else if let Some((submitted, req)) = queue.pop_front() {
+                drop(queue);
+                self.start(submitted, req);
+            } else {
+                return;
+            }
             // queue before stats, as everywhere (the other order could deadlock with `submit`)
-            let queued = self.shared.queue.lock().unwrap().len();
-            self.shared.stats.lock().unwrap().queued = queued;
+            let queue = self.shared.queue.lock().unwrap();
+            self.shared.publish_queue(&queue);
         }
     }
 
-    /// End the active requests past their deadline.
+    /// The free slot that holds the longest prefix of `tokens` (by `prefix`), lowest index on ties.
+    fn best_free_slot(&self, prefix: impl Fn(&[u32]) -> usize) -> usize {
+        let (i, _) = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.active.is_none())
+            .max_by_key(|(i, s)| (prefix(&s.tokens), usize::MAX - i))
+            .expect("a free slot exists");
+        i
+    }
+
+    /// A new request into a free slot.
+    fn start(&mut self, submitted: Instant, req: Request) {
+        let i = self.best_free_slot(|held| reusable_prefix(held, &req.prompt));
+        let slot = &mut self.slots[i];
+        let reuse = reusable_prefix(&slot.tokens, &req.prompt);
+        slot.kv.truncate(reuse);
+        slot.tokens.truncate(reuse);
+        let gen = Generation::new(&self.engine.tokenizer, &req.params);
+        slot.active = Some(Active {
+            gen,
+            refill: Vec::new(),
+            refilled: 0,
+            prompt_done: reuse,
+            cached: reuse,
+            next: None,
+            submitted,
+            started: Instant::now(),
+            prompt_secs: 0.0,
+            first_token_at: None,
+            req,
+        });
+    }
+
+    /// A paused request back into a free slot (its own, if nobody used it since): what the slot still holds
+    /// of its tokens stays, the rest is prefilled again before it goes on.
+    fn resume(&mut self, mut a: Active<'e>) {
+        let common = |held: &[u32]| held.iter().zip(&a.refill).take_while(|(x, y)| x == y).count();
+        let i = self.best_free_slot(common);
+        let slot = &mut self.slots[i];
+        let keep = common(&slot.tokens);
+        slot.kv.truncate(keep);
+        slot.tokens.truncate(keep);
+        a.refilled = keep;
+        slot.active = Some(a);
+    }
+
+    /// Pause batch requests for the interactive ones that would otherwise wait: one slot each, taking the
+    /// batch request with the least in its cache (the cheapest to refill).
+    fn preempt(&mut self) {
+        let free = self.slots.iter().filter(|s| s.active.is_none()).count();
+        let waiting = {
+            let queue = self.shared.queue.lock().unwrap();
+            queue.iter().filter(|(_, r)| r.priority == Priority::Interactive).count()
+        };
+        for _ in free..waiting {
+            let victim = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.active.as_ref().is_some_and(|a| a.req.priority == Priority::Batch))
+                .min_by_key(|(i, s)| (s.tokens.len(), *i))
+                .map(|(i, _)| i);
+            let Some(i) = victim else { return };
+            let slot = &mut self.slots[i];
+            let mut a = slot.active.take().expect("the victim is active");
+            if !a.refilling() {
+                // (paused again before its refill ended: what it needs is still `refill`)
+                a.refill = slot.tokens.clone();
+            }
+            a.refilled = 0;
+            self.paused.push_back(a);
+            self.shared.paused.fetch_add(1, Ordering::SeqCst);
+            self.shared.stats.lock().unwrap().preemptions_total += 1;
+        }
+    }
+
+    /// End the active and paused requests past their deadline.
     fn expire_deadlines(&mut self) {
         let now = Instant::now();
+        let late = |a: &Active| a.req.deadline.is_some_and(|d| now >= d);
+        if self.paused.iter().any(late) {
+            let (gone, kept): (VecDeque<_>, VecDeque<_>) =
+                std::mem::take(&mut self.paused).into_iter().partition(late);
+            self.paused = kept;
+            self.shared.paused.fetch_sub(gone.len(), Ordering::SeqCst);
+            for a in gone {
+                let (secs, generated) = (a.submitted.elapsed().as_secs_f64(), a.gen.tokens.len());
+                self.fail(a.req, Failure::TimedOut { secs, generated });
+            }
+            let queue = self.shared.queue.lock().unwrap();
+            self.shared.publish_queue(&queue);
+        }
         for i in 0..self.slots.len() {
             let slot = &mut self.slots[i];
             if slot.active.as_ref().is_some_and(|a| a.req.deadline.is_some_and(|d| now >= d)) {
@@ -352,7 +492,7 @@ impl<'e> Worker<'e> {
             }
             let (gone, kept) = std::mem::take(&mut *queue).into_iter().partition(|(_, r)| late(r));
             *queue = kept;
-            self.shared.stats.lock().unwrap().queued = queue.len();
+            self.shared.publish_queue(&queue);
             gone
         };
         for (submitted, req) in expired {
@@ -370,18 +510,25 @@ impl<'e> Worker<'e> {
     /// One forward pass over every active slot, then sampling and events.
     fn step(&mut self, state: &mut RunState) {
         let n_batch = self.shared.cfg.n_batch;
-        let decoding =
-            self.slots.iter().filter(|s| s.active.as_ref().is_some_and(|a| a.next.is_some())).count();
+        let decoding = self.slots.iter().filter(|s| s.active.as_ref().is_some_and(|a| a.decoding())).count();
         let mut budget = n_batch.saturating_sub(decoding);
         let t0 = Instant::now();
 
         // What each slot feeds this step (never nothing: the caller only steps with an active slot, and an
-        // active slot either decodes or has prompt left, and the budget covers at least n_slots tokens).
+        // active slot decodes or has prompt or a refill left, and the budget covers at least n_slots tokens).
         let mut plan: Vec<(usize, Vec<u32>, Logits)> = Vec::new();
         let mut n_prefill = 0;
         for (i, slot) in self.slots.iter().enumerate() {
             let Some(a) = &slot.active else { continue };
-            if let Some(t) = a.next {
+            if a.refilling() {
+                if budget > 0 {
+                    let end = (a.refilled + budget).min(a.refill.len());
+                    let chunk = a.refill[a.refilled..end].to_vec();
+                    budget -= chunk.len();
+                    n_prefill += chunk.len();
+                    plan.push((i, chunk, Logits::None));
+                }
+            } else if let Some(t) = a.next {
                 plan.push((i, vec![t], Logits::Last));
             } else if budget > 0 {
                 let end = (a.prompt_done + budget).min(a.req.prompt.len());
@@ -440,6 +587,13 @@ impl<'e> Worker<'e> {
             let slot = &mut self.slots[i];
             slot.tokens.extend_from_slice(&tokens);
             let a = slot.active.as_mut().expect("planned slots are active");
+            if a.refilling() {
+                a.refilled += tokens.len();
+                if !a.refilling() {
+                    (a.refill, a.refilled) = (Vec::new(), 0);
+                }
+                continue;
+            }
             if a.next.is_none() {
                 a.prompt_done += tokens.len();
                 if a.prompt_done == a.req.prompt.len() {
@@ -517,6 +671,11 @@ impl<'e> Worker<'e> {
     fn publish_occupancy(&self) {
         let mut stats = self.shared.stats.lock().unwrap();
         stats.active = self.slots.iter().filter(|s| s.active.is_some()).count();
+        stats.active_batch = self
+            .slots
+            .iter()
+            .filter(|s| s.active.as_ref().is_some_and(|a| a.req.priority == Priority::Batch))
+            .count();
         stats.kv_used_tokens = self.slots.iter().map(|s| s.kv.len()).sum();
     }
 }

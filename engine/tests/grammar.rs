@@ -256,7 +256,9 @@ fn a_constrained_sequence_gives_the_same_tokens_in_a_batch_as_alone() {
             Box::new(
                 move |e| if tx.send(e).is_ok() { ControlFlow::Continue(()) } else { ControlFlow::Break(()) },
             );
-        sched.submit(Request { prompt: p, params, deadline: None, on_event }).unwrap();
+        sched
+            .submit(Request { prompt: p, params, deadline: None, priority: Default::default(), on_event })
+            .unwrap();
         rx
     };
     // the constrained ones share the batch with free ones of other lengths

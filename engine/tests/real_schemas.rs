@@ -30,35 +30,39 @@ fn content_schemas_give_valid_json() {
     )
     .unwrap();
     let opts = RenderOptions { add_generation_prompt: true, ..Default::default() };
-    let rxs: Vec<_> =
-        cases
-            .iter()
-            .enumerate()
-            .map(|(i, case)| {
-                let messages = [
-                    Message::system("You write content for an online shop. Reply with JSON only."),
-                    Message::user(case["prompt"].as_str().unwrap()),
-                ];
-                let prompt = engine.chat_tokens(&messages, &opts).unwrap();
-                let spec = GrammarSpec::JsonSchema(case["schema"].clone());
-                let params = GenerateParams {
-                    max_tokens: 600,
-                    sampler: SamplerConfig { seed: Some(i as u64), ..SamplerConfig::default() }, // 0.7, top-k 20, top-p 0.8
-                    constraint: Some(engine.grammars().unwrap().compile(&spec).unwrap()),
-                    ..Default::default()
-                };
-                let (tx, rx) = mpsc::channel();
-                let on_event = Box::new(move |e| {
-                    if tx.send(e).is_ok() {
-                        ControlFlow::Continue(())
-                    } else {
-                        ControlFlow::Break(())
-                    }
-                });
-                sched.submit(Request { prompt, params, deadline: None, on_event }).unwrap();
-                rx
-            })
-            .collect();
+    let rxs: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, case)| {
+            let messages = [
+                Message::system("You write content for an online shop. Reply with JSON only."),
+                Message::user(case["prompt"].as_str().unwrap()),
+            ];
+            let prompt = engine.chat_tokens(&messages, &opts).unwrap();
+            let spec = GrammarSpec::JsonSchema(case["schema"].clone());
+            let params = GenerateParams {
+                max_tokens: 600,
+                sampler: SamplerConfig { seed: Some(i as u64), ..SamplerConfig::default() }, // 0.7, top-k 20, top-p 0.8
+                constraint: Some(engine.grammars().unwrap().compile(&spec).unwrap()),
+                ..Default::default()
+            };
+            let (tx, rx) = mpsc::channel();
+            let on_event =
+                Box::new(
+                    move |e| {
+                        if tx.send(e).is_ok() {
+                            ControlFlow::Continue(())
+                        } else {
+                            ControlFlow::Break(())
+                        }
+                    },
+                );
+            sched
+                .submit(Request { prompt, params, deadline: None, priority: Default::default(), on_event })
+                .unwrap();
+            rx
+        })
+        .collect();
     for (case, rx) in cases.iter().zip(rxs) {
         let name = case["name"].as_str().unwrap();
         let mut text = String::new();

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use common::fixture;
 use quire_engine::generate::{Engine, FinishReason, GenerateParams, PromptError};
 use quire_engine::sampler::SamplerConfig;
-use quire_engine::scheduler::{Event, Failure, Request, Scheduler, SchedulerConfig, SubmitError, Usage};
+use quire_engine::scheduler::{
+    Event, Failure, Priority, Request, Scheduler, SchedulerConfig, SubmitError, Usage,
+};
 
 fn engine() -> Arc<Engine> {
     Arc::new(Engine::load(fixture("tiny-qwen3-q4_0.gguf")).unwrap())
@@ -34,7 +36,7 @@ fn request(
         Box::new(
             move |e| if tx.send(e).is_ok() { ControlFlow::Continue(()) } else { ControlFlow::Break(()) },
         );
-    (Request { prompt, params, deadline, on_event }, rx)
+    (Request { prompt, params, deadline, priority: Priority::Interactive, on_event }, rx)
 }
 
 /// Submit; collect (text, usage) from the channel.
@@ -119,6 +121,7 @@ fn cancelling_frees_the_slot() {
             prompt: prompt(2),
             params: params(3, 400),
             deadline: None,
+            priority: Priority::Interactive,
             on_event: Box::new(move |e| {
                 if let Event::Text(_) = &e {
                     pieces += 1;
@@ -154,8 +157,13 @@ fn queue_limit_and_bad_requests_are_refused() {
     let too_long: Vec<u32> = vec![1; 65];
     let noop =
         || -> Box<dyn FnMut(Event) -> ControlFlow<()> + Send> { Box::new(|_| ControlFlow::Continue(())) };
-    let req =
-        |prompt: Vec<u32>, p: GenerateParams| Request { prompt, params: p, deadline: None, on_event: noop() };
+    let req = |prompt: Vec<u32>, p: GenerateParams| Request {
+        prompt,
+        params: p,
+        deadline: None,
+        priority: Priority::Interactive,
+        on_event: noop(),
+    };
     assert_eq!(
         sched.submit(req(too_long, params(0, 4))).unwrap_err(),
         SubmitError::Prompt(PromptError::TooLong { prompt_tokens: 65, n_ctx: 64 })
@@ -306,4 +314,104 @@ fn logprobs_are_batch_invariant() {
         assert!(lp.top.windows(2).all(|w| w[0].logprob >= w[1].logprob));
         assert!(lp.chosen.logprob <= 0.0 && lp.chosen.logprob.is_finite());
     }
+}
+
+/// Text and usage of a request, and when it ended; `first` blocks until its first text.
+struct Watch {
+    rx: mpsc::Receiver<Event>,
+    text: String,
+}
+
+impl Watch {
+    fn new(s: &Scheduler, prompt: Vec<u32>, p: GenerateParams, priority: Priority) -> Watch {
+        let (mut req, rx) = request(prompt, p, None);
+        req.priority = priority;
+        s.submit(req).unwrap();
+        Watch { rx, text: String::new() }
+    }
+
+    fn first(&mut self) {
+        while self.text.is_empty() {
+            match self.rx.recv_timeout(Duration::from_secs(60)).expect("scheduler answers") {
+                Event::Text(t) => self.text.push_str(&t),
+                Event::Logprob(_) => {}
+                e => panic!("ended before its first text: {e:?}"),
+            }
+        }
+    }
+
+    fn finish(self) -> (String, Usage, Instant) {
+        let (rest, usage) = collect(self.rx);
+        (self.text + &rest, usage, Instant::now())
+    }
+}
+
+fn long_prompt(i: u32) -> Vec<u32> {
+    (0..300 + i).map(|k| (k * 11 + i * 5) % 500).collect()
+}
+
+/// Batch requests give their slots to interactive ones at the next step, and finish afterwards with exactly
+/// the text they give alone: paused while decoding (after their first text) and while prefilling (right
+/// after submission, with a prompt of several chunks).
+#[test]
+fn interactive_requests_pause_batch_work_which_goes_on_unchanged() {
+    let engine = engine();
+    let alone = |prompt: Vec<u32>, p: GenerateParams| {
+        let cfg = SchedulerConfig { n_slots: 1, n_ctx: 1024, queue_capacity: 4, n_batch: 16 };
+        collect(submit(&Scheduler::new(engine.clone(), cfg).unwrap(), prompt, p)).0
+    };
+    const N: usize = 400;
+    for pause_while_decoding in [true, false] {
+        // a small n_batch: a long prompt takes ~150 steps to prefill, time enough to be paused in it
+        let cfg = SchedulerConfig { n_slots: 2, n_ctx: 1024, queue_capacity: 8, n_batch: 4 };
+        let sched = Scheduler::new(engine.clone(), cfg).unwrap();
+        let mut batch: Vec<Watch> = (0..2)
+            .map(|i| Watch::new(&sched, long_prompt(i), params(10 + i as u64, N), Priority::Batch))
+            .collect();
+        if pause_while_decoding {
+            batch.iter_mut().for_each(Watch::first);
+        } else {
+            while sched.stats().active_batch < 2 {
+                std::thread::yield_now();
+            }
+        }
+        let people: Vec<Watch> = (0..2)
+            .map(|i| Watch::new(&sched, prompt(i), params(20 + i as u64, 6), Priority::Interactive))
+            .collect();
+        let people: Vec<_> = people.into_iter().map(Watch::finish).collect();
+        let batch: Vec<_> = batch.into_iter().map(Watch::finish).collect();
+        let stats = sched.stats();
+        assert_eq!(stats.preemptions_total, 2, "{stats:?}");
+        for (i, (text, _, done)) in people.iter().enumerate() {
+            assert_eq!(*text, alone(prompt(i as u32), params(20 + i as u64, 6)), "interactive {i}");
+            assert!(batch.iter().all(|b| b.2 > *done), "interactive {i} finished before the batch");
+        }
+        for (i, (text, usage, _)) in batch.iter().enumerate() {
+            assert_eq!(usage.completion_tokens, N);
+            let solo = alone(long_prompt(i as u32), params(10 + i as u64, N));
+            assert_eq!(
+                *text, solo,
+                "batch request {i} differs after a pause (decoding: {pause_while_decoding})"
+            );
+        }
+        assert_eq!((stats.active, stats.active_batch, stats.queued, stats.queued_batch), (0, 0, 0, 0));
+    }
+}
+
+/// With one slot busy, a later interactive request goes before an earlier batch one.
+#[test]
+fn batch_requests_wait_behind_interactive_ones() {
+    let cfg = SchedulerConfig { n_slots: 1, n_ctx: 256, queue_capacity: 8, n_batch: 16 };
+    let sched = Scheduler::new(engine(), cfg).unwrap();
+    let mut first = Watch::new(&sched, prompt(0), params(1, 40), Priority::Interactive);
+    first.first();
+    let batch = Watch::new(&sched, prompt(1), params(2, 8), Priority::Batch);
+    let person = Watch::new(&sched, prompt(2), params(3, 8), Priority::Interactive);
+    let stats = sched.stats();
+    assert_eq!((stats.queued, stats.queued_batch), (2, 1), "{stats:?}");
+    let (_, _, t_first) = first.finish();
+    let (_, _, t_person) = person.finish();
+    let (_, _, t_batch) = batch.finish();
+    assert!(t_first < t_person && t_person < t_batch);
+    assert_eq!(sched.stats().preemptions_total, 0, "an interactive request is never paused");
 }

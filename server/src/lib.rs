@@ -6,6 +6,7 @@
 //! `loading` until it is done), so orchestrators can tell "starting" from "dead". Generation runs on the
 //! engine's scheduler thread; its events reach the async side through unbounded channels (see [`sse`]).
 
+pub mod batch;
 pub mod config;
 pub mod errors;
 pub mod metrics;

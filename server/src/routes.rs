@@ -32,7 +32,7 @@ use crate::request_log::RequestLog;
 use crate::sse::{BoxError, ChatSse, CompletionSse, EventStream, PendingLogprobs, PlainText, StreamFormat};
 use crate::state::{unix_now, AppState, LoadState, Ready};
 use quire_engine::sampler::TokenLogprob;
-use quire_engine::scheduler::{self, Event, SubmitError, Usage};
+use quire_engine::scheduler::{self, Event, Priority, SubmitError, Usage};
 
 /// Body type of every response.
 pub type ResponseBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
@@ -175,12 +175,12 @@ async fn dispatch(
         Route::Chat => {
             let ready = state.ready()?;
             let body = read_body(state, req).await?;
-            chat(state, ready, &body, log).await
+            chat(state, ready, &body, log, Priority::Interactive).await
         }
         Route::Completions => {
             let ready = state.ready()?;
             let body = read_body(state, req).await?;
-            completions(state, ready, &body, log).await
+            completions(state, ready, &body, log, Priority::Interactive).await
         }
         Route::Generate | Route::Stream => {
             let ready = state.ready()?;
@@ -428,13 +428,20 @@ fn submit(
     params: GenerateParams,
     prompt_param: &str,
     log: &RequestLog,
+    priority: Priority,
 ) -> ApiResult<UnboundedReceiver<Event>> {
     log.set_prompt_tokens(prompt.len());
     let (tx, rx) = unbounded_channel();
     let request = scheduler::Request {
         prompt,
         params,
-        deadline: state.cfg.timeout.map(|t| std::time::Instant::now() + t),
+        // Batch work waits behind people by design: no deadline (its job's own window applies).
+        deadline: state
+            .cfg
+            .timeout
+            .filter(|_| priority == Priority::Interactive)
+            .map(|t| std::time::Instant::now() + t),
+        priority,
         // Runs on the scheduler's thread. A failed send means the receiver (response body or waiting
         // handler) is gone, i.e. the client left: stop generating.
         on_event: Box::new(move |ev| {
@@ -574,6 +581,7 @@ async fn chat(
     ready: Arc<Ready>,
     body: &[u8],
     log: &RequestLog,
+    priority: Priority,
 ) -> ApiResult<Response<ResponseBody>> {
     let req = openai::parse_chat(&openai::parse_json_object(body)?)?;
     check_model(state, req.model.as_deref());
@@ -594,7 +602,7 @@ async fn chat(
     }
     let params = engine_params(&ready, &sampling, &prompt, may_think, after).await?;
     let thinking = params.thinking;
-    let rx = submit(state, &ready, prompt, params, "messages", log)?;
+    let rx = submit(state, &ready, prompt, params, "messages", log, priority)?;
     let meta = ResponseMeta {
         id: format!("chatcmpl-{}", log.id()),
         created: unix_now(),
@@ -617,6 +625,7 @@ async fn completions(
     ready: Arc<Ready>,
     body: &[u8],
     log: &RequestLog,
+    priority: Priority,
 ) -> ApiResult<Response<ResponseBody>> {
     let req = openai::parse_completion(&openai::parse_json_object(body)?)?;
     check_model(state, req.model.as_deref());
@@ -625,7 +634,7 @@ async fn completions(
         PromptInput::Tokens(ids) => ids,
     };
     let params = engine_params(&ready, &req.sampling, &prompt, false, None).await?;
-    let rx = submit(state, &ready, prompt, params, "prompt", log)?;
+    let rx = submit(state, &ready, prompt, params, "prompt", log, priority)?;
     let meta = ResponseMeta {
         id: format!("cmpl-{}", log.id()),
         created: unix_now(),
@@ -638,6 +647,70 @@ async fn completions(
     }
     let logprobs = req.sampling.logprobs.is_some();
     whole_answer(state, rx, log, logprobs, None, false, |a| openai::text_completion(&meta, a)).await
+}
+
+/// What a batch request may call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchEndpoint {
+    Chat,
+    Completions,
+}
+
+impl BatchEndpoint {
+    pub fn from_url(url: &str) -> Option<BatchEndpoint> {
+        match url.trim_end_matches('/') {
+            "/v1/chat/completions" => Some(BatchEndpoint::Chat),
+            "/v1/completions" => Some(BatchEndpoint::Completions),
+            _ => None,
+        }
+    }
+
+    pub fn url(self) -> &'static str {
+        match self {
+            BatchEndpoint::Chat => "/v1/chat/completions",
+            BatchEndpoint::Completions => "/v1/completions",
+        }
+    }
+}
+
+/// One request of a batch job, through the very code of its endpoint, behind interactive requests: the
+/// response's status and JSON body, as a non-streamed call would get them (`request_id`: the id its log line
+/// and its response's `id` carry).
+pub async fn batch_request(
+    state: &AppState,
+    ready: Arc<Ready>,
+    endpoint: BatchEndpoint,
+    body: &Value,
+    request_id: String,
+) -> (StatusCode, Value) {
+    let log = RequestLog::new(request_id, "BATCH", "batch", state.metrics.clone());
+    let run = async {
+        if body.get("stream").and_then(Value::as_bool) == Some(true) {
+            return Err(ApiError::invalid_param(
+                "stream",
+                "a batch request cannot stream; leave 'stream' out",
+            ));
+        }
+        let bytes = serde_json::to_vec(body).map_err(|e| ApiError::internal(e.to_string()))?;
+        let resp = match endpoint {
+            BatchEndpoint::Chat => chat(state, ready, &bytes, &log, Priority::Batch).await?,
+            BatchEndpoint::Completions => completions(state, ready, &bytes, &log, Priority::Batch).await?,
+        };
+        let status = resp.status();
+        let body =
+            resp.into_body().collect().await.map_err(|e| ApiError::internal(e.to_string()))?.to_bytes();
+        let v = serde_json::from_slice(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+        Ok((status, v))
+    };
+    let (status, v) = match run.await {
+        Ok(r) => r,
+        Err(e) => {
+            log.set_error(&e.message);
+            (e.status, e.to_json())
+        }
+    };
+    log.set_status(status.as_u16());
+    (status, v)
 }
 
 /// `/generate` → `{"result": text, "finish_reason", "usage"}`; `/stream` → the text as a chunked plain-text body.
@@ -657,7 +730,7 @@ async fn simple(
     let may_think = !req.raw && ready.engine.template.can_think();
     let params = engine_params(&ready, &req.sampling, &prompt, may_think, None).await?;
     let params_thinking = params.thinking;
-    let rx = submit(state, &ready, prompt, params, "prompt", log)?;
+    let rx = submit(state, &ready, prompt, params, "prompt", log, Priority::Interactive)?;
     if stream {
         return Ok(stream_response(state, rx, PlainText, "text/plain; charset=utf-8", log));
     }
