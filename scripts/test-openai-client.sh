@@ -17,6 +17,10 @@ if ! "$VENV/bin/python" -c "import openai" 2>/dev/null; then
 fi
 
 source scripts/lib/serve.sh
-start_server -m "$MODEL"
+DATA_DIR="$(mktemp -d)"
+start_server -m "$MODEL" --data-dir "$DATA_DIR"
 
-"$VENV/bin/python" server/tests/openai_client.py "$PORT"
+rc=0
+"$VENV/bin/python" server/tests/openai_client.py "$PORT" || rc=$?
+rm -rf "$DATA_DIR"
+exit "$rc"

@@ -44,5 +44,7 @@ echo "test.sh: server vs CLI on the real model" >&2
 bash scripts/test-api-matches-run.sh "$QUIRE_REAL_MODEL"
 echo "test.sh: the official openai Python client against quire serve" >&2
 bash scripts/test-openai-client.sh "$QUIRE_REAL_MODEL"
+echo "test.sh: batch jobs: kill -9 and restart, interactive first" >&2
+bash scripts/test-batch-server.sh "$QUIRE_REAL_MODEL"
 echo "test.sh: the chat page in headless Chromium" >&2
 bash scripts/test-browser.sh

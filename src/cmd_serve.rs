@@ -40,6 +40,13 @@ pub struct ServeArgs {
     /// Model name reported by /v1/models (default: the file name without extension).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Where batch jobs, uploaded files and outputs live (default: $XDG_DATA_HOME/quire, or
+    /// ~/.local/share/quire; one server per dir).
+    #[arg(long, env = "QUIRE_DATA_DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Largest file upload to /v1/files, in bytes.
+    #[arg(long, default_value_t = config::DEFAULT_MAX_UPLOAD_BYTES)]
+    pub max_upload: u64,
 }
 
 impl ServeArgs {
@@ -61,6 +68,9 @@ impl ServeArgs {
         if let Some(name) = &self.model_name {
             cfg.model_name = name.clone();
         }
+        cfg.data_dir = self.data_dir.clone().or_else(ServerConfig::default_data_dir);
+        cfg.data_dir_optional = self.data_dir.is_none();
+        cfg.max_upload_bytes = self.max_upload;
         cfg
     }
 }

@@ -43,6 +43,13 @@ pub struct ServerConfig {
     pub read_timeout: Duration,
     /// Open connections beyond this are closed right after accept: a flood cannot exhaust file descriptors.
     pub max_connections: usize,
+    /// Where uploaded files, batch outputs and the batch database live (`--data-dir`); `None`: no batch API.
+    pub data_dir: Option<PathBuf>,
+    /// `data_dir` is the default one, not asked for: if it cannot be used (in use by another server,
+    /// not writable) the server runs without the batch API, with a warning, instead of refusing to start.
+    pub data_dir_optional: bool,
+    /// Largest upload to `/v1/files`, in bytes.
+    pub max_upload_bytes: u64,
 }
 
 /// Default port, as llama.cpp's server and most local OpenAI-compatible servers use.
@@ -53,6 +60,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 pub const DEFAULT_SLOTS: usize = 2;
 /// Default `--queue`.
 pub const DEFAULT_QUEUE: usize = 16;
+/// Default `--max-upload`: OpenAI's limit for a batch input file.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 200 << 20;
 /// Default `--timeout` in seconds: long enough for a few thousand tokens from a 4B model on a small CPU.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
 
@@ -78,7 +87,18 @@ impl ServerConfig {
             keepalive_interval: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
             max_connections: 512,
+            data_dir: None,
+            data_dir_optional: false,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
         }
+    }
+
+    /// The data dir `quire serve` uses without `--data-dir`: `$XDG_DATA_HOME/quire`, else
+    /// `~/.local/share/quire`.
+    pub fn default_data_dir() -> Option<PathBuf> {
+        let xdg = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()).map(PathBuf::from);
+        let base = xdg.or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))?;
+        Some(base.join("quire"))
     }
 
     /// Refuse settings that cannot work, before anything is loaded.

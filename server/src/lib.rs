@@ -75,7 +75,24 @@ impl Server {
         cfg.validate()?;
         let addr = format!("{}:{}", cfg.host, cfg.port);
         let listener = TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let state = Arc::new(AppState::new(cfg));
+        let batches = match &cfg.data_dir {
+            Some(dir) => match batch::service::Batches::open(dir, cfg.max_upload_bytes) {
+                Ok(b) => {
+                    tracing::info!("batch jobs and files in {}", dir.display());
+                    Some(Arc::new(b))
+                }
+                Err(e) if cfg.data_dir_optional => {
+                    tracing::warn!(
+                        "{e:#}; the batch API (/v1/files, /v1/batches) is off (use --data-dir DIR)"
+                    );
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let state = Arc::new(AppState::new(cfg, batches));
+        tokio::spawn(batch::service::worker(state.clone()));
         let loader = state.clone();
         tokio::task::spawn_blocking(move || {
             let s = match state::load_model(&loader.cfg) {

@@ -67,6 +67,8 @@ pub struct Snapshot<'a> {
     pub scheduler: Option<SchedulerStats>,
     pub queue_capacity: usize,
     pub open_connections: usize,
+    /// Requests of open batch jobs without a result yet (`None`: no batch API).
+    pub batch_pending: Option<u64>,
 }
 
 impl Metrics {
@@ -126,7 +128,7 @@ impl Metrics {
         let _ = writeln!(out, "quire_queue_capacity {}", snap.queue_capacity);
 
         let s = snap.scheduler.clone().unwrap_or_default();
-        let gauges: [(&str, &str, &str, String); 10] = [
+        let gauges: [(&str, &str, &str, String); 13] = [
             (
                 "quire_prompt_tokens_total",
                 "counter",
@@ -153,6 +155,19 @@ impl Metrics {
             ),
             ("quire_queue_depth", "gauge", "requests waiting for a slot", s.queued.to_string()),
             ("quire_slots_active", "gauge", "slots generating", s.active.to_string()),
+            ("quire_slots_active_batch", "gauge", "slots generating for batch jobs", s.active_batch.to_string()),
+            (
+                "quire_queue_depth_batch",
+                "gauge",
+                "batch requests waiting for a slot (paused ones included)",
+                s.queued_batch.to_string(),
+            ),
+            (
+                "quire_batch_preemptions_total",
+                "counter",
+                "times a batch request gave its slot to an interactive one",
+                s.preemptions_total.to_string(),
+            ),
             ("quire_slots_total", "gauge", "slots (--parallel)", s.n_slots.to_string()),
             (
                 "quire_kv_cache_used_tokens",
@@ -184,6 +199,15 @@ impl Metrics {
         };
         help(&mut out, "quire_kv_cache_usage_ratio", "gauge", "fraction of the KV cache in use");
         let _ = writeln!(out, "quire_kv_cache_usage_ratio {}", fmt_f64(ratio));
+        if let Some(n) = snap.batch_pending {
+            help(
+                &mut out,
+                "quire_batch_requests_pending",
+                "gauge",
+                "requests of open batch jobs not yet done",
+            );
+            let _ = writeln!(out, "quire_batch_requests_pending {n}");
+        }
         out
     }
 }
@@ -225,6 +249,7 @@ mod tests {
             scheduler: None,
             queue_capacity: 16,
             open_connections: 1,
+            batch_pending: Some(7),
         });
         assert!(text.contains("quire_model_loaded{model=\"m\\\"x\"} 1"));
         assert!(text.contains("quire_requests_total{endpoint=\"/v1/chat/completions\",status=\"200\"} 2"));
@@ -238,6 +263,8 @@ mod tests {
         assert!(text.contains("quire_request_duration_seconds_count{endpoint=\"/v1/chat/completions\"} 2"));
         assert!(text.contains("quire_time_to_first_token_seconds_bucket{le=\"0.1\"} 1"));
         assert!(text.contains("quire_slots_active 0"));
+        assert!(text.contains("quire_batch_requests_pending 7"));
+        assert!(text.contains("quire_batch_preemptions_total 0"));
         assert!(text.contains("quire_queue_capacity 16"));
         // Every sample line parses as `name{labels} value`.
         for line in text.lines().filter(|l| !l.starts_with('#')) {

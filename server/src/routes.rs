@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use crate::batch;
 use crate::errors::{ApiError, ApiResult};
 use crate::metrics::Snapshot;
 use crate::openai::{self, Answer, GrammarRequest, PromptInput, ResponseMeta, SamplingRequest, UsageCounts};
@@ -52,6 +53,12 @@ enum Route {
     Completions,
     Generate,
     Stream,
+    Files,
+    File(String),
+    FileContent(String),
+    Batches,
+    Batch(String),
+    BatchCancel(String),
     Preflight,
     WrongMethod(&'static str),
     NotFound,
@@ -72,21 +79,38 @@ impl Route {
             "/completions" => (Route::Completions, "POST"),
             "/generate" => (Route::Generate, "POST"),
             "/stream" => (Route::Stream, "GET, POST"),
-            _ => return Route::NotFound,
+            "/files" => (Route::Files, "GET, POST"),
+            "/batches" => (Route::Batches, "GET, POST"),
+            p => match Route::resource(p) {
+                Some(r) => r,
+                None => return Route::NotFound,
+            },
         };
         if method == Method::OPTIONS {
             return Route::Preflight;
         }
-        let ok = match allowed {
-            "GET" => method == Method::GET,
-            "POST" => method == Method::POST,
-            _ => method == Method::GET || method == Method::POST,
-        };
+        let ok = allowed.split(", ").any(|m| m == method.as_str());
         if ok {
             route
         } else {
             Route::WrongMethod(allowed)
         }
+    }
+
+    /// `/files/{id}`, `/files/{id}/content`, `/batches/{id}`, `/batches/{id}/cancel`.
+    fn resource(p: &str) -> Option<(Route, &'static str)> {
+        let id = |rest: &str| (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string());
+        if let Some(rest) = p.strip_prefix("/files/") {
+            if let Some(f) = rest.strip_suffix("/content") {
+                return id(f).map(|f| (Route::FileContent(f), "GET"));
+            }
+            return id(rest).map(|f| (Route::File(f), "GET, DELETE"));
+        }
+        let rest = p.strip_prefix("/batches/")?;
+        if let Some(b) = rest.strip_suffix("/cancel") {
+            return id(b).map(|b| (Route::BatchCancel(b), "POST"));
+        }
+        id(rest).map(|b| (Route::Batch(b), "GET"))
     }
 
     fn endpoint(&self) -> &'static str {
@@ -100,6 +124,12 @@ impl Route {
             Route::Completions => "/v1/completions",
             Route::Generate => "/generate",
             Route::Stream => "/stream",
+            Route::Files => "/v1/files",
+            Route::File(_) => "/v1/files/{id}",
+            Route::FileContent(_) => "/v1/files/{id}/content",
+            Route::Batches => "/v1/batches",
+            Route::Batch(_) => "/v1/batches/{id}",
+            Route::BatchCancel(_) => "/v1/batches/{id}/cancel",
             Route::Preflight => "OPTIONS",
             Route::WrongMethod(_) | Route::NotFound => "other",
         }
@@ -191,6 +221,18 @@ async fn dispatch(
             };
             simple(state, ready, &openai::parse_simple(&map)?, *route == Route::Stream, log).await
         }
+        Route::Files if req.method() == Method::POST => batch::api::create_file(state, req).await,
+        Route::Files => batch::api::list_files(state, req.uri().query().unwrap_or("")),
+        Route::File(id) if req.method() == Method::DELETE => batch::api::delete_file(state, id),
+        Route::File(id) => batch::api::get_file(state, id),
+        Route::FileContent(id) => batch::api::file_content(state, id).await,
+        Route::Batches if req.method() == Method::POST => {
+            let body = read_body(state, req).await?;
+            batch::api::create_batch(state, &body)
+        }
+        Route::Batches => batch::api::list_batches(state, req.uri().query().unwrap_or("")),
+        Route::Batch(id) => batch::api::get_batch(state, id),
+        Route::BatchCancel(id) => batch::api::cancel_batch(state, id),
     }
 }
 
@@ -212,7 +254,7 @@ fn text_response(
     r
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<ResponseBody> {
+pub(crate) fn json_response(status: StatusCode, v: &Value) -> Response<ResponseBody> {
     text_response(status, "application/json", v.to_string())
 }
 
@@ -352,6 +394,7 @@ fn metrics(state: &AppState) -> Response<ResponseBody> {
         scheduler: state.scheduler_stats(),
         queue_capacity: state.cfg.queue_capacity,
         open_connections: state.open_connections.load(std::sync::atomic::Ordering::Relaxed),
+        batch_pending: state.batches.as_ref().map(|b| b.pending_requests()),
     });
     text_response(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text)
 }
@@ -771,6 +814,13 @@ mod tests {
         assert_eq!(r(Method::OPTIONS, "/v1/chat/completions"), Route::Preflight);
         assert_eq!(r(Method::GET, "/v1"), Route::NotFound);
         assert_eq!(r(Method::GET, "/etc/passwd"), Route::NotFound);
+        assert_eq!(r(Method::POST, "/v1/files"), Route::Files);
+        assert_eq!(r(Method::DELETE, "/v1/files/file-1"), Route::File("file-1".into()));
+        assert_eq!(r(Method::GET, "/v1/files/file-1/content"), Route::FileContent("file-1".into()));
+        assert_eq!(r(Method::POST, "/v1/batches/b1/cancel"), Route::BatchCancel("b1".into()));
+        assert_eq!(r(Method::GET, "/v1/batches/b1"), Route::Batch("b1".into()));
+        assert_eq!(r(Method::DELETE, "/v1/batches/b1"), Route::WrongMethod("GET"));
+        assert_eq!(r(Method::GET, "/v1/files/a/b"), Route::NotFound);
         assert!(!Route::Health.needs_auth() && Route::Metrics.needs_auth() && Route::NotFound.needs_auth());
     }
 

@@ -11,6 +11,7 @@ use quire_engine::memory::{human_bytes, MemoryPlan};
 use quire_engine::model::LoadOptions;
 use tokio::sync::watch;
 
+use crate::batch::service::Batches;
 use crate::config::ServerConfig;
 use crate::errors::{ApiError, ApiResult};
 use crate::metrics::Metrics;
@@ -47,6 +48,8 @@ pub struct AppState {
     /// Set when a request's events stop without a final one: the scheduler's worker is gone, and `/health`
     /// reports an error from then on so a supervisor restarts us.
     pub scheduler_lost: Arc<AtomicBool>,
+    /// Files and batch jobs (`--data-dir`); `None`: the batch API answers that it is off.
+    pub batches: Option<Arc<Batches>>,
 }
 
 /// Seconds since the Unix epoch (OpenAI's `created`).
@@ -55,7 +58,7 @@ pub fn unix_now() -> u64 {
 }
 
 impl AppState {
-    pub fn new(cfg: ServerConfig) -> AppState {
+    pub fn new(cfg: ServerConfig, batches: Option<Arc<Batches>>) -> AppState {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         AppState {
             cfg,
@@ -67,6 +70,7 @@ impl AppState {
             started_unix: unix_now(),
             open_connections: AtomicUsize::new(0),
             scheduler_lost: Arc::new(AtomicBool::new(false)),
+            batches,
         }
     }
 

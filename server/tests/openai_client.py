@@ -4,13 +4,15 @@ Usage: python openai_client.py PORT [MODEL_NAME]
 Streams a chat completion and a completion (with usage), checks that each streamed text equals the
 non-streamed greedy text, lists the models, checks that a bad request raises BadRequestError, and reads
 logprobs (whole and streamed) through the client's own types, and parses structured output into a pydantic
-model with `chat.completions.parse`, and calls tools (every tool_choice, streamed, a second turn).
+model with `chat.completions.parse`, and calls tools (every tool_choice, streamed, a second turn), and runs
+batch jobs through files.create / batches.create / retrieve / list / cancel / files.content / files.delete.
 Prints a closing 'N passed, N failed' line; exits non-zero on any failure.
 """
 
 import json
 import os
 import sys
+import time
 
 import openai
 import pydantic
@@ -246,6 +248,68 @@ def tool_calls():
     raise AssertionError("a tool_choice naming a missing function was accepted")
 
 
+def jsonl(lines):
+    return ("\n".join(json.dumps(x) for x in lines) + "\n").encode()
+
+
+def wait_batch(b, until=("completed", "failed", "cancelled"), timeout=300):
+    deadline = time.time() + timeout
+    while b.status not in until:
+        assert time.time() < deadline, f"batch still {b.status}"
+        time.sleep(0.2)
+        b = client.batches.retrieve(b.id)
+    return b
+
+
+def batches():
+    def body(i):
+        return {"model": model, "messages": [{"role": "user", "content": f"One sentence about product {i}."}],
+                "max_tokens": 12, "temperature": 0}
+    lines = [{"custom_id": f"p{i}", "method": "POST", "url": "/v1/chat/completions", "body": body(i)} for i in range(3)]
+    lines.append({"custom_id": "bad", "method": "POST", "url": "/v1/chat/completions", "body": {"messages": "x"}})
+    f = client.files.create(file=("products.jsonl", jsonl(lines)), purpose="batch")
+    assert f.id.startswith("file-") and f.purpose == "batch" and f.bytes > 0, f
+    assert client.files.retrieve(f.id).filename == "products.jsonl"
+    assert f.id in [x.id for x in client.files.list().data]
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                              metadata={"job": "openai-client test"})
+    assert b.status in ("validating", "in_progress") and b.metadata == {"job": "openai-client test"}, b
+    b = wait_batch(b)
+    assert b.status == "completed", b
+    assert (b.request_counts.total, b.request_counts.completed, b.request_counts.failed) == (4, 3, 1), b
+    out = {o["custom_id"]: o for o in map(json.loads, client.files.content(b.output_file_id).text.splitlines())}
+    assert sorted(out) == ["p0", "p1", "p2"], out.keys()
+    direct = client.chat.completions.create(**body(1))
+    got = out["p1"]["response"]["body"]["choices"][0]["message"]["content"]
+    assert got == direct.choices[0].message.content, (got, direct.choices[0].message.content)
+    assert out["p1"]["quire"]["model_sha256"] and out["p1"]["response"]["status_code"] == 200
+    err = [json.loads(x) for x in client.files.content(b.error_file_id).text.splitlines()]
+    assert [e["custom_id"] for e in err] == ["bad"] and err[0]["response"]["status_code"] == 400, err
+    assert b.id in [x.id for x in client.batches.list(limit=5).data]
+    # a long batch, cancelled while it runs: what finished is kept, the rest never runs
+    long = [{"custom_id": f"l{i}", "method": "POST", "url": "/v1/chat/completions",
+             "body": {"model": model, "messages": [{"role": "user", "content": f"A long story number {i}."}],
+                      "max_tokens": 200}} for i in range(12)]
+    lf = client.files.create(file=("long.jsonl", jsonl(long)), purpose="batch")
+    lb = wait_batch(client.batches.create(input_file_id=lf.id, endpoint="/v1/chat/completions",
+                                          completion_window="24h"), until=("in_progress",))
+    c = client.batches.cancel(lb.id)
+    assert c.status in ("cancelling", "cancelled"), c
+    c = wait_batch(c)
+    assert c.status == "cancelled" and c.request_counts.completed < 12, c
+    try:
+        client.files.create(file=("bad.jsonl", b"name,price\nbottle,3\n"), purpose="batch")
+        raise AssertionError("a CSV was accepted as a batch file")
+    except openai.BadRequestError as e:
+        assert "line 1" in str(e), e
+    assert client.files.delete(f.id).deleted
+    try:
+        client.files.retrieve(f.id)
+        raise AssertionError("a deleted file is still there")
+    except openai.NotFoundError:
+        pass
+
+
 check("models.list", models)
 check("chat.completions stream == non-stream", chat_stream)
 check("completions stream == non-stream", completion_stream)
@@ -253,5 +317,6 @@ check("bad request -> BadRequestError", bad_request)
 check("chat logprobs, whole and streamed", chat_logprobs)
 check("structured output: parse() with a pydantic model, json_object streamed, bad schema", structured_parse)
 check("tool calls: required, named, none, auto, streamed, second turn, bad tool_choice", tool_calls)
+check("batches: files.create, batches.create/retrieve/list/cancel, files.content/delete", batches)
 print(f"openai-client: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -78,8 +78,12 @@ pub struct Summary {
 }
 
 /// Reads `input` through, line by line, checking everything that fails a whole file. `endpoint`: the batch's
-/// endpoint, which every line's url must name.
-pub fn validate(input: impl BufRead, endpoint: BatchEndpoint, limits: &Limits) -> Result<Summary, FileError> {
+/// endpoint, which every line's url must name (`None`: either one, for a file not yet in a batch).
+pub fn validate(
+    input: impl BufRead,
+    endpoint: Option<BatchEndpoint>,
+    limits: &Limits,
+) -> Result<Summary, FileError> {
     let mut ids: HashMap<String, usize> = HashMap::new();
     let mut summary = Summary { requests: 0, bad_lines: 0 };
     let mut problems = Vec::new();
@@ -169,7 +173,7 @@ pub fn lines<R: BufRead>(
 
 /// One non-empty line: a request that can run, or one whose error line says why. `Err`: the line has no
 /// usable `custom_id` (a file error).
-pub fn parse(n: usize, text: &str, endpoint: BatchEndpoint) -> Result<Item, String> {
+pub fn parse(n: usize, text: &str, endpoint: Option<BatchEndpoint>) -> Result<Item, String> {
     let v: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -201,20 +205,21 @@ pub fn parse(n: usize, text: &str, endpoint: BatchEndpoint) -> Result<Item, Stri
         }
     }
     let url = obj.get("url").and_then(Value::as_str);
-    match url.and_then(BatchEndpoint::from_url) {
-        Some(e) if e == endpoint => {}
-        _ => {
+    let endpoint = match (url.and_then(BatchEndpoint::from_url), endpoint) {
+        (Some(e), None) => e,
+        (Some(e), Some(want)) if e == want => e,
+        (_, want) => {
+            let must = match want {
+                Some(w) => format!("\"{}\", this batch's endpoint", w.url()),
+                None => "\"/v1/chat/completions\" or \"/v1/completions\"".to_string(),
+            };
             return bad(ApiError::invalid_param(
                 "url",
-                format!(
-                    "line {n}: url must be \"{}\", this batch's endpoint, not {}",
-                    endpoint.url(),
-                    describe(url)
-                ),
+                format!("line {n}: url must be {must}, not {}", describe(url)),
             )
-            .with_code("invalid_url"))
+            .with_code("invalid_url"));
         }
-    }
+    };
     match obj.get("body") {
         Some(body @ Value::Object(_)) => {
             Ok(Item::Run(Line { line: n, custom_id: custom_id.clone(), endpoint, body: body.clone() }))
@@ -240,7 +245,7 @@ fn custom_id_of_broken_line(text: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    const CHAT: BatchEndpoint = BatchEndpoint::Chat;
+    const CHAT: Option<BatchEndpoint> = Some(BatchEndpoint::Chat);
 
     fn check(text: &str) -> Result<Summary, FileError> {
         validate(text.as_bytes(), CHAT, &Limits::default())

@@ -69,14 +69,14 @@ pub fn run(
         Some(e) => e,
         None => first_endpoint(open()?, &limits).unwrap_or(BatchEndpoint::Chat),
     };
-    let summary = input::validate(open()?, endpoint, &limits)
+    let summary = input::validate(open()?, Some(endpoint), &limits)
         .map_err(|e| anyhow::anyhow!("{}: {e}", job.input.display()))?;
     let mut done = HashSet::new();
     let mut output = ResultFile::open(&job.output, &mut done)?;
     let mut errors = ResultFile::open(&job.errors, &mut done)?;
     let items: Vec<(usize, String)> = input::lines(open()?, limits.max_line_bytes)
         .filter_map(|(n, l)| l.ok().filter(|l| !l.trim().is_empty()).map(|l| (n, l)))
-        .filter_map(|(n, l)| input::parse(n, &l, endpoint).ok().map(|i| (n, i.custom_id().to_string())))
+        .filter_map(|(n, l)| input::parse(n, &l, Some(endpoint)).ok().map(|i| (n, i.custom_id().to_string())))
         .collect();
     let skipped = items.iter().filter(|(_, id)| done.contains(id)).count();
     if done.len() > skipped {
@@ -100,7 +100,7 @@ pub fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let state = Arc::new(AppState::new(job.cfg.clone()));
+    let state = Arc::new(AppState::new(job.cfg.clone(), None));
     let ready = Arc::new(state::load_model(&state.cfg)?);
     state.set_load_state(LoadState::Ready(ready.clone()));
     let quant = ready.engine.model.main_type();
@@ -112,7 +112,7 @@ pub fn run(
         if l.trim().is_empty() {
             return None;
         }
-        let item = input::parse(n, &l, endpoint).ok()?;
+        let item = input::parse(n, &l, Some(endpoint)).ok()?;
         (!done.contains(item.custom_id())).then_some((item, None))
     });
     let t0 = Instant::now();
