@@ -71,12 +71,13 @@ pub fn run(args: &BatchArgs, prepack: bool) -> Result<()> {
     let errors = job.errors.display();
     match end {
         RunEnd::Finished => {
+            let failed =
+                if p.failed > 0 { format!("; {} failed, in {errors}", p.failed) } else { String::new() };
             eprintln!(
-                "batch: {} of {} done ({} in this run, {} failed, in {errors}); results in {}",
+                "batch: {} of {} done ({} in this run{failed}); results in {}",
                 p.skipped + p.done,
                 p.total,
                 p.done,
-                p.failed,
                 job.output.display()
             );
             Ok(())

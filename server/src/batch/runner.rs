@@ -2,6 +2,7 @@
 //! each into its output line in OpenAI's format.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::StatusCode;
 use serde_json::{json, Value};
@@ -47,6 +48,8 @@ pub async fn run(
 ) -> RunEnd {
     let mut items = items.peekable();
     let mut running = JoinSet::new();
+    // the sender gone (nobody can stop the run any more): stop watching it
+    let mut watching = true;
     loop {
         if *stop.borrow() {
             running.abort_all();
@@ -62,28 +65,32 @@ pub async fn run(
         }
         tokio::select! {
             joined = running.join_next() => match joined {
-                Some(Ok(outcome)) => done(outcome),
+                Some(Ok(Some(outcome))) => done(outcome),
+                // the server is shutting down: the request runs again at the next start
+                Some(Ok(None)) => {}
                 Some(Err(e)) if e.is_panic() => {
                     // run_one does not panic; if it ever does, the request runs again next time
                     tracing::error!("a batch request crashed: {e}");
                 }
                 _ => {}
             },
-            _ = stop.changed() => {}
+            changed = stop.changed(), if watching => watching = changed.is_ok(),
         }
     }
 }
 
-/// One request, or the error line of one that cannot run.
+/// One request, or the error line of one that cannot run; `None` when the server is shutting down (it did
+/// not run: it runs again at the next start). A full queue (interactive traffic) is waited out, never an
+/// error of the request.
 pub async fn run_one(
     state: &AppState,
     ready: Arc<Ready>,
     model: &ModelInfo,
     item: Item,
     origin: Origin,
-) -> Outcome {
+) -> Option<Outcome> {
     let request_id = state.next_request_id();
-    match item {
+    Some(match item {
         Item::Bad(BadLine { line, custom_id, error }) => Outcome {
             json: error_line(&request_id, &custom_id, line, &error),
             custom_id,
@@ -95,8 +102,15 @@ pub async fn run_one(
             if body.get("seed").is_none_or(Value::is_null) {
                 body["seed"] = json!(seed_for(&custom_id));
             }
-            let (status, response) =
-                routes::batch_request(state, ready, endpoint, &body, request_id.clone()).await;
+            let (status, response) = loop {
+                let (status, response) =
+                    routes::batch_request(state, ready.clone(), endpoint, &body, request_id.clone()).await;
+                match status {
+                    StatusCode::TOO_MANY_REQUESTS => tokio::time::sleep(Duration::from_millis(500)).await,
+                    StatusCode::SERVICE_UNAVAILABLE if state.is_shutting_down() => return None,
+                    _ => break (status, response),
+                }
+            };
             let completion_tokens =
                 response.pointer("/usage/completion_tokens").and_then(Value::as_u64).unwrap_or(0) as usize;
             let stamp = model.stamp(&body, origin.as_ref().map(|(t, r)| (t.as_str(), *r)));
@@ -108,7 +122,7 @@ pub async fn run_one(
                 completion_tokens,
             }
         }
-    }
+    })
 }
 
 /// A request that ran (whatever its status): `response` as the endpoint answered.

@@ -251,7 +251,9 @@ async fn step(
             if let Some(e) = record_error {
                 return Err(e);
             }
-            if end == RunEnd::Finished {
+            // Finished with a result for every request (a shutdown leaves some without: they run next start)
+            let all_done = b.store.batch(&batch.id)?.is_some_and(|r| r.completed + r.failed >= r.total);
+            if end == RunEnd::Finished && all_done {
                 b.store.set_status(&batch.id, Status::Finalizing, &[Status::InProgress], unix_now())?;
             }
         }
