@@ -4,11 +4,14 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
+use quire_server::batch::data::{read_rows, write_requests, Format};
+use quire_server::batch::input::FileError;
 use quire_server::batch::offline::{self, OfflineJob, Progress};
 use quire_server::batch::runner::RunEnd;
 use quire_server::routes::BatchEndpoint;
+use quire_server::templates::Library;
 use quire_server::ServerConfig;
 
 use crate::args::ModelArgs;
@@ -18,7 +21,19 @@ pub struct BatchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The requests: one JSON object per line, `{"custom_id", "method": "POST", "url", "body"}`.
-    pub input: PathBuf,
+    #[arg(required_unless_present = "template", conflicts_with_all = ["template", "data"])]
+    pub input: Option<PathBuf>,
+    /// Make the requests from a template instead: a built-in one (`product-description`,
+    /// `product-description.zh`, … see `quire templates`) or a template file; one request per row of --data.
+    #[arg(long, requires = "data")]
+    pub template: Option<String>,
+    /// The rows for --template: a CSV file with a header line, or JSONL (one object per line); a
+    /// `custom_id` column names each request (else `row-N`).
+    #[arg(long, requires = "template")]
+    pub data: Option<PathBuf>,
+    /// Where the requests made from --template go (default: OUTPUT with `.requests.jsonl`).
+    #[arg(long, requires = "template")]
+    pub requests: Option<PathBuf>,
     /// Where the answered requests go (appended to: a rerun continues where the last run stopped).
     #[arg(short = 'o', long)]
     pub output: PathBuf,
@@ -31,11 +46,43 @@ pub struct BatchArgs {
 }
 
 impl BatchArgs {
-    fn errors_path(&self) -> PathBuf {
-        self.errors.clone().unwrap_or_else(|| {
-            let stem = self.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-            self.output.with_file_name(format!("{stem}.errors.jsonl"))
-        })
+    fn beside_output(&self, ext: &str) -> PathBuf {
+        let stem = self.output.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        self.output.with_file_name(format!("{stem}.{ext}.jsonl"))
+    }
+
+    /// The batch file to run: INPUT, or the requests rendered from --template and --data (written anew
+    /// each run: the same rows give the same requests, so a rerun continues).
+    fn input_path(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.input {
+            return Ok(p.clone());
+        }
+        let (Some(name), Some(data)) = (&self.template, &self.data) else {
+            anyhow::bail!("give a batch file, or --template and --data")
+        };
+        let template = Library::builtin().resolve(name).map_err(anyhow::Error::msg)?;
+        let text = std::fs::read(data).with_context(|| format!("cannot read {}", data.display()))?;
+        let format = Format::of(&data.to_string_lossy(), &text[..text.len().min(64)]);
+        let rows = read_rows(&text[..], format, usize::MAX)
+            .and_then(|rows| {
+                let path = self.requests.clone().unwrap_or_else(|| self.beside_output("requests"));
+                let tmp = path.with_extension("jsonl.tmp");
+                let f = std::fs::File::create(&tmp)
+                    .map_err(|e| FileError(format!("cannot write {}: {e}", tmp.display())))?;
+                let n = write_requests(&template, &rows, std::io::BufWriter::new(f))?;
+                std::fs::rename(&tmp, &path)
+                    .map_err(|e| FileError(format!("cannot write {}: {e}", path.display())))?;
+                Ok((n, path))
+            })
+            .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+        eprintln!(
+            "batch: {} requests from template '{}' and {}, in {}",
+            rows.0,
+            template.id,
+            data.display(),
+            rows.1.display()
+        );
+        Ok(rows.1)
     }
 }
 
@@ -51,9 +98,9 @@ pub fn run(args: &BatchArgs, prepack: bool) -> Result<()> {
     cfg.timeout = None;
     cfg.queue_capacity = args.parallel;
     let job = OfflineJob {
-        input: args.input.clone(),
+        input: args.input_path()?,
         output: args.output.clone(),
-        errors: args.errors_path(),
+        errors: args.errors.clone().unwrap_or_else(|| args.beside_output("errors")),
         cfg,
         endpoint: None::<BatchEndpoint>,
     };

@@ -64,6 +64,14 @@ enum Command {
     Serve(cmd_serve::ServeArgs),
     /// Run a batch file (OpenAI's JSONL batch format) into output and error files; rerun to continue.
     Batch(cmd_batch::BatchArgs),
+    /// List the built-in prompt templates, or print one (to copy and make your own).
+    Templates(TemplatesArgs),
+}
+
+#[derive(Args)]
+struct TemplatesArgs {
+    /// A template's id: print its file.
+    id: Option<String>,
 }
 
 #[derive(Args)]
@@ -115,6 +123,20 @@ struct PerplexityArgs {
     batch: usize,
 }
 
+fn cmd_templates(a: TemplatesArgs) -> anyhow::Result<()> {
+    let lib = quire_server::templates::Library::builtin();
+    match a.id {
+        Some(id) => print!("{}", lib.resolve(&id).map_err(anyhow::Error::msg)?.source),
+        None => {
+            for t in lib.all() {
+                let fields: Vec<&str> = t.fields.iter().map(|f| f.key.as_str()).collect();
+                println!("{:24} {}  [{}]", t.id, t.name, fields.join(", "));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Some(kind) = cli.isa {
@@ -135,6 +157,7 @@ fn main() {
         Command::Bench(a) => cmd_bench::run(a, &load),
         Command::Serve(a) => cmd_serve::run(&a, cli.prepack),
         Command::Batch(a) => cmd_batch::run(&a, cli.prepack),
+        Command::Templates(a) => cmd_templates(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -238,3 +238,83 @@ fn killed_or_stopped_runs_continue_and_write_each_id_once_with_the_same_text() {
         assert_eq!(content(&got[id]), content(v), "{id}: a resumed run writes the same text");
     }
 }
+
+#[test]
+fn a_template_and_a_csv_make_one_request_per_row_with_its_provenance() {
+    let d = dir("template");
+    let template = d.join("blurb.md");
+    std::fs::write(
+        &template,
+        "+++\nname = \"Blurb\"\nsystem = \"You write for {{ shop }}.\"\n[request]\nmax_tokens = 6\ntemperature = 0.0\n\
+         chat_template_kwargs = { enable_thinking = false }\n[[fields]]\nkey = \"product\"\nlabel = \"Product\"\n\
+         [[fields]]\nkey = \"notes\"\nlabel = \"Notes\"\noptional = true\n+++\n\
+         One line about {{ product }}.{% if notes %} Mention: {{ notes }}{% endif %}\n",
+    )
+    .unwrap();
+    let data = d.join("items.csv");
+    std::fs::write(
+        &data,
+        "shop,product,notes\r\nAcme,\"Kettle, 1.7 L\",\"says \"\"done\"\"\nwhen it boils\"\r\n好物店,保温杯，500 ml,\r\n",
+    )
+    .unwrap();
+    let out = d.join("out.jsonl");
+    let run = |data: &Path| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_quire"));
+        c.args(["batch", "-m", &model(), "--ctx", "1024", "-t", "2", "--template"])
+            .arg(&template)
+            .arg("--data")
+            .arg(data)
+            .arg("-o")
+            .arg(&out);
+        c.output().unwrap()
+    };
+    let o = run(&data);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let requests: Vec<Value> = std::fs::read_to_string(d.join("out.requests.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let messages: Vec<&Value> = requests.iter().map(|r| &r["body"]["messages"]).collect();
+    assert_eq!(
+        messages,
+        [
+            &json!([{"role": "system", "content": "You write for Acme."},
+                    {"role": "user", "content": "One line about Kettle, 1.7 L. Mention: says \"done\"\nwhen it boils"}]),
+            &json!([{"role": "system", "content": "You write for 好物店."},
+                    {"role": "user", "content": "One line about 保温杯，500 ml."}]),
+        ]
+    );
+    let got = results(&out);
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["row-1", "row-2"]);
+    for (row, id) in [(1, "row-1"), (2, "row-2")] {
+        let q = &got[id]["quire"];
+        assert_eq!((q["template"].as_str(), q["row"].as_u64()), (Some("blurb"), Some(row)), "{q}");
+        assert_eq!(q["sampling"]["max_tokens"], 6);
+        assert_eq!(got[id]["response"]["body"]["usage"]["completion_tokens"], 6);
+    }
+
+    // A row without a required value: refused before the model loads, naming the row.
+    let bad = d.join("bad.csv");
+    std::fs::write(&bad, "shop,product\nAcme,Kettle\nAcme,\n").unwrap();
+    let o = run(&bad);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("row 2 (line 3): field 'product' is empty"), "{}", text(&o.stderr));
+    let missing = d.join("missing.csv");
+    std::fs::write(&missing, "shop\nAcme\n").unwrap();
+    let o = run(&missing);
+    assert!(text(&o.stderr).contains("row 1 (line 2): missing field 'product'"), "{}", text(&o.stderr));
+
+    let o = Command::new(env!("CARGO_BIN_EXE_quire"))
+        .args(["batch", "-m", &model(), "--template", "no-such", "--data"])
+        .arg(&data)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        text(&o.stderr).contains("no template 'no-such'")
+            && text(&o.stderr).contains("product-description.zh")
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}

@@ -15,6 +15,7 @@ pub mod request_log;
 pub mod routes;
 pub mod sse;
 pub mod state;
+pub mod templates;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -38,6 +38,8 @@ pub struct Line {
     pub custom_id: String,
     pub endpoint: BatchEndpoint,
     pub body: Value,
+    /// The template and data row it was rendered from (the line's `quire` extension field), for provenance.
+    pub origin: Option<(String, usize)>,
 }
 
 /// One line that cannot run: its error line says why.
@@ -222,7 +224,16 @@ pub fn parse(n: usize, text: &str, endpoint: Option<BatchEndpoint>) -> Result<It
     };
     match obj.get("body") {
         Some(body @ Value::Object(_)) => {
-            Ok(Item::Run(Line { line: n, custom_id: custom_id.clone(), endpoint, body: body.clone() }))
+            let origin = obj.get("quire").and_then(|q| {
+                Some((q.get("template")?.as_str()?.to_string(), q.get("row")?.as_u64()? as usize))
+            });
+            Ok(Item::Run(Line {
+                line: n,
+                custom_id: custom_id.clone(),
+                endpoint,
+                body: body.clone(),
+                origin,
+            }))
         }
         _ => bad(ApiError::invalid_param("body", format!("line {n}: body must be a JSON object"))),
     }

@@ -2,9 +2,10 @@
 //! requests. [`input`] validates and parses a file, [`runner`] runs its requests through the same code as
 //! the HTTP endpoints, [`provenance`] says how each text was made, [`store`] and [`service`] are the
 //! server's durable batches behind [`api`] (`/v1/files`, `/v1/batches`), and [`files`] + [`offline`] are
-//! `quire batch`.
+//! `quire batch`; [`data`] makes a batch file from a template and a CSV or JSONL file of rows.
 
 pub mod api;
+pub mod data;
 pub mod files;
 pub mod input;
 pub mod offline;

@@ -113,7 +113,7 @@ pub fn run(
             return None;
         }
         let item = input::parse(n, &l, Some(endpoint)).ok()?;
-        (!done.contains(item.custom_id())).then_some((item, None))
+        (!done.contains(item.custom_id())).then_some(item)
     });
     let t0 = Instant::now();
     on_progress(&progress);

@@ -24,9 +24,6 @@ pub struct Outcome {
     pub completion_tokens: usize,
 }
 
-/// Where a template-made request came from (its template and row), for the provenance.
-pub type Origin = Option<(String, usize)>;
-
 /// How a run ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunEnd {
@@ -41,7 +38,7 @@ pub async fn run(
     state: Arc<AppState>,
     ready: Arc<Ready>,
     model: Arc<ModelInfo>,
-    items: impl Iterator<Item = (Item, Origin)>,
+    items: impl Iterator<Item = Item>,
     parallel: usize,
     mut stop: tokio::sync::watch::Receiver<bool>,
     mut done: impl FnMut(Outcome),
@@ -56,9 +53,9 @@ pub async fn run(
             return RunEnd::Stopped;
         }
         while running.len() < parallel.max(1) {
-            let Some((item, origin)) = items.next() else { break };
+            let Some(item) = items.next() else { break };
             let (state, ready, model) = (state.clone(), ready.clone(), model.clone());
-            running.spawn(async move { run_one(&state, ready, &model, item, origin).await });
+            running.spawn(async move { run_one(&state, ready, &model, item).await });
         }
         if running.is_empty() {
             return RunEnd::Finished;
@@ -82,13 +79,7 @@ pub async fn run(
 /// One request, or the error line of one that cannot run; `None` when the server is shutting down (it did
 /// not run: it runs again at the next start). A full queue (interactive traffic) is waited out, never an
 /// error of the request.
-pub async fn run_one(
-    state: &AppState,
-    ready: Arc<Ready>,
-    model: &ModelInfo,
-    item: Item,
-    origin: Origin,
-) -> Option<Outcome> {
+pub async fn run_one(state: &AppState, ready: Arc<Ready>, model: &ModelInfo, item: Item) -> Option<Outcome> {
     let request_id = state.next_request_id();
     Some(match item {
         Item::Bad(BadLine { line, custom_id, error }) => Outcome {
@@ -98,7 +89,7 @@ pub async fn run_one(
             ok: false,
             completion_tokens: 0,
         },
-        Item::Run(Line { line, custom_id, endpoint, mut body }) => {
+        Item::Run(Line { line, custom_id, endpoint, mut body, origin }) => {
             if body.get("seed").is_none_or(Value::is_null) {
                 body["seed"] = json!(seed_for(&custom_id));
             }

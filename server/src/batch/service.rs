@@ -227,7 +227,7 @@ async fn step(
                     return None;
                 }
                 let item = input::parse(n, &l, Some(endpoint)).ok()?;
-                (!done.contains(item.custom_id())).then_some((item, None))
+                (!done.contains(item.custom_id())).then_some(item)
             });
             let mut record_error = None;
             let end = runner::run(
