@@ -47,6 +47,10 @@ pub struct ServeArgs {
     /// Largest file upload to /v1/files, in bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload: u64,
+    /// A folder of prompt templates (`*.md`, see examples/templates/) offered beside the built-in ones,
+    /// to the web page and to POST /v1/batches.
+    #[arg(long, env = "QUIRE_TEMPLATES")]
+    pub templates: Option<std::path::PathBuf>,
 }
 
 impl ServeArgs {
@@ -71,6 +75,7 @@ impl ServeArgs {
         cfg.data_dir = self.data_dir.clone().or_else(ServerConfig::default_data_dir);
         cfg.data_dir_optional = self.data_dir.is_none();
         cfg.max_upload_bytes = self.max_upload;
+        cfg.templates_dir = self.templates.clone();
         cfg
     }
 }

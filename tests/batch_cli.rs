@@ -303,7 +303,11 @@ fn a_template_and_a_csv_make_one_request_per_row_with_its_provenance() {
     let missing = d.join("missing.csv");
     std::fs::write(&missing, "shop\nAcme\n").unwrap();
     let o = run(&missing);
-    assert!(text(&o.stderr).contains("row 1 (line 2): missing field 'product'"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("needs the field 'product', which the data does not have (it has: shop)"),
+        "{}",
+        text(&o.stderr)
+    );
 
     let o = Command::new(env!("CARGO_BIN_EXE_quire"))
         .args(["batch", "-m", &model(), "--template", "no-such", "--data"])

@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub data_dir_optional: bool,
     /// Largest upload to `/v1/files`, in bytes.
     pub max_upload_bytes: u64,
+    /// More prompt templates (`*.md`), beside the built-in ones.
+    pub templates_dir: Option<PathBuf>,
 }
 
 /// Default port, as llama.cpp's server and most local OpenAI-compatible servers use.
@@ -90,6 +92,7 @@ impl ServerConfig {
             data_dir: None,
             data_dir_optional: false,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            templates_dir: None,
         }
     }
 

@@ -92,7 +92,11 @@ impl Server {
             },
             None => None,
         };
-        let state = Arc::new(AppState::new(cfg, batches));
+        let templates = match &cfg.templates_dir {
+            Some(dir) => templates::Library::with_dir(dir).map_err(anyhow::Error::msg)?,
+            None => templates::Library::builtin(),
+        };
+        let state = Arc::new(AppState::new(cfg, batches, templates));
         tokio::spawn(batch::service::worker(state.clone()));
         let loader = state.clone();
         tokio::task::spawn_blocking(move || {

@@ -59,6 +59,11 @@ enum Route {
     Batches,
     Batch(String),
     BatchCancel(String),
+    BatchItems(String),
+    BatchReview(String, String),
+    BatchExport(String),
+    Templates,
+    TemplateRender,
     Preflight,
     WrongMethod(&'static str),
     NotFound,
@@ -81,6 +86,8 @@ impl Route {
             "/stream" => (Route::Stream, "GET, POST"),
             "/files" => (Route::Files, "GET, POST"),
             "/batches" => (Route::Batches, "GET, POST"),
+            "/templates" => (Route::Templates, "GET"),
+            "/templates/render" => (Route::TemplateRender, "POST"),
             p => match Route::resource(p) {
                 Some(r) => r,
                 None => return Route::NotFound,
@@ -110,6 +117,17 @@ impl Route {
         if let Some(b) = rest.strip_suffix("/cancel") {
             return id(b).map(|b| (Route::BatchCancel(b), "POST"));
         }
+        if let Some(b) = rest.strip_suffix("/items") {
+            return id(b).map(|b| (Route::BatchItems(b), "GET"));
+        }
+        if let Some(b) = rest.strip_suffix("/export") {
+            return id(b).map(|b| (Route::BatchExport(b), "GET"));
+        }
+        if let Some((b, item)) = rest.split_once("/items/") {
+            let item = item.strip_suffix("/review")?;
+            let custom_id = percent_encoding::percent_decode_str(item).decode_utf8().ok()?.into_owned();
+            return Some((Route::BatchReview(id(b)?, custom_id), "POST")).filter(|_| !item.is_empty());
+        }
         id(rest).map(|b| (Route::Batch(b), "GET"))
     }
 
@@ -130,6 +148,11 @@ impl Route {
             Route::Batches => "/v1/batches",
             Route::Batch(_) => "/v1/batches/{id}",
             Route::BatchCancel(_) => "/v1/batches/{id}/cancel",
+            Route::BatchItems(_) => "/v1/batches/{id}/items",
+            Route::BatchReview(..) => "/v1/batches/{id}/items/{custom_id}/review",
+            Route::BatchExport(_) => "/v1/batches/{id}/export",
+            Route::Templates => "/v1/templates",
+            Route::TemplateRender => "/v1/templates/render",
             Route::Preflight => "OPTIONS",
             Route::WrongMethod(_) | Route::NotFound => "other",
         }
@@ -228,12 +251,50 @@ async fn dispatch(
         Route::FileContent(id) => batch::api::file_content(state, id).await,
         Route::Batches if req.method() == Method::POST => {
             let body = read_body(state, req).await?;
-            batch::api::create_batch(state, &body)
+            batch::api::create_batch(state, &body).await
         }
         Route::Batches => batch::api::list_batches(state, req.uri().query().unwrap_or("")),
         Route::Batch(id) => batch::api::get_batch(state, id),
         Route::BatchCancel(id) => batch::api::cancel_batch(state, id),
+        Route::BatchItems(id) => batch::review::list_items(state, id, req.uri().query().unwrap_or("")),
+        Route::BatchReview(id, custom_id) => {
+            let body = read_body(state, req).await?;
+            batch::review::set_review(state, id, custom_id, &body)
+        }
+        Route::BatchExport(id) => batch::review::export(state, id, req.uri().query().unwrap_or("")),
+        Route::Templates => {
+            let data: Vec<Value> = state.templates.all().iter().map(|t| t.to_json()).collect();
+            Ok(json_response(StatusCode::OK, &json!({"object": "list", "data": data})))
+        }
+        Route::TemplateRender => {
+            let body = read_body(state, req).await?;
+            render_template(state, &body)
+        }
     }
+}
+
+/// `POST /v1/templates/render`: `{"template": id, "values": {field: value}}` → the request body it makes
+/// (`messages` and the template's settings); the page's template forms use it, so a template renders the
+/// same in the chat page as in a batch.
+fn render_template(state: &AppState, body: &[u8]) -> ApiResult<Response<ResponseBody>> {
+    let v = openai::parse_json_object(body)?;
+    let id = v
+        .get("template")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid_param("template", "'template' (a template's id) is required"))?;
+    let t = state
+        .templates
+        .get(id)
+        .ok_or_else(|| ApiError::not_found(format!("no template '{id}'")).with_param("template"))?;
+    let values = match v.get("values") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err(ApiError::invalid_param("values", "'values' must be an object")),
+    };
+    let partial = v.get("partial").and_then(Value::as_bool).unwrap_or(false);
+    let rendered = if partial { t.render_preview(&values) } else { t.render_body(&values) };
+    let body = rendered.map_err(|e| ApiError::invalid_param("values", e))?;
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 // ---------------------------------------------------------------------------------------------------------

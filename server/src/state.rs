@@ -15,6 +15,7 @@ use crate::batch::service::Batches;
 use crate::config::ServerConfig;
 use crate::errors::{ApiError, ApiResult};
 use crate::metrics::Metrics;
+use crate::templates::Library;
 use quire_engine::scheduler::{Scheduler, SchedulerConfig, SchedulerStats};
 
 /// A loaded model and the scheduler serving it.
@@ -50,6 +51,8 @@ pub struct AppState {
     pub scheduler_lost: Arc<AtomicBool>,
     /// Files and batch jobs (`--data-dir`); `None`: the batch API answers that it is off.
     pub batches: Option<Arc<Batches>>,
+    /// The prompt templates (built in, and `--templates DIR`).
+    pub templates: Library,
 }
 
 /// Seconds since the Unix epoch (OpenAI's `created`).
@@ -58,7 +61,7 @@ pub fn unix_now() -> u64 {
 }
 
 impl AppState {
-    pub fn new(cfg: ServerConfig, batches: Option<Arc<Batches>>) -> AppState {
+    pub fn new(cfg: ServerConfig, batches: Option<Arc<Batches>>, templates: Library) -> AppState {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         AppState {
             cfg,
@@ -71,6 +74,7 @@ impl AppState {
             open_connections: AtomicUsize::new(0),
             scheduler_lost: Arc::new(AtomicBool::new(false)),
             batches,
+            templates,
         }
     }
 

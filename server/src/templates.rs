@@ -158,6 +158,10 @@ impl Template {
     /// The user message (and system prompt) for `values`. A required field that is missing or empty is an
     /// error naming it; an optional one renders as empty.
     pub fn render_messages(&self, values: &Values) -> Result<Vec<Value>, String> {
+        self.render(values, false)
+    }
+
+    fn render(&self, values: &Values, lenient: bool) -> Result<Vec<Value>, String> {
         let mut ctx = values.clone();
         for f in &self.fields {
             let present = ctx.get(&f.key).is_some_and(|v| match v {
@@ -166,7 +170,7 @@ impl Template {
                 _ => true,
             });
             if !present {
-                if !f.optional {
+                if !f.optional && !lenient {
                     return Err(if ctx.contains_key(&f.key) {
                         format!("field '{}' is empty", f.key)
                     } else {
@@ -188,6 +192,14 @@ impl Template {
         }
         messages.push(json!({"role": "user", "content": render("body")?}));
         Ok(messages)
+    }
+
+    /// The body for a form being filled in: missing values render as empty, so the preview shows what the
+    /// rest of the template says.
+    pub fn render_preview(&self, values: &Values) -> Result<Value, String> {
+        let mut body = self.request.clone();
+        body.insert("messages".into(), Value::Array(self.render(values, true)?));
+        Ok(Value::Object(body))
     }
 
     /// A chat completions body for `values`: the `[request]` settings and the rendered messages.

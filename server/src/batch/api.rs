@@ -39,8 +39,9 @@ fn no_file(id: &str) -> ApiError {
     ApiError::not_found(format!("no file with id '{id}'")).with_param("file_id")
 }
 
-/// `POST /v1/files`: multipart `purpose=batch` and `file`. The file goes to disk as it arrives (never whole
-/// in memory), over `--max-upload` is a 413, and a batch file is validated before it is accepted.
+/// `POST /v1/files`: multipart `purpose` (`batch`, or `user_data` for the rows of a template) and `file`.
+/// The file goes to disk as it arrives (never whole in memory), over `--max-upload` is a 413, and a batch
+/// file is validated before it is accepted.
 pub async fn create_file(state: &AppState, req: Request<Incoming>) -> ApiResult<Response<ResponseBody>> {
     let b = batches(state)?;
     let limit = b.max_upload;
@@ -104,34 +105,36 @@ pub async fn create_file(state: &AppState, req: Request<Incoming>) -> ApiResult<
     if let Err(e) = result {
         return fail(e);
     }
-    match purpose.as_deref() {
-        Some("batch") => {}
+    let purpose = match purpose.as_deref() {
+        Some(p @ ("batch" | "user_data")) => p.to_string(),
         Some(p) => {
             return fail(ApiError::invalid_param(
                 "purpose",
-                format!("purpose '{p}' is not supported here; use 'batch'"),
+                format!("purpose '{p}' is not supported here; use 'batch' (a batch file) or 'user_data' (rows for a template)"),
             ))
         }
         None => return fail(ApiError::invalid_param("purpose", "the form has no 'purpose' field")),
-    }
+    };
     let Some((filename, bytes)) = upload else {
         return fail(ApiError::invalid_param("file", "the form has no 'file' field"));
     };
-    let limits = b.limits;
-    let p = path.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        let f = std::fs::File::open(&p).map_err(|e| input::FileError(e.to_string()))?;
-        input::validate(std::io::BufReader::new(f), None, &limits)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    if let Err(e) = checked {
-        return fail(
-            ApiError::invalid_param("file", format!("not a usable batch file: {e}"))
-                .with_code("invalid_file"),
-        );
+    if purpose == "batch" {
+        let limits = b.limits;
+        let p = path.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&p).map_err(|e| input::FileError(e.to_string()))?;
+            input::validate(std::io::BufReader::new(f), None, &limits)
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        if let Err(e) = checked {
+            return fail(
+                ApiError::invalid_param("file", format!("not a usable batch file: {e}"))
+                    .with_code("invalid_file"),
+            );
+        }
     }
-    let row = FileRow { id, filename, purpose: "batch".into(), bytes, created_at: unix_now() };
+    let row = FileRow { id, filename, purpose, bytes, created_at: unix_now() };
     b.store.add_file(&row).map_err(store_error)?;
     Ok(json_response(StatusCode::OK, &row.to_json()))
 }
@@ -229,8 +232,10 @@ fn batch_json(b: &Batches, row: &BatchRow) -> Value {
     v
 }
 
-/// `POST /v1/batches`: `input_file_id`, `endpoint`, `completion_window` ("24h"), `metadata`.
-pub fn create_batch(state: &AppState, body: &[u8]) -> ApiResult<Response<ResponseBody>> {
+/// `POST /v1/batches`: `input_file_id`, `endpoint`, `completion_window` ("24h"), `metadata`; extension
+/// `template`: a template's id, `input_file_id` then being its rows (`purpose=user_data`, CSV or JSONL),
+/// rendered now into the batch's input file (a row the template cannot use is a 400 naming it).
+pub async fn create_batch(state: &AppState, body: &[u8]) -> ApiResult<Response<ResponseBody>> {
     let b = batches(state)?;
     let v = crate::openai::parse_json_object(body)?;
     let str_field = |k: &str| -> ApiResult<String> {
@@ -269,12 +274,45 @@ pub fn create_batch(state: &AppState, body: &[u8]) -> ApiResult<Response<Respons
         .file(&input_file_id)
         .map_err(store_error)?
         .ok_or_else(|| no_file(&input_file_id).with_param("input_file_id"))?;
-    if file.purpose != "batch" {
-        return Err(ApiError::invalid_param(
-            "input_file_id",
-            format!("file '{}' has purpose '{}', not 'batch'", file.id, file.purpose),
-        ));
-    }
+    let (input_file_id, metadata) = match v.get("template") {
+        None | Some(Value::Null) => {
+            if file.purpose != "batch" {
+                return Err(ApiError::invalid_param(
+                    "input_file_id",
+                    format!(
+                        "file '{}' has purpose '{}', not 'batch' (rows for a template need 'template')",
+                        file.id, file.purpose
+                    ),
+                ));
+            }
+            (input_file_id, metadata)
+        }
+        Some(Value::String(t)) => {
+            if endpoint != BatchEndpoint::Chat {
+                return Err(ApiError::invalid_param(
+                    "endpoint",
+                    "a template makes /v1/chat/completions requests",
+                ));
+            }
+            let rendered = render_template_batch(state, b, t, &file).await?;
+            let mut metadata = match metadata {
+                Value::Object(m) => m,
+                _ => serde_json::Map::new(),
+            };
+            for (k, val) in [("template", t.clone()), ("data_file_id", file.id.clone())] {
+                if metadata.len() < 16 {
+                    metadata.entry(k).or_insert(Value::String(val));
+                }
+            }
+            (rendered, Value::Object(metadata))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "template",
+                "'template' must be a template's id (GET /v1/templates)",
+            ))
+        }
+    };
     let now = unix_now();
     let row = BatchRow {
         id: random_id("batch_"),
@@ -301,6 +339,63 @@ pub fn create_batch(state: &AppState, body: &[u8]) -> ApiResult<Response<Respons
     b.store.add_batch(&row).map_err(store_error)?;
     b.wake();
     Ok(json_response(StatusCode::OK, &batch_json(b, &row)))
+}
+
+/// Renders template `id` over the rows in `data` into a new batch input file; its id.
+async fn render_template_batch(state: &AppState, b: &Batches, id: &str, data: &FileRow) -> ApiResult<String> {
+    let template = state.templates.get(id).ok_or_else(|| {
+        let ids: Vec<&str> = state.templates.all().iter().map(|t| t.id.as_str()).collect();
+        ApiError::invalid_param(
+            "template",
+            format!("no template '{id}' (this server has: {})", ids.join(", ")),
+        )
+    })?;
+    let template =
+        crate::templates::Template::parse(&template.id, &template.source).map_err(ApiError::internal)?;
+    if data.purpose != "user_data" {
+        return Err(ApiError::invalid_param(
+            "input_file_id",
+            format!(
+                "file '{}' has purpose '{}': a template's rows are uploaded with purpose 'user_data'",
+                data.id, data.purpose
+            ),
+        ));
+    }
+    let out_id = random_id("file-");
+    let (src, dst) = (b.store.file_path(&data.id), b.store.file_path(&out_id));
+    let (filename, max_rows) = (data.filename.clone(), b.limits.max_requests);
+    let rendered = tokio::task::spawn_blocking(move || -> Result<(usize, u64), input::FileError> {
+        let text =
+            std::fs::read(&src).map_err(|e| input::FileError(format!("cannot read the data file: {e}")))?;
+        let format = super::data::Format::of(&filename, &text[..text.len().min(64)]);
+        let rows = super::data::read_rows(&text[..], format, max_rows)?;
+        let f = std::fs::File::create(&dst).map_err(|e| input::FileError(e.to_string()))?;
+        let mut w = std::io::BufWriter::new(f);
+        let n = super::data::write_requests(&template, &rows, &mut w)?;
+        let f = w.into_inner().map_err(|e| input::FileError(e.to_string()))?;
+        f.sync_all().map_err(|e| input::FileError(e.to_string()))?;
+        Ok((n, f.metadata().map(|m| m.len()).unwrap_or(0)))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let (_, bytes) = match rendered {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(b.store.file_path(&out_id));
+            return Err(ApiError::invalid_param("input_file_id", format!("{}: {e}", data.filename))
+                .with_code("invalid_file"));
+        }
+    };
+    let stem = data.filename.rsplit_once('.').map_or(data.filename.as_str(), |(s, _)| s);
+    let row = FileRow {
+        id: out_id.clone(),
+        filename: format!("{stem}.{id}.requests.jsonl"),
+        purpose: "batch".into(),
+        bytes,
+        created_at: unix_now(),
+    };
+    b.store.add_file(&row).map_err(store_error)?;
+    Ok(out_id)
 }
 
 fn no_batch(id: &str) -> ApiError {

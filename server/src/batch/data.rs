@@ -126,6 +126,23 @@ pub fn write_requests(template: &Template, rows: &[Row], mut out: impl Write) ->
     if rows.is_empty() {
         return Err(FileError("the data file has no rows".into()));
     }
+    // a field no row has: one message for the file, not one per row
+    let absent: Vec<&str> = template
+        .fields
+        .iter()
+        .filter(|f| !f.optional && !rows.iter().any(|r| r.values.contains_key(&f.key)))
+        .map(|f| f.key.as_str())
+        .collect();
+    if !absent.is_empty() {
+        let have: Vec<&str> = rows[0].values.keys().map(String::as_str).collect();
+        return Err(FileError(format!(
+            "template '{}' needs {} '{}', which the data does not have (it has: {})",
+            template.id,
+            if absent.len() == 1 { "the field" } else { "the fields" },
+            absent.join("', '"),
+            have.join(", ")
+        )));
+    }
     let mut problems = Vec::new();
     let mut lines = Vec::with_capacity(rows.len());
     let mut ids = std::collections::HashMap::new();
@@ -212,7 +229,10 @@ mod tests {
         let e = requests("product,features\nKettle,boils\nMug,\n", Format::Csv).unwrap_err().0;
         assert_eq!(e, "template 'product': row 2 (line 3): field 'features' is empty");
         let e = requests("product\nKettle\n", Format::Csv).unwrap_err().0;
-        assert!(e.contains("row 1 (line 2): missing field 'features'"), "{e}");
+        assert_eq!(
+            e,
+            "template 'product' needs the field 'features', which the data does not have (it has: product)"
+        );
         let e =
             requests("{\"product\": \"a\", \"features\": \"b\"}\n\n{\"product\": \"c\"}\n", Format::Jsonl)
                 .unwrap_err()

@@ -100,7 +100,7 @@ pub fn run(
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let state = Arc::new(AppState::new(job.cfg.clone(), None));
+    let state = Arc::new(AppState::new(job.cfg.clone(), None, crate::templates::Library::builtin()));
     let ready = Arc::new(state::load_model(&state.cfg)?);
     state.set_load_state(LoadState::Ready(ready.clone()));
     let quant = ready.engine.model.main_type();

@@ -3,7 +3,7 @@
 //! written when it finishes: after a `kill -9` the batch resumes with the requests that have no row, and
 //! the output files are made from the rows, so no request is lost or written twice.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -173,7 +173,18 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE TABLE IF NOT EXISTS results (
     batch_id TEXT NOT NULL, custom_id TEXT NOT NULL, line INTEGER NOT NULL, ok INTEGER NOT NULL,
     json TEXT NOT NULL, PRIMARY KEY (batch_id, custom_id));
+CREATE TABLE IF NOT EXISTS reviews (
+    batch_id TEXT NOT NULL, custom_id TEXT NOT NULL, status TEXT NOT NULL, text TEXT,
+    updated_at INTEGER NOT NULL, PRIMARY KEY (batch_id, custom_id));
 ";
+
+/// An editor's verdict on one result, and the text as they edited it (`None`: the model's, unchanged).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Review {
+    pub status: String,
+    pub text: Option<String>,
+    pub updated_at: u64,
+}
 
 /// The database and the files folder.
 pub struct Store {
@@ -337,6 +348,49 @@ impl Store {
             tx.execute(&format!("UPDATE batches SET {column} = {column} + 1 WHERE id = ?1"), [batch])?;
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// A request's result: whether it succeeded, and its output line.
+    pub fn result(&self, batch: &str, custom_id: &str) -> Result<Option<(bool, Value)>> {
+        let db = self.db();
+        let row = db
+            .query_row(
+                "SELECT ok, json FROM results WHERE batch_id = ?1 AND custom_id = ?2",
+                params![batch, custom_id],
+                |r| Ok((r.get::<_, bool>(0)?, r.get::<_, String>(1)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(ok, json)| (ok, serde_json::from_str(&json).unwrap_or(Value::Null))))
+    }
+
+    /// Every review of a batch, by custom_id.
+    pub fn reviews(&self, batch: &str) -> Result<HashMap<String, Review>> {
+        let db = self.db();
+        let mut q =
+            db.prepare("SELECT custom_id, status, text, updated_at FROM reviews WHERE batch_id = ?1")?;
+        let rows = q
+            .query_map([batch], |r| {
+                Ok((r.get(0)?, Review { status: r.get(1)?, text: r.get(2)?, updated_at: r.get(3)? }))
+            })?
+            .collect::<rusqlite::Result<HashMap<String, Review>>>()?;
+        Ok(rows)
+    }
+
+    /// Sets (or, with status `pending` and no text, clears) the review of one result.
+    pub fn set_review(&self, batch: &str, custom_id: &str, review: &Review) -> Result<()> {
+        let db = self.db();
+        if review.status == "pending" && review.text.is_none() {
+            db.execute(
+                "DELETE FROM reviews WHERE batch_id = ?1 AND custom_id = ?2",
+                params![batch, custom_id],
+            )?;
+        } else {
+            db.execute(
+                "INSERT OR REPLACE INTO reviews (batch_id, custom_id, status, text, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![batch, custom_id, review.status, review.text, review.updated_at],
+            )?;
+        }
         Ok(())
     }
 
