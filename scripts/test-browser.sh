@@ -99,7 +99,10 @@ start_server() {
   port="$(free_port)"
   log "starting quire serve ($name model) on 127.0.0.1:$port, log in $OUT/server-$name.log"
   # No API key: the tests talk to the API without one.
-  env -u QUIRE_API_KEY "$QUIRE" serve -m "$model" --host 127.0.0.1 --port "$port" >"$OUT/server-$name.log" 2>&1 &
+  # Its own fresh data dir: batch jobs of earlier runs never show up in the tests.
+  rm -rf "$OUT/data-$name"
+  env -u QUIRE_API_KEY "$QUIRE" serve -m "$model" --host 127.0.0.1 --port "$port" --data-dir "$OUT/data-$name" \
+    >"$OUT/server-$name.log" 2>&1 &
   PIDS+=("$!")
   printf -v "URL_$name" 'http://127.0.0.1:%s/' "$port"
 }

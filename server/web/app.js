@@ -4,7 +4,9 @@
 
 (function () {
   const I18N = window.QUIRE_I18N;
-  const BUILTIN = window.QUIRE_BUILTIN_TEMPLATES;
+  // Built-in templates come from the server (GET /v1/templates: examples/templates/ and --templates DIR),
+  // each job in its languages; the page shows the interface language's version.
+  let BUILTIN = [];
   const MD = window.QuireMarkdown;
 
   // ---------------------------------------------------------------- helpers
@@ -45,6 +47,10 @@
     mail: '<rect x="3" y="5" width="18" height="14" rx="2"/><path d="M3 7l9 6 9-6"/>',
     report: '<path d="M4 20V4M4 20h16M8 16v-5M12 16V8M16 16v-3"/>',
     help: '<circle cx="12" cy="12" r="9"/><path d="M9.5 9.5a2.5 2.5 0 1 1 3.5 2.3c-.6.3-1 .9-1 1.6v.6M12 17h.01"/>',
+    batch: '<path d="M12 3l9 5-9 5-9-5z"/><path d="M3 13l9 5 9-5"/>',
+    check: '<path d="M5 12.5l4.5 4.5L19 7"/>',
+    download: '<path d="M12 4v11M7 10l5 5 5-5M5 20h14"/>',
+    upload: '<path d="M12 20V9M7 14l5-5 5 5M5 4h14"/>',
     star: '<path d="M12 3l2.7 5.6 6.1.9-4.4 4.3 1 6.1-5.4-2.9-5.4 2.9 1-6.1-4.4-4.3 6.1-.9z"/>',
   };
   function icon(name) {
@@ -116,6 +122,7 @@
     renderEmptyChips();
     renderStatus();
     if ($("#templates-dialog").open) renderTemplates();
+    document.dispatchEvent(new CustomEvent("quire:lang"));
   }
 
   // ---------------------------------------------------------------- theme
@@ -167,6 +174,7 @@
     store.set(KEYS.settings, settings);
     toast(t("settingsSaved"));
     checkServer();
+    loadBuiltinTemplates();
   }
 
   function authHeaders() {
@@ -729,7 +737,7 @@
   // ---------------------------------------------------------------- templates
   let userTemplates = store.get(KEYS.templates, []);
   if (!Array.isArray(userTemplates)) userTemplates = [];
-  let tplSelected = BUILTIN[0].id;
+  let tplSelected = null;
   let tplMode = "use"; // use | edit
   let tplDraft = null; // template being edited (user template copy or new)
   let tplValues = {}; // field values typed in the "use" form, per template id
@@ -750,8 +758,59 @@
     return [...BUILTIN.map((b) => ({ ...b, builtin: true })), ...userTemplates];
   }
   const findTemplate = (id) => allTemplates().find((x) => x.id === id);
-  function fillTemplate(tpl, values) {
-    return loc(tpl.body).replace(PLACEHOLDER, (_, k) => (values[k] ?? "").trim()).replace(/\n{3,}/g, "\n\n").trim();
+  // The server renders built-in templates (the same renderer as batches); user templates are filled here.
+  async function fillTemplate(tpl, values) {
+    if (!tpl) return "";
+    if (tpl.builtin) {
+      const id = tpl.variants[lang] || tpl.variants.en || Object.values(tpl.variants)[0];
+      const r = await fetch("v1/templates/render", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", ...authHeaders() },
+        body: JSON.stringify({ template: id, values, partial: true }),
+      });
+      const j = await r.json().catch(() => ({}));
+      if (!r.ok) throw new Error((j.error && j.error.message) || r.statusText);
+      const user = j.messages.filter((m) => m.role === "user").pop();
+      return user ? user.content : "";
+    }
+    return String(tpl.body).replace(PLACEHOLDER, (_, k) => (values[k] ?? "").trim()).replace(/\n{3,}/g, "\n\n").trim();
+  }
+  /** GET /v1/templates, grouped by job: `product-description` and `product-description.zh` are one entry. */
+  async function loadBuiltinTemplates() {
+    try {
+      const r = await fetch("v1/templates", { headers: authHeaders(), cache: "no-store" });
+      if (!r.ok) return;
+      const j = await r.json();
+      const byJob = new Map();
+      for (const x of j.data || []) {
+        const job = x.lang === "en" ? x.id : x.id.replace(new RegExp("\\." + x.lang + "$"), "");
+        let b = byJob.get(job);
+        if (!b) byJob.set(job, (b = { id: job, icon: x.icon, name: {}, description: {}, fieldsBy: {}, variants: {} }));
+        b.variants[x.lang] = x.id;
+        b.name[x.lang] = x.name;
+        b.description[x.lang] = x.description;
+        b.fieldsBy[x.lang] = x.fields;
+        b.icon = b.icon || x.icon;
+      }
+      BUILTIN = [...byJob.values()].map((b) => {
+        const base = b.fieldsBy.en || Object.values(b.fieldsBy)[0];
+        const fields = base.map((f) => {
+          const o = { key: f.key, multiline: f.multiline, code: f.code, optional: f.optional, label: {}, placeholder: {} };
+          for (const [l, fs] of Object.entries(b.fieldsBy)) {
+            const g = fs.find((y) => y.key === f.key) || f;
+            o.label[l] = g.label;
+            o.placeholder[l] = g.placeholder || "";
+          }
+          return o;
+        });
+        return { id: b.id, icon: b.icon, name: b.name, description: b.description, fields, variants: b.variants };
+      });
+      renderEmptyChips();
+      if ($("#templates-dialog").open) renderTemplates();
+      document.dispatchEvent(new CustomEvent("quire:templates"));
+    } catch (_) {
+      // the server is down: the status line says so, and the next check loads them
+    }
   }
   function saveUserTemplates() {
     store.set(KEYS.templates, userTemplates);
@@ -803,10 +862,27 @@
   function renderTemplateUse() {
     const view = $("#tpl-view");
     const tpl = findTemplate(tplSelected) || allTemplates()[0];
+    if (!tpl) {
+      view.replaceChildren(h("p", { class: "muted", text: t("templatesLoading") }));
+      return;
+    }
     tplSelected = tpl.id;
     const values = (tplValues[tpl.id] ||= {});
     const preview = h("pre", { class: "tpl-preview" });
-    const update = () => { preview.textContent = fillTemplate(tpl, values); };
+    let asked = 0;
+    let timer = 0;
+    const update = () => {
+      clearTimeout(timer);
+      timer = setTimeout(async () => {
+        const mine = ++asked;
+        try {
+          const text = await fillTemplate(tpl, values);
+          if (mine === asked) preview.textContent = text;
+        } catch (e) {
+          if (mine === asked) preview.textContent = t("errorPrefix") + " " + e.message;
+        }
+      }, tpl.builtin ? 150 : 0);
+    };
     const fields = fieldsOf(tpl).map((f) => {
       const attrs = {
         name: f.key,
@@ -824,7 +900,13 @@
     ];
     if (tpl.builtin) {
       actions.unshift(h("button", { type: "button", class: "btn ghost", id: "tpl-duplicate", text: t("duplicate"),
-        onclick: () => editTemplate({ id: null, name: loc(tpl.name), description: loc(tpl.description), body: loc(tpl.body) }) }));
+        onclick: async () => {
+          // the built-in's text with each field as a {{field}} placeholder of the page's own templates
+          const marks = Object.fromEntries(tpl.fields.map((f) => [f.key, "{{" + f.key + "}}"]));
+          let body = "";
+          try { body = await fillTemplate(tpl, marks); } catch (e) { toast(t("errorPrefix") + " " + e.message, true); return; }
+          editTemplate({ id: null, name: loc(tpl.name), description: loc(tpl.description), body });
+        } }));
     } else {
       actions.unshift(
         h("button", { type: "button", class: "btn ghost danger-text", id: "tpl-delete", text: t("delete"), onclick: () => deleteTemplate(tpl) }),
@@ -839,8 +921,13 @@
       h("div", { class: "dialog-actions" }, h("span", { class: "spacer" }), actions));
   }
 
-  function useTemplate(tpl, values) {
-    input.value = fillTemplate(tpl, values);
+  async function useTemplate(tpl, values) {
+    try {
+      input.value = await fillTemplate(tpl, values);
+    } catch (e) {
+      toast(t("errorPrefix") + " " + e.message, true);
+      return;
+    }
     $("#templates-dialog").close();
     autosize();
     input.focus();
@@ -902,7 +989,7 @@
     if (!(await confirmDialog(t("confirmDeleteTemplate", { name: tpl.name })))) return;
     userTemplates = userTemplates.filter((x) => x.id !== tpl.id);
     saveUserTemplates();
-    tplSelected = BUILTIN[0].id;
+    tplSelected = BUILTIN.length ? BUILTIN[0].id : null;
     renderTemplates();
   }
 
@@ -1027,7 +1114,18 @@
   renderMessages(true);
   autosize();
   checkServer();
+  loadBuiltinTemplates();
   input.focus();
+
+  // What the Batch view (batch.js) shares with the chat page.
+  window.quireUI = {
+    h, icon, toast, authHeaders, MD,
+    t: (k, vars) => t(k, vars),
+    loc: (v) => loc(v),
+    get lang() { return lang; },
+    builtinTemplates: () => BUILTIN,
+    confirm: (text, okLabel) => confirmDialog(text, okLabel),
+  };
 
   // Small surface for the browser tests and for debugging from the console.
   window.quire = {
@@ -1042,6 +1140,7 @@
       return m.id;
     },
     fillTemplate: (id, values) => fillTemplate(findTemplate(id), values || {}),
+    builtinTemplates: () => BUILTIN,
     get streaming() { return !!streaming; },
     get language() { return lang; },
     get theme() { return theme; },

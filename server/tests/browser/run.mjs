@@ -126,6 +126,8 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 test("page loads: libraries, server status, empty state, dark theme", async () => {
   const { page } = await openPage(BASE);
   assert.equal(await page.title(), "Quire");
+  // the built-in templates come from the server (GET /v1/templates)
+  await page.waitForFunction(() => document.querySelectorAll("#empty-templates .chip").length > 0);
   const info = await page.evaluate(() => ({
     libs: [typeof window.marked, typeof window.DOMPurify, typeof window.hljs, typeof window.quire],
     theme: document.documentElement.dataset.theme,
@@ -326,12 +328,12 @@ test("templates: a built-in template fills the input; user templates, export and
   assert.ok(!v.includes("{{"), "every placeholder filled");
   assert.equal(await page.evaluate(() => document.activeElement.id), "input", "focus back in the input");
 
-  // Every built-in has its fields and fills without leftovers.
-  const builtins = await page.evaluate(() =>
-    window.QUIRE_BUILTIN_TEMPLATES.map((t) => ({ id: t.id, out: window.quire.fillTemplate(t.id, Object.fromEntries(t.fields.map((f) => [f.key, "X"]))) })));
+  // Every built-in has its fields and fills without leftovers (rendered by the server, as in batches).
+  const builtins = await page.evaluate(() => Promise.all(window.quire.builtinTemplates().map(async (t) =>
+    ({ id: t.id, out: await window.quire.fillTemplate(t.id, Object.fromEntries(t.fields.map((f) => [f.key, "X"]))) }))));
   assert.deepEqual(builtins.map((b) => b.id),
     ["wechat-article", "api-docs", "python-script", "product-description", "email-draft", "report-summary", "faq-from-notes"]);
-  for (const b of builtins) assert.ok(!b.out.includes("{{") && b.out.includes("X"), b.id);
+  for (const b of builtins) assert.ok(!b.out.includes("{{") && !b.out.includes("{%") && b.out.includes("X"), b.id);
 
   // A user template: create, use, export, delete, import.
   await page.click("#template-btn");
@@ -502,6 +504,7 @@ test("theme and language: light toggle and Chinese interface, both remembered", 
   assert.equal(await page.textContent("#tpl-view h3"), "微信公众号文章");
   await page.fill('#tpl-view [name="topic"]', "本地大模型");
   await page.click("#tpl-use");
+  await page.waitForSelector("#templates-dialog:not([open])", { state: "attached" });
   assert.match(await page.inputValue("#input"), /请写一篇微信公众号文章，主题是「本地大模型」/);
   await page.fill("#input", "");
   await page.click("#theme-toggle");
@@ -578,6 +581,139 @@ test("real model: a fenced code block renders highlighted, with a working copy b
     assert.ok(kb < 300, `README screenshot is ${kb.toFixed(0)} KB (limit 300)`);
     console.log(`   README screenshot: ${README_SHOT} (${kb.toFixed(0)} KB)`);
   }
+}, { real: true });
+
+test("batch jobs: template + CSV upload, live progress, review, edit, export; reload and a second editor see the same", async () => {
+  const { context, page } = await openPage(BASE);
+  await page.click("#open-batches");
+  await page.waitForSelector("#batch-dialog[open]");
+  await page.waitForSelector("#batch-template option[value=product-description]", { state: "attached" });
+  await page.selectOption("#batch-template", "product-description");
+  assert.match(await page.textContent("#batch-columns"), /product, features, audience, platform/);
+
+  // A file without a column the template needs: refused, naming it; nothing starts.
+  await page.setInputFiles("#batch-file", { name: "bad.csv", mimeType: "text/csv", buffer: Buffer.from("product,features\nKettle,boils\n") });
+  await page.click("#batch-start");
+  await page.waitForFunction(() => /needs the fields 'audience', 'platform'/.test(document.querySelector("#batch-error").textContent));
+  // the browser logs the refused request's 400: expected here
+  const refused = currentErrors.findIndex((e) => /status of 400/.test(e));
+  assert.ok(refused >= 0, "the refusal was a 400");
+  currentErrors.splice(refused, 1);
+
+  const csv = "\ufeffcustom_id,product,features,audience,platform\n" +
+    'sku-1,"Steel kettle, 1.7 L","Boils in 4 minutes; ""keep warm"" mode",families,website\n' +
+    "sku-2,保温杯 500 ml,\"316 不锈钢，12 小时保温\",通勤上班族,淘宝详情页\n" +
+    "sku-3,Desk organiser,Five compartments,home offices,Amazon\n";
+  await page.setInputFiles("#batch-file", { name: "products.csv", mimeType: "text/csv", buffer: Buffer.from(csv) });
+  await page.click("#batch-start");
+  await page.waitForSelector("#batch-status");
+  await page.evaluate(() => {
+    const seen = (window.__batchStatuses = [document.querySelector("#batch-status").dataset.status]);
+    new MutationObserver(() => {
+      const st = document.querySelector("#batch-status");
+      if (st && seen[seen.length - 1] !== st.dataset.status) seen.push(st.dataset.status);
+    }).observe(document.querySelector("#batch-view"), { subtree: true, childList: true, attributes: true });
+  });
+  const id = decodeURIComponent((await page.evaluate(() => location.hash)).replace("#batch/", ""));
+  assert.match(id, /^batch_/, "the address names the batch");
+  // live: the view follows the job to the end without a reload
+  await page.waitForSelector("#batch-status[data-status=completed]", { timeout: 120000 });
+  await page.waitForFunction(() => document.querySelectorAll(".batch-item[data-state=completed]").length === 3);
+  const seen = await page.evaluate(() => window.__batchStatuses);
+  assert.ok(["validating", "in_progress"].includes(seen[0]) && seen[seen.length - 1] === "completed",
+    "the view followed the job: " + seen.join(" → "));
+  const prog = await page.$eval("#batch-progress", (e) => [e.value, e.max]);
+  assert.deepEqual(prog, [3, 3]);
+  assert.match(await page.textContent("#batch-progress-text"), /3 of 3 done, 0 failed/);
+  const first = page.locator('.batch-item[data-id="sku-1"]');
+  assert.match(await first.locator(".batch-prompt").textContent(), /Steel kettle, 1\.7 L[\s\S]*"keep warm" mode/);
+  assert.match(await page.locator('.batch-item[data-id="sku-2"] .batch-prompt').textContent(), /保温杯 500 ml/);
+  await shot(page, "12-batch-review");
+
+  // Verdicts and an edit.
+  await first.locator("[data-verdict=approved]").click();
+  await page.waitForSelector('.batch-item[data-id="sku-1"].verdict-approved');
+  await page.locator('.batch-item[data-id="sku-2"] [data-verdict=needs_changes]').click();
+  await page.waitForSelector('.batch-item[data-id="sku-2"].verdict-needs_changes');
+  await page.locator('.batch-item[data-id="sku-3"] [data-verdict=rejected]').click();
+  await page.waitForSelector('.batch-item[data-id="sku-3"].verdict-rejected');
+  const edited = 'Steel kettle — boils in 4 minutes, "keep warm" for two hours. 保温';
+  await page.locator('.batch-item[data-id="sku-1"] [data-action=edit]').click();
+  await page.fill('.batch-item[data-id="sku-1"] .batch-edit', edited);
+  await page.locator('.batch-item[data-id="sku-1"] [data-action=save]').click();
+  await page.waitForSelector('.batch-item[data-id="sku-1"] .badge.edited');
+  assert.equal((await page.locator('.batch-item[data-id="sku-1"] .batch-result').textContent()).trim(), edited);
+  await page.waitForFunction(() => /Approved 1/.test(document.querySelector('.batch-filter [data-filter=approved]').textContent));
+
+  // Export the approved ones: CSV, JSONL, Markdown zip.
+  const download = async (fmt) => {
+    const [d] = await Promise.all([page.waitForEvent("download"), page.click("#batch-export-" + fmt)]);
+    return readFileSync(await d.path());
+  };
+  const csvOut = (await download("csv")).toString("utf8");
+  assert.ok(csvOut.startsWith("\ufeffcustom_id,row,template,review,edited,text"), csvOut);
+  assert.equal(csvOut.trim().split("\n").length, 2, "one approved row: " + csvOut);
+  assert.ok(csvOut.includes('"Steel kettle — boils in 4 minutes, ""keep warm"" for two hours. 保温"'), csvOut);
+  const jsonl = (await download("jsonl")).toString("utf8").trim().split("\n").map((l) => JSON.parse(l));
+  assert.deepEqual(jsonl.map((r) => [r.custom_id, r.review, r.edited, r.text, r.template, r.row]),
+    [["sku-1", "approved", true, edited, "product-description", 1]]);
+  assert.equal(jsonl[0].quire.model, "tiny-qwen3-q8_0.gguf");
+  const zip = await download("zip");
+  assert.equal(zip.subarray(0, 2).toString("latin1"), "PK");
+  assert.ok(zip.includes(Buffer.from("sku-1.md")), "the zip holds sku-1.md");
+
+  // A filter shows only its verdict.
+  await page.click(".batch-filter [data-filter=needs_changes]");
+  await page.waitForFunction(() => document.querySelectorAll(".batch-item").length === 1 &&
+    document.querySelector(".batch-item").dataset.id === "sku-2");
+  await page.click(".batch-filter [data-filter=all]");
+  await page.waitForFunction(() => document.querySelectorAll(".batch-item").length === 3);
+
+  // Reload: the address reopens the batch, every verdict and the edit are there (they live on the server).
+  await page.reload();
+  await page.waitForSelector("#batch-dialog[open]");
+  await page.waitForSelector('.batch-item[data-id="sku-1"].verdict-approved');
+  assert.equal((await page.locator('.batch-item[data-id="sku-1"] .batch-result').textContent()).trim(), edited);
+  assert.ok(await page.$('.batch-item[data-id="sku-3"].verdict-rejected'));
+
+  // Another editor, in another browser profile, sees the same state; their verdict reaches the first page.
+  const other = await openPage(BASE + "#batch/" + encodeURIComponent(id));
+  await other.page.waitForSelector('.batch-item[data-id="sku-2"].verdict-needs_changes');
+  await other.page.locator('.batch-item[data-id="sku-2"] [data-verdict=approved]').click();
+  await page.waitForSelector('.batch-item[data-id="sku-2"].verdict-approved', { timeout: 15000 });
+  await other.context.close();
+  await context.close();
+});
+
+test("real model: a product-description batch from a CSV, reviewed (and the README screenshot)", async () => {
+  const { context, page } = await openPage(REAL, { viewport: { width: 1280, height: 860 } });
+  await page.click("#open-batches");
+  await page.waitForSelector("#batch-template option[value=product-description]", { state: "attached" });
+  await page.selectOption("#batch-template", "product-description");
+  const csv = readFileSync(join(ROOT, "examples", "data", "products.csv"));
+  await page.setInputFiles("#batch-file", { name: "products.csv", mimeType: "text/csv", buffer: csv });
+  await page.click("#batch-start");
+  await page.waitForSelector("#batch-status[data-status=completed]", { timeout: 600000 });
+  const texts = await page.$$eval(".batch-item", (els) => Object.fromEntries(els.map((e) =>
+    [e.dataset.id, e.querySelector(".batch-result").textContent])));
+  assert.deepEqual(Object.keys(texts), ["sku-1001", "sku-1002", "sku-1003"]);
+  // each text is about its own row's product
+  assert.match(texts["sku-1001"], /kettle/i);
+  assert.match(texts["sku-1002"], /保温杯|cup|mug|flask|bottle|tumbler/i);
+  assert.match(texts["sku-1003"], /organi[sz]er|bamboo/i);
+  await page.locator('.batch-item[data-id="sku-1001"] [data-verdict=approved]').click();
+  await page.waitForSelector('.batch-item[data-id="sku-1001"].verdict-approved');
+  await page.locator('.batch-item[data-id="sku-1002"] [data-verdict=needs_changes]').click();
+  await page.waitForSelector('.batch-item[data-id="sku-1002"].verdict-needs_changes');
+  await shot(page, "13-real-batch-review");
+  if (README_SHOT) {
+    const file = join(dirname(README_SHOT), "batch-review.png");
+    await page.screenshot({ path: file });
+    const kb = statSync(file).size / 1024;
+    assert.ok(kb < 400, `README batch screenshot is ${kb.toFixed(0)} KB (limit 400)`);
+    console.log(`   README screenshot: ${file} (${kb.toFixed(0)} KB)`);
+  }
+  await context.close();
 }, { real: true });
 
 test("no console errors over the whole session", async () => {
