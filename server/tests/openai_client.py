@@ -5,7 +5,8 @@ Streams a chat completion and a completion (with usage), checks that each stream
 non-streamed greedy text, lists the models, checks that a bad request raises BadRequestError, and reads
 logprobs (whole and streamed) through the client's own types, and parses structured output into a pydantic
 model with `chat.completions.parse`, and calls tools (every tool_choice, streamed, a second turn), and runs
-batch jobs through files.create / batches.create / retrieve / list / cancel / files.content / files.delete.
+batch jobs through files.create / batches.create / retrieve / list / cancel / files.content / files.delete,
+and a template batch (a CSV uploaded as user_data, `template` through extra_body) reviewed and exported.
 Prints a closing 'N passed, N failed' line; exits non-zero on any failure.
 """
 
@@ -310,6 +311,49 @@ def batches():
         pass
 
 
+def template_batch():
+    csv = ("custom_id,product,features,audience,platform\n"
+           'sku-1,"Kettle, 1.7 L","says ""done"" when it boils",families,website\n'
+           "sku-2,保温杯,316 不锈钢，12 小时保温,上班族,淘宝\n").encode()
+    f = client.files.create(file=("products.csv", csv), purpose="user_data")
+    assert f.purpose == "user_data", f
+    b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h",
+                              extra_body={"template": "product-description.zh"})
+    assert b.metadata["template"] == "product-description.zh" and b.metadata["data_file_id"] == f.id, b
+    assert b.input_file_id != f.id, "the rows are rendered into a batch file of their own"
+    requests = [json.loads(x) for x in client.files.content(b.input_file_id).text.splitlines()]
+    prompts = [r["body"]["messages"][-1]["content"] for r in requests]
+    assert "「Kettle, 1.7 L」" in prompts[0] and 'says "done" when it boils' in prompts[0], prompts[0]
+    assert "「保温杯」" in prompts[1] and "316 不锈钢，12 小时保温" in prompts[1], prompts[1]
+    assert requests[0]["body"]["messages"][0]["role"] == "system"
+    b = wait_batch(b)
+    assert b.status == "completed" and b.request_counts.completed == 2, b
+    out = [json.loads(x) for x in client.files.content(b.output_file_id).text.splitlines()]
+    assert [(o["custom_id"], o["quire"]["template"], o["quire"]["row"]) for o in out] == \
+        [("sku-1", "product-description.zh", 1), ("sku-2", "product-description.zh", 2)], out
+    # review through the extension endpoints, with the client's own request methods
+    items = client.get(f"/batches/{b.id}/items", cast_to=object)
+    assert [i["custom_id"] for i in items["data"]] == ["sku-1", "sku-2"] and items["review_counts"]["pending"] == 2
+    r = client.post(f"/batches/{b.id}/items/sku-2/review", body={"status": "approved", "text": "终稿"}, cast_to=object)
+    assert r["review"]["status"] == "approved" and r["review"]["text"] == "终稿", r
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/batches/{b.id}/export?format=jsonl",
+                                 headers={"Authorization": f"Bearer {client.api_key}"})
+    exported = [json.loads(x) for x in urllib.request.urlopen(req).read().decode().splitlines()]
+    assert [(e["custom_id"], e["text"], e["edited"]) for e in exported] == [("sku-2", "终稿", True)], exported
+    # rows the template cannot use, an unknown template: refused with the reason
+    bad = client.files.create(file=("bad.csv", b"product\nKettle\n"), purpose="user_data")
+    for extra, want in [({"template": "product-description"}, "needs the fields"), ({"template": "nope"}, "no template 'nope'")]:
+        try:
+            client.batches.create(input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                  extra_body=extra)
+            raise AssertionError(f"{extra} was accepted")
+        except openai.BadRequestError as e:
+            assert want in str(e), e
+    names = [t["id"] for t in client.get("/templates", cast_to=object)["data"]]
+    assert "product-description" in names and "wechat-article.zh" in names, names
+
+
 check("models.list", models)
 check("chat.completions stream == non-stream", chat_stream)
 check("completions stream == non-stream", completion_stream)
@@ -318,5 +362,6 @@ check("chat logprobs, whole and streamed", chat_logprobs)
 check("structured output: parse() with a pydantic model, json_object streamed, bad schema", structured_parse)
 check("tool calls: required, named, none, auto, streamed, second turn, bad tool_choice", tool_calls)
 check("batches: files.create, batches.create/retrieve/list/cancel, files.content/delete", batches)
+check("template batch: CSV as user_data, extra_body template, provenance, review and export", template_batch)
 print(f"openai-client: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
