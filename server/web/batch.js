@@ -186,7 +186,7 @@
     const q = `offset=0&limit=${Math.min(shown, 500)}&review=${filter}`;
     const j = await json(`v1/batches/${encodeURIComponent(id)}/items?${q}`);
     if (!current || current.id !== id) return;
-    current = j.batch.id ? { ...current, ...j.batch } : current;
+    current = j.batch.id ? { ...current, quire: null, ...j.batch } : current; // a closed batch has no quire (ETA)
     items = j.data;
     counts = j.review_counts;
     total = j.total;
@@ -201,7 +201,7 @@
     const running = OPEN.includes(current.status);
     pollTimer = setTimeout(async () => {
       try {
-        current = { ...current, ...(await json("v1/batches/" + encodeURIComponent(current.id))) };
+        current = { ...current, quire: null, ...(await json("v1/batches/" + encodeURIComponent(current.id))) };
         await refreshItems();
         if (!running || !OPEN.includes(current.status)) refreshList();
       } catch (_) {

@@ -618,6 +618,7 @@ test("batch jobs: template + CSV upload, live progress, review, edit, export; re
   assert.match(id, /^batch_/, "the address names the batch");
   // live: the view follows the job to the end without a reload
   await page.waitForSelector("#batch-status[data-status=completed]", { timeout: 120000 });
+  assert.doesNotMatch(await page.locator("#batch-head").textContent(), / left/, "a finished batch shows no ETA");
   await page.waitForFunction(() => document.querySelectorAll(".batch-item[data-state=completed]").length === 3);
   const seen = await page.evaluate(() => window.__batchStatuses);
   assert.ok(["validating", "in_progress"].includes(seen[0]) && seen[seen.length - 1] === "completed",
@@ -694,6 +695,7 @@ test("real model: a product-description batch from a CSV, reviewed (and the READ
   await page.setInputFiles("#batch-file", { name: "products.csv", mimeType: "text/csv", buffer: csv });
   await page.click("#batch-start");
   await page.waitForSelector("#batch-status[data-status=completed]", { timeout: 600000 });
+  assert.doesNotMatch(await page.locator("#batch-head").textContent(), / left/, "a finished batch shows no ETA");
   const texts = await page.$$eval(".batch-item", (els) => Object.fromEntries(els.map((e) =>
     [e.dataset.id, e.querySelector(".batch-result").textContent])));
   assert.deepEqual(Object.keys(texts), ["sku-1001", "sku-1002", "sku-1003"]);
@@ -705,6 +707,8 @@ test("real model: a product-description batch from a CSV, reviewed (and the READ
   await page.waitForSelector('.batch-item[data-id="sku-1001"].verdict-approved');
   await page.locator('.batch-item[data-id="sku-1002"] [data-verdict=needs_changes]').click();
   await page.waitForSelector('.batch-item[data-id="sku-1002"].verdict-needs_changes');
+  // A verdict click scrolls its card into view; the README shows the top: counts, filters, export.
+  await page.evaluate(() => { document.querySelector(".batch-main").scrollTop = 0; });
   await shot(page, "13-real-batch-review");
   if (README_SHOT) {
     const file = join(dirname(README_SHOT), "batch-review.png");
