@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: fetch the real Qwen2.5-Coder model (cached after the first run), then run every test of
+# The test command: fetch the real Qwen2.5-Coder models (1.5B and 0.5B, cached after the first run), then run every test of
 # the workspace in release mode, real-model tests included (QUIRE_REQUIRE_REAL=1 turns their skip into a
 # failure), then the server end to end (CLI vs API, the official openai client). Extra arguments go to
 # `cargo test`.
@@ -15,8 +15,12 @@ if [ -z "${QUIRE_REAL_MODEL:-}" ]; then
   echo "test.sh: fetching the real model (Qwen2.5-Coder-1.5B-Instruct Q4_K_M, 1.1 GB, cached)..." >&2
   QUIRE_REAL_MODEL="$(bash "$SHARED/scripts/fetch-qwen25-coder.sh")"
 fi
-export QUIRE_REAL_MODEL QUIRE_REQUIRE_REAL=1
-echo "test.sh: real model at $QUIRE_REAL_MODEL" >&2
+if [ -z "${QUIRE_REAL_DRAFT_MODEL:-}" ]; then
+  echo "test.sh: fetching the small real model (Qwen2.5-Coder-0.5B-Instruct, mostly Q5_0, 491 MB, cached)..." >&2
+  QUIRE_REAL_DRAFT_MODEL="$(bash "$SHARED/scripts/fetch-qwen25-coder-0.5b.sh")"
+fi
+export QUIRE_REAL_MODEL QUIRE_REAL_DRAFT_MODEL QUIRE_REQUIRE_REAL=1
+echo "test.sh: real models at $QUIRE_REAL_MODEL and $QUIRE_REAL_DRAFT_MODEL" >&2
 # The kernel tests compare every instruction set the CPU runs with the scalar reference in one process. Where
 # /proc/cpuinfo lists a set, a kernel test that finds it missing fails instead of skipping it.
 if grep -qw avx512_vnni /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then
@@ -32,11 +36,12 @@ cargo test --release --workspace "$@"
 # real-model goldens once more on AVX2 (the scalar path is too slow for a 1.5B model in CI).
 for isa in scalar avx2; do
   echo "test.sh: engine tests with QUIRE_ISA=$isa (real-model tests skipped)" >&2
-  QUIRE_ISA="$isa" QUIRE_REQUIRE_REAL=0 QUIRE_REAL_MODEL=/nonexistent \
+  QUIRE_ISA="$isa" QUIRE_REQUIRE_REAL=0 QUIRE_REAL_MODEL=/nonexistent QUIRE_REAL_DRAFT_MODEL=/nonexistent \
     cargo test --release -p quire-engine "$@"
 done
 echo "test.sh: real-model goldens with QUIRE_ISA=avx2" >&2
 QUIRE_ISA=avx2 cargo test --release -p quire-engine --test real_model goldens_match_llamacpp "$@"
+QUIRE_ISA=avx2 cargo test --release -p quire-engine --test real_model q5_0_model_matches_llamacpp "$@"
 
 # End to end through the HTTP server on the real model.
 cargo build --release --quiet

@@ -32,14 +32,24 @@ pub enum GgufError {
     Version { path: PathBuf, version: u32 },
     #[error("{path}: truncated or malformed GGUF header: {reason}")]
     Header { path: PathBuf, reason: String },
-    #[error("{path}: tensor '{tensor}' has unknown or unsupported type id {type_id} (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K)")]
-    UnknownTensorType { path: PathBuf, tensor: String, type_id: u32 },
+    #[error(
+        "{path}: tensor '{tensor}' has unknown or unsupported type id {type_id} (supported: {supported})"
+    )]
+    UnknownTensorType { path: PathBuf, tensor: String, type_id: u32, supported: String },
     #[error("{path}: tensor '{tensor}' has an invalid shape {shape:?}: {reason}")]
     BadShape { path: PathBuf, tensor: String, shape: Vec<u64>, reason: String },
     #[error("{path}: file is truncated: tensor '{tensor}' needs bytes {start}..{end} but the file has {file_len} bytes")]
     Truncated { path: PathBuf, tensor: String, start: u64, end: u64, file_len: u64 },
     #[error("{path}: tensor '{tensor}' data offset {offset} is not aligned to {alignment} bytes")]
     Misaligned { path: PathBuf, tensor: String, offset: u64, alignment: u64 },
+}
+
+/// The tensor types a model file may use, by name: every format the kernels have except Q8_K, which is
+/// only an activation format.
+fn supported_types() -> String {
+    let names: Vec<&str> =
+        quire_kernels::formats::ALL.iter().filter(|d| **d != DType::Q8_K).map(|d| d.name()).collect();
+    names.join(", ")
 }
 
 /// One tensor's description, already validated against the file.
@@ -262,6 +272,7 @@ fn validate_tensor(
         path: path.into(),
         tensor: t.name.clone(),
         type_id: t.kind,
+        supported: supported_types(),
     })?;
     if t.shape.is_empty() || t.shape.len() > 4 {
         return Err(bad_shape("expected 1 to 4 dimensions"));

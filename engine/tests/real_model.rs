@@ -1,5 +1,5 @@
-//! The real Qwen2.5-Coder-1.5B-Instruct Q4_K_M model against llama.cpp's goldens: tokenization, top-1 at
-//! the end of each prompt, greedy continuations and perplexity. Skipped when the model is absent, unless
+//! The real Qwen2.5-Coder-1.5B-Instruct Q4_K_M model (and the 0.5B, mostly Q5_0) against llama.cpp's
+//! goldens: tokenization, top-1 at the end of each prompt, greedy continuations and perplexity. Skipped when the model is absent, unless
 //! QUIRE_REQUIRE_REAL=1 (scripts/test.sh fetches it and sets that).
 
 mod common;
@@ -17,14 +17,29 @@ use quire_engine::sampler::SamplerConfig;
 fn goldens_match_llamacpp() {
     let Some(path) = real_model() else { return };
     let engine = Engine::load(&path).unwrap();
-    let greedy_agree = check_goldens(&engine);
+    let greedy_agree = check_goldens(&engine, "real/qwen25-coder-goldens.json");
     assert!(greedy_agree >= 4, "only {greedy_agree}/5 prompts reproduce llama.cpp's first 32 greedy tokens");
+}
+
+/// The real 0.5B model, whose matrices are mostly Q5_0 (with Q8_0, Q4_K and Q6_K): llama.cpp's goldens and
+/// its perplexity (5.1275 on the same text).
+#[test]
+fn q5_0_model_matches_llamacpp() {
+    let Some(path) = real_draft_model() else { return };
+    let engine = Engine::load(&path).unwrap();
+    let greedy_agree = check_goldens(&engine, "real/qwen25-coder-0.5b-goldens.json");
+    assert!(greedy_agree >= 4, "only {greedy_agree}/5 prompts reproduce llama.cpp's first 32 greedy tokens");
+    let ppl = perplexity(&engine);
+    let want = read_json("real/qwen25-coder-0.5b-perplexity.json")["perplexity.txt"]["ppl"].as_f64().unwrap();
+    let rel = (ppl - want).abs() / want;
+    eprintln!("0.5B: PPL = {ppl:.4} (llama.cpp {want}, {:.3}% off)", rel * 100.0);
+    assert!(rel <= 0.005, "perplexity {ppl} is more than 0.5% from llama.cpp's {want}");
 }
 
 /// Tokenization, top-1 and its logit at the end of each golden prompt must match; returns how many of the
 /// prompts reproduce llama.cpp's first 32 greedy tokens.
-fn check_goldens(engine: &Engine) -> usize {
-    let goldens = read_json("real/qwen25-coder-goldens.json");
+fn check_goldens(engine: &Engine, goldens: &str) -> usize {
+    let goldens = read_json(goldens);
     let prompts = goldens["prompts"].as_object().unwrap();
     let mut greedy_agree = 0;
     for (name, p) in prompts {
@@ -71,7 +86,7 @@ fn q8_0_kv_cache_stays_close_to_llamacpp() {
     let Some(path) = real_model() else { return };
     let mut engine = Engine::load(&path).unwrap();
     engine.kv_type = KvType::Q8_0;
-    let greedy_agree = check_goldens(&engine);
+    let greedy_agree = check_goldens(&engine, "real/qwen25-coder-goldens.json");
     assert!(greedy_agree >= 4, "only {greedy_agree}/5 prompts reproduce llama.cpp's first 32 greedy tokens");
     let ppl = perplexity(&engine);
     let want = read_json("real/qwen25-coder-perplexity.json")["ppl"].as_f64().unwrap();

@@ -82,13 +82,14 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
 /// with each KV cache type. llama.cpp's bounds were measured with its default f16 cache; a q8_0 cache
 /// rounds keys and values to 8 bits, which on these random weights moves the logits by about 0.08, more
 /// than the f16/bf16 files' bounds (0.01/0.04) but well inside the bound of 8-bit weights, so a q8_0 cache
-/// is held to the larger of the file's bound and the q8_0 file's.
+/// is held to the file's bound plus the q8_0 file's (the two roundings add up: with Q5_0 weights the f32
+/// cache matches llama.cpp's error, 1.193, and the q8_0 cache adds 0.12).
 #[test]
 fn every_tensor_type_is_as_close_as_llamacpp() {
     let reference = read_json("tiny-qwen3/reference.json");
     let bounds = read_json("tiny-qwen3-llamacpp-error.json");
     let bound_of = |ty: &str| bounds[ty]["max_abs_diff_vs_ref"].as_f64().unwrap() as f32 * 1.1;
-    for ty in ["f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"] {
+    for ty in ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k"] {
         let model = Model::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
         let vocab = model.config.vocab_size;
         for kv_type in [KvType::F32, KvType::F16, KvType::Q8_0] {
@@ -101,7 +102,7 @@ fn every_tensor_type_is_as_close_as_llamacpp() {
                 worst = worst.max(max_abs_diff(last, &floats(&p["last_logits"])));
             }
             let bound = match kv_type {
-                KvType::Q8_0 => bound_of(ty).max(bound_of("q8_0")),
+                KvType::Q8_0 => bound_of(ty) + bound_of("q8_0"),
                 _ => bound_of(ty),
             };
             eprintln!(
@@ -149,7 +150,7 @@ fn context_overflow_is_an_error() {
 #[test]
 fn quantized_files_track_llamacpp_logits() {
     let reference = read_json("tiny-qwen3/reference.json");
-    for ty in ["q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"] {
+    for ty in ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k"] {
         let theirs = read_json(&format!("tiny-qwen3-{ty}.llamacpp.json"));
         let model = Model::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
         let vocab = model.config.vocab_size;

@@ -69,6 +69,12 @@ pub enum DType {
     Q8_0,
     /// 32 values: f16 scale, 32 × 4-bit with offset 8.
     Q4_0,
+    /// 32 values: f16 scale and f16 minimum, 32 × 4-bit.
+    Q4_1,
+    /// 32 values: f16 scale, 32 × 5-bit with offset 16.
+    Q5_0,
+    /// 32 values: f16 scale and f16 minimum, 32 × 5-bit.
+    Q5_1,
     /// 256 values: 8 sub-blocks with 6-bit scales and mins, 4-bit quants.
     Q4_K,
     /// 256 values: like Q4_K with 5-bit quants.
@@ -95,7 +101,7 @@ impl DType {
         format(self).name
     }
 
-    /// Values per block: 1 for F32/F16/BF16, 32 for Q8_0/Q4_0, 256 for K types.
+    /// Values per block: 1 for F32/F16/BF16, 32 for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1, 256 for K types.
     pub fn block_len(self) -> usize {
         format(self).block_len
     }
@@ -112,7 +118,7 @@ impl DType {
     }
 
     /// The activation format [`vec_dot`] expects with weights of this format: F32 for
-    /// F32/F16/BF16, Q8_0 for Q4_0/Q8_0, Q8_K for the K types.
+    /// F32/F16/BF16, Q8_0 for the 32-value block formats, Q8_K for the K types.
     pub fn vec_dot_type(self) -> DType {
         format(self).vec_dot_type
     }
@@ -392,6 +398,9 @@ mod tests {
             (DType::BF16, 30, "BF16", 1, 2, DType::F32),
             (DType::Q8_0, 8, "Q8_0", 32, 34, DType::Q8_0),
             (DType::Q4_0, 2, "Q4_0", 32, 18, DType::Q8_0),
+            (DType::Q4_1, 3, "Q4_1", 32, 20, DType::Q8_0),
+            (DType::Q5_0, 6, "Q5_0", 32, 22, DType::Q8_0),
+            (DType::Q5_1, 7, "Q5_1", 32, 24, DType::Q8_0),
             (DType::Q4_K, 12, "Q4_K", 256, 144, DType::Q8_K),
             (DType::Q5_K, 13, "Q5_K", 256, 176, DType::Q8_K),
             (DType::Q6_K, 14, "Q6_K", 256, 210, DType::Q8_K),
@@ -411,7 +420,7 @@ mod tests {
                 assert_eq!(dtype.row_bytes(len + 1), None);
             }
         }
-        for id in [3, 6, 7, 9, 10, 11, 16, 29, 31, 1000] {
+        for id in [4, 5, 9, 10, 11, 16, 29, 31, 1000] {
             assert_eq!(DType::from_ggml(id), None, "id {id}");
         }
     }

@@ -27,7 +27,7 @@ pub struct QuantizedActs {
     bytes: Vec<u8>,
     /// Q8_0 / Q8_K: the scale of every block of every row, as `f32`.
     pub(crate) d: Vec<f32>,
-    /// Q8_0: `−offset·Σ a` per block (offset 8 for Q4_0, 128 for Q8_0 weights).
+    /// Q8_0: `−offset·Σ a` per block (offset 8 for Q4_0, 16 for Q5_0, 128 for Q8_0 weights).
     /// Q8_K: four dwords per super-block of i16 pairs `(s[2j], s[2j+1])`, `s[sub]` the
     /// sum of the 32 activations of sub-block `sub`.
     pub(crate) side: Vec<i32>,
@@ -71,7 +71,13 @@ impl QuantizedActs {
         self.side.clear();
         match act_type {
             DType::Q8_0 => {
-                let offset = if wtype == DType::Q4_0 { 8 } else { 128 };
+                // What the panel kernels subtract from their unsigned weight bytes (Q4_1/Q5_1 have none).
+                let offset = match wtype {
+                    DType::Q4_0 => 8,
+                    DType::Q5_0 => 16,
+                    DType::Q8_0 => 128,
+                    _ => 0,
+                };
                 for block in q8_0::blocks(&self.bytes) {
                     self.d.push(block.d());
                     let sum: i32 = block.qs().iter().map(|&q| q as i8 as i32).sum();
@@ -179,7 +185,7 @@ pub fn gemm_with(
 /// callers splitting rows between threads split at multiples of it).
 pub fn has_panel_kernel(isa: Isa, wtype: DType) -> bool {
     isa.kind() == IsaKind::Avx512
-        && matches!(wtype, DType::Q4_0 | DType::Q8_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K)
+        && matches!(wtype, DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K)
 }
 
 /// Whether a `wtype` matrix of `n_rows` rows can be stored prepacked ([`prepack`]) for the

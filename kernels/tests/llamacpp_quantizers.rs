@@ -18,14 +18,19 @@ fn tensor_names(file: &str) -> Vec<String> {
 /// Requantizes every tensor of `dtype` in `file` from the F32 file; returns how many
 /// tensors were compared. Fails on the first differing block, naming it.
 fn check_file(file: &str, dtype: DType) -> usize {
+    check_file_from(file, dtype, "tiny-qwen3-f32.gguf", DType::F32)
+}
+
+/// [`check_file`] with another source file (the later fixtures were quantized from the F16 file).
+fn check_file_from(file: &str, dtype: DType, source_file: &str, source_type: DType) -> usize {
     let mut compared = 0;
     for name in tensor_names(file) {
         let theirs = common::read_tensor(file, &name);
         if theirs.dtype != dtype {
             continue;
         }
-        let source = common::read_tensor("tiny-qwen3-f32.gguf", &name);
-        assert_eq!(source.dtype, DType::F32);
+        let source = common::read_tensor(source_file, &name);
+        assert_eq!(source.dtype, source_type, "{name} in {source_file}");
         assert_eq!(source.shape, theirs.shape, "{name}: shape");
         let values = source.dequantize();
         let n = theirs.row_len();
@@ -59,6 +64,17 @@ fn q8_0_matches_llama_quantize() {
 #[test]
 fn q4_0_matches_llama_quantize() {
     assert!(check_file("tiny-qwen3-q4_0.gguf", DType::Q4_0) >= 10);
+}
+
+#[test]
+fn q4_1_q5_0_q5_1_match_llama_quantize() {
+    for (file, dtype) in [
+        ("tiny-qwen3-q4_1.gguf", DType::Q4_1),
+        ("tiny-qwen3-q5_0.gguf", DType::Q5_0),
+        ("tiny-qwen3-q5_1.gguf", DType::Q5_1),
+    ] {
+        assert!(check_file_from(file, dtype, "tiny-qwen3-f16.gguf", DType::F16) >= 10, "{file}");
+    }
 }
 
 #[test]

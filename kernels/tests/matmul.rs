@@ -14,8 +14,19 @@ use quire_kernels::{formats, vec_dot_scalar, DType, QuantizedActs};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-const WEIGHT_TYPES: [DType; 8] =
-    [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::F32, DType::F16, DType::BF16];
+const WEIGHT_TYPES: [DType; 11] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+];
 
 /// `rows` random weight rows of `k` values: quantized from random floats, or raw random
 /// bytes with valid scales (reaches every quant and scale code, including −128 in Q8_0).
@@ -25,8 +36,8 @@ fn weights(rng: &mut StdRng, dtype: DType, rows: usize, k: usize, raw: bool, sca
     }
     let mut w = common::random_bytes(rng, rows * dtype.row_bytes(k).unwrap());
     let (d_at, dmin_at) = match dtype {
-        DType::Q8_0 | DType::Q4_0 => (0, None),
-        DType::Q4_K | DType::Q5_K => (0, Some(2)),
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => (0, None),
+        DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1 => (0, Some(2)),
         DType::Q6_K => (formats::q6_k::D, None),
         _ => unreachable!(),
     };
@@ -127,7 +138,7 @@ fn gemm_matches_scalar_on_random_matrices() {
 #[test]
 fn gemm_handles_zeros_and_extreme_scales() {
     let mut rng = common::rng(12);
-    for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+    for dtype in WEIGHT_TYPES.into_iter().filter(|d| d.block_len() > 1) {
         let k = 512;
         let rows = 20;
         // All-zero weights and activations, huge and tiny activations, a zero token in a batch.

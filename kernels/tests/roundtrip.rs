@@ -6,12 +6,15 @@ mod common;
 use quire_kernels::DType;
 use rand::Rng;
 
-const ALL_TYPES: [DType; 9] = [
+const ALL_TYPES: [DType; 12] = [
     DType::F32,
     DType::F16,
     DType::BF16,
     DType::Q8_0,
     DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
@@ -79,6 +82,13 @@ fn block_formats_stay_within_their_error_bounds() {
         (DType::Q4_K, 0.09, 0.09),
         (DType::Q5_K, 0.045, 0.05),
         (DType::Q6_K, 0.022, 0.025),
+        // (Later formats last, so the random rows of the ones above stay the same.)
+        // d = amax/16: a value rounds by d/2, the largest positive one may clip by d.
+        (DType::Q5_0, 1.01 / 16.0, 0.06),
+        // d = (max − min)/15 or /31, at most 2·amax/15 or 2·amax/31: a value rounds by d/2 (plus the f16
+        // rounding of the minimum); the step is about Q4_0's or Q5_0's, and so is the RMS error.
+        (DType::Q4_1, 1.01 / 15.0 + 1e-3, 0.12),
+        (DType::Q5_1, 1.01 / 31.0 + 1e-3, 0.06),
     ];
     for (dtype, worst_bound, rms_bound) in bounds {
         // Scales keep the f16 block scales in the normal range (below ~6e-5 they turn

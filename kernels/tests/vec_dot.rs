@@ -15,8 +15,19 @@ use quire_kernels::{formats, vec_dot, vec_dot_scalar, DType};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-const WEIGHT_TYPES: [DType; 8] =
-    [DType::F32, DType::F16, DType::BF16, DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K];
+const WEIGHT_TYPES: [DType; 11] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
 
 /// Row lengths: one block, a few blocks, and the Qwen3-4B hidden and FFN sizes.
 fn lengths(dtype: DType) -> Vec<usize> {
@@ -40,8 +51,9 @@ fn dequantized_dot(dtype: DType, n: usize, w: &[u8], act: &[u8]) -> (f64, f64) {
     (dot, mag)
 }
 
-fn is_k_quant(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_K | DType::Q5_K | DType::Q6_K)
+/// The block formats, whose SIMD kernels must match the scalar reference bit for bit.
+fn is_quantized(dtype: DType) -> bool {
+    dtype.block_len() > 1
 }
 
 /// Checks every kernel on one operand pair; returns the scalar result.
@@ -57,7 +69,7 @@ fn check_pair(what: &str, dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     );
     for isa in common::simd_isas() {
         let simd = dispatch::vec_dot_with(isa, dtype, n, w, act);
-        if is_k_quant(dtype) || matches!(dtype, DType::Q4_0 | DType::Q8_0) {
+        if is_quantized(dtype) {
             assert_eq!(simd.to_bits(), scalar.to_bits(), "{what} {isa}: {simd} vs {scalar}");
         } else {
             assert!(
@@ -97,11 +109,11 @@ fn simd_matches_scalar_on_random_rows() {
 }
 
 /// Writes the scale fields of every block of a quant row (f16 `d`, and `dmin` for
-/// Q4_K/Q5_K) so raw random bytes form valid blocks with known scales.
+/// Q4_K/Q5_K, the minimum `m` for Q4_1/Q5_1) so raw random bytes form valid blocks with known scales.
 fn set_scales(dtype: DType, row: &mut [u8], d: f32, dmin: f32) {
     let (d_at, dmin_at) = match dtype {
-        DType::Q8_0 | DType::Q4_0 => (0, None),
-        DType::Q4_K | DType::Q5_K => (0, Some(2)),
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => (0, None),
+        DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1 => (0, Some(2)),
         DType::Q6_K => (formats::q6_k::D, None),
         _ => unreachable!(),
     };
@@ -145,7 +157,8 @@ fn raw_acts(dtype: DType, qs: &[i8], d: f32) -> Vec<u8> {
     row
 }
 
-const QUANT_TYPES: [DType; 5] = [DType::Q8_0, DType::Q4_0, DType::Q4_K, DType::Q5_K, DType::Q6_K];
+const QUANT_TYPES: [DType; 8] =
+    [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K];
 
 #[test]
 fn simd_matches_scalar_on_raw_random_blocks() {
@@ -171,7 +184,7 @@ fn integer_sums_are_exact_with_unit_scales() {
     // With every scale 1.0 the dot is an integer below 2^24: all kernels must return it
     // exactly, whatever their accumulation order.
     let mut rng = common::rng(3);
-    for dtype in [DType::Q8_0, DType::Q4_0] {
+    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
         for n in [32, 64, 512, 2560] {
             let mut w = common::random_bytes(&mut rng, dtype.row_bytes(n).unwrap());
             set_scales(dtype, &mut w, 1.0, 0.0);

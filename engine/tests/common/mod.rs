@@ -43,21 +43,35 @@ pub fn read_json(rel: &str) -> serde_json::Value {
 /// The real Qwen2.5-Coder GGUF (`$QUIRE_REAL_MODEL`, else the fetch script's cache path). `None` means
 /// skip; with `QUIRE_REQUIRE_REAL=1` (set by scripts/test.sh) a missing model is a failure instead.
 pub fn real_model() -> Option<PathBuf> {
+    real_file("QUIRE_REAL_MODEL", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf", "fetch-qwen25-coder.sh")
+}
+
+/// The real Qwen2.5-Coder-0.5B-Instruct Q4_K_M (mostly Q5_0 tensors; the draft model of the pair), as
+/// [`real_model`]: `QUIRE_REAL_DRAFT_MODEL` or the cache.
+pub fn real_draft_model() -> Option<PathBuf> {
+    real_file(
+        "QUIRE_REAL_DRAFT_MODEL",
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        "fetch-qwen25-coder-0.5b.sh",
+    )
+}
+
+fn real_file(var: &str, name: &str, fetch: &str) -> Option<PathBuf> {
     init_isa();
-    let path = match std::env::var_os("QUIRE_REAL_MODEL") {
+    let path = match std::env::var_os(var) {
         Some(p) => PathBuf::from(p),
         None => {
             let base = std::env::var_os("QUIRE_MODELS").map(PathBuf::from).unwrap_or_else(|| {
                 PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/quire/models")
             });
-            base.join("qwen2.5-coder-1.5b-instruct-q4_k_m.gguf")
+            base.join(name)
         }
     };
     if path.exists() {
         return Some(path);
     }
     if std::env::var("QUIRE_REQUIRE_REAL").as_deref() == Ok("1") {
-        panic!("real model not found at {} (run ../shared/scripts/fetch-qwen25-coder.sh)", path.display());
+        panic!("real model not found at {} (run ../shared/scripts/{fetch})", path.display());
     }
     eprintln!("SKIP: real model not found at {}; run scripts/test.sh to fetch it", path.display());
     None

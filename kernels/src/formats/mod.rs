@@ -14,7 +14,10 @@ pub mod bf16;
 pub mod f16;
 pub mod f32;
 pub mod q4_0;
+pub mod q4_1;
 pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
 pub mod q5_k;
 pub mod q6_k;
 pub mod q8_0;
@@ -52,6 +55,9 @@ pub fn format(dtype: DType) -> &'static Format {
         DType::BF16 => &bf16::FORMAT,
         DType::Q8_0 => &q8_0::FORMAT,
         DType::Q4_0 => &q4_0::FORMAT,
+        DType::Q4_1 => &q4_1::FORMAT,
+        DType::Q5_0 => &q5_0::FORMAT,
+        DType::Q5_1 => &q5_1::FORMAT,
         DType::Q4_K => &q4_k::FORMAT,
         DType::Q5_K => &q5_k::FORMAT,
         DType::Q6_K => &q6_k::FORMAT,
@@ -60,10 +66,13 @@ pub fn format(dtype: DType) -> &'static Format {
 }
 
 /// Every format, in ggml id order.
-pub const ALL: [DType; 9] = [
+pub const ALL: [DType; 12] = [
     DType::F32,
     DType::F16,
     DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
     DType::Q8_0,
     DType::Q4_K,
     DType::Q5_K,
@@ -110,6 +119,35 @@ pub(crate) fn array_at<const N: usize>(bytes: &[u8], off: usize) -> &[u8; N] {
 pub(crate) fn nearest_int(x: f32) -> i32 {
     let bits = (x + 12_582_912.0_f32).to_bits() as i32;
     (bits & 0x007f_ffff) - 0x0040_0000
+}
+
+/// The 5-bit level of value `j` (0..32) of a Q5_0/Q5_1 block: the low four bits from the nibbles of `qs`
+/// (value `j` low, `j + 16` high, as Q4_0), the fifth from bit `j` of `qh`.
+#[inline(always)]
+pub(crate) fn five_bit(qs: &[u8; 16], qh: u32, j: usize) -> i32 {
+    let byte = qs[j % 16];
+    let nibble = if j < 16 { byte & 0xf } else { byte >> 4 };
+    (nibble as i32) | ((((qh >> j) & 1) as i32) << 4)
+}
+
+/// Packs 32 levels as a Q5_0/Q5_1 block's `qh` (4 bytes, little endian) then `qs` (16 bytes); bits above
+/// the fifth are dropped, as ggml's quantizers drop them.
+pub(crate) fn pack_five_bit(levels: &[u8; 32], out: &mut [u8; 20]) {
+    let mut qh = 0u32;
+    for j in 0..16 {
+        let (l0, l1) = (levels[j], levels[j + 16]);
+        out[4 + j] = (l0 & 0xf) | ((l1 & 0xf) << 4);
+        qh |= (((l0 & 0x10) >> 4) as u32) << j;
+        qh |= (((l1 & 0x10) >> 4) as u32) << (j + 16);
+    }
+    out[..4].copy_from_slice(&qh.to_le_bytes());
+}
+
+/// The float combination of one Q4_1/Q5_1 block with a Q8_0 activation block, shared by the scalar and
+/// SIMD paths so they round identically: `sum = fma(Σ q·a, d_w·d_a, sum)`, then `fma(Σ a, m_w·d_a, ·)`.
+#[inline(always)]
+pub(crate) fn min_block_sum(sum: f32, sumi: i32, d: f32, suma: i32, m: f32, da: f32) -> f32 {
+    (suma as f32).mul_add(m * da, (sumi as f32).mul_add(d * da, sum))
 }
 
 /// Unpacks the 12-byte scale field shared by Q4_K and Q5_K into eight 6-bit scales and

@@ -16,7 +16,9 @@
 
 use std::arch::x86_64::*;
 
-use crate::formats::{array_at, k_block_sum, q4_k, q5_k, q6_k, q8_0, q8_k, unpack_k4_scales};
+use crate::formats::{
+    array_at, k_block_sum, min_block_sum, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_k, unpack_k4_scales,
+};
 use crate::DType;
 
 /// Runs the AVX2 kernel for `dtype` (the Q8_K "weights" have none and use the scalar
@@ -32,6 +34,9 @@ pub fn vec_dot(dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
         DType::BF16 => dot_bf16_f32(w, act),
         DType::Q8_0 => dot_q8_0_q8_0(w, act),
         DType::Q4_0 => dot_q4_0_q8_0(w, act),
+        DType::Q4_1 => dot_q4_1_q8_0(w, act),
+        DType::Q5_0 => dot_q5_0_q8_0(w, act),
+        DType::Q5_1 => dot_q5_1_q8_0(w, act),
         DType::Q4_K => dot_q4_k_q8_k(w, act),
         DType::Q5_K => dot_q5_k_q8_k(w, act),
         DType::Q6_K => dot_q6_k_q8_k(w, act),
@@ -232,6 +237,99 @@ pub fn dot_q4_0_q8_0(w: &[u8], act: &[u8]) -> f32 {
         let pairs = mul_offset_pairs(q, load_256(array_at(ab, 2)), eight);
         let sumi = hsum_i32(_mm256_madd_epi16(pairs, ones));
         sum = (sumi as f32).mul_add(d, sum);
+    }
+    sum
+}
+
+/// The 32 fifth bits of a Q5_0/Q5_1 block as bytes: byte `v` is `0x10` if bit `v` of `qh` is set, else 0
+/// (each byte picks its `qh` byte by shuffle, then tests its own bit).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fifth_bits(qh: &[u8; 4]) -> __m256i {
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(i32::from_le_bytes(*qh)),
+        _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// The 32 unsigned 5-bit levels of a Q5_0/Q5_1 block from its `qs` and `qh`, byte `v` = value `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn five_bit_levels(qs: &[u8; 16], qh: &[u8; 4]) -> __m256i {
+    let packed = load_128(qs);
+    let low = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), _mm256_set1_epi8(0x0f));
+    _mm256_or_si256(low, fifth_bits(qh))
+}
+
+/// Q5_0·Q8_0: as Q4_0 with the fifth bit from `qh` and offset 16; bit-identical to the scalar reference.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q5_0_q8_0(w: &[u8], act: &[u8]) -> f32 {
+    let sixteen = _mm256_set1_epi8(16);
+    let ones = _mm256_set1_epi16(1);
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.chunks_exact(q5_0::BLOCK_BYTES).zip(act.chunks_exact(q8_0::BLOCK_BYTES)) {
+        let wb: &[u8; q5_0::BLOCK_BYTES] = array_at(wb, 0);
+        let ab: &[u8; q8_0::BLOCK_BYTES] = array_at(ab, 0);
+        let d = f16_to_f32(array_at(wb, 0)) * f16_to_f32(array_at(ab, 0));
+        let q = five_bit_levels(array_at(wb, q5_0::QS), array_at(wb, q5_0::QH));
+        let pairs = mul_offset_pairs(q, load_256(array_at(ab, q8_0::QS)), sixteen);
+        let sumi = hsum_i32(_mm256_madd_epi16(pairs, ones));
+        sum = (sumi as f32).mul_add(d, sum);
+    }
+    sum
+}
+
+/// `Σ q·a` and `Σ a` of one block: unsigned levels `q` (≤ 31) against signed activation bytes, exact.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn level_and_act_sums(q: __m256i, a: __m256i) -> (i32, i32) {
+    let ones16 = _mm256_set1_epi16(1);
+    let qa = _mm256_madd_epi16(_mm256_maddubs_epi16(q, a), ones16);
+    let sa = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), a), ones16);
+    (hsum_i32(qa), hsum_i32(sa))
+}
+
+/// Q4_1·Q8_0: nibbles unpacked to 32 unsigned bytes, the exact `Σ q·a` and `Σ a`, combined with
+/// [`min_block_sum`] as the scalar reference does: bit-identical to it.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q4_1_q8_0(w: &[u8], act: &[u8]) -> f32 {
+    let low_nibbles = _mm256_set1_epi8(0x0f);
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.chunks_exact(q4_1::BLOCK_BYTES).zip(act.chunks_exact(q8_0::BLOCK_BYTES)) {
+        let wb: &[u8; q4_1::BLOCK_BYTES] = array_at(wb, 0);
+        let ab: &[u8; q8_0::BLOCK_BYTES] = array_at(ab, 0);
+        let packed = load_128(array_at(wb, q4_1::QS));
+        let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low_nibbles);
+        let (sumi, suma) = level_and_act_sums(q, load_256(array_at(ab, q8_0::QS)));
+        let (d, m) = (f16_to_f32(array_at(wb, 0)), f16_to_f32(array_at(wb, q4_1::M)));
+        sum = min_block_sum(sum, sumi, d, suma, m, f16_to_f32(array_at(ab, 0)));
+    }
+    sum
+}
+
+/// Q5_1·Q8_0: as Q4_1 with the fifth bit from `qh`; bit-identical to the scalar reference.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q5_1_q8_0(w: &[u8], act: &[u8]) -> f32 {
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.chunks_exact(q5_1::BLOCK_BYTES).zip(act.chunks_exact(q8_0::BLOCK_BYTES)) {
+        let wb: &[u8; q5_1::BLOCK_BYTES] = array_at(wb, 0);
+        let ab: &[u8; q8_0::BLOCK_BYTES] = array_at(ab, 0);
+        let q = five_bit_levels(array_at(wb, q5_1::QS), array_at(wb, q5_1::QH));
+        let (sumi, suma) = level_and_act_sums(q, load_256(array_at(ab, q8_0::QS)));
+        let (d, m) = (f16_to_f32(array_at(wb, 0)), f16_to_f32(array_at(wb, q5_1::M)));
+        sum = min_block_sum(sum, sumi, d, suma, m, f16_to_f32(array_at(ab, 0)));
     }
     sum
 }

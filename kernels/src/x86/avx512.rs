@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::formats::{array_at, q4_0, q4_k, q5_k, q6_k, q8_0, q8_k};
+use crate::formats::{array_at, q4_0, q4_k, q5_0, q5_k, q6_k, q8_0, q8_k};
 use crate::prepacked::Layout;
 
 /// Rows per panel: one per 32-bit lane.
@@ -31,7 +31,7 @@ const PREFETCH_BYTES: usize = 512;
 /// How many blocks ahead a prepacked panel is prefetched (4.5 KiB of Q4_0, 8.5 KiB of Q8_0).
 const PREFETCH_BLOCKS: usize = 16;
 
-/// Vectors of packed scratch per block (32 values) for Q4_0 and Q8_0: eight quant
+/// Vectors of packed scratch per block (32 values) for Q4_0, Q5_0 and Q8_0: eight quant
 /// vectors and the sixteen block scales.
 const Q32_VECS: usize = 9;
 /// Vectors per Q4_K/Q5_K super-block: 64 quant vectors, 8 scale vectors (i32), 4 min
@@ -44,7 +44,7 @@ const K6_VECS: usize = 89;
 /// Packed vectors per block of `block_bytes` (which identifies the format).
 pub fn vecs_per_block(block_bytes: usize) -> usize {
     match block_bytes {
-        q4_0::BLOCK_BYTES | q8_0::BLOCK_BYTES => Q32_VECS,
+        q4_0::BLOCK_BYTES | q5_0::BLOCK_BYTES | q8_0::BLOCK_BYTES => Q32_VECS,
         q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES => K4_VECS,
         q6_k::BLOCK_BYTES => K6_VECS,
         _ => unreachable!("no AVX-512 panel kernel for blocks of {block_bytes} bytes"),
@@ -236,6 +236,29 @@ fn pack_q4_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
     out[8] = as_int(scale_f32(src, b, 0));
 }
 
+/// Packs block `b` of a Q5_0 panel (read from the file's layout: Q5_0 has no prepacked one): as Q4_0,
+/// with each value's fifth bit from `qh` put at bit 4 of its byte.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q5_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
+    let PanelSrc::File { panel, block_bytes } = *src else { unreachable!("Q5_0 has no prepacked layout") };
+    let qs = quad(src, b, q5_0::QS);
+    let qh = gather_u32(panel, b * block_bytes + q5_0::QH);
+    let (low, nibble) = (splat(0x0f0f_0f0f), splat(0xf));
+    // Four bits of qh, to bit 4 of the four bytes of a lane: the product puts copies of the nibble at
+    // shifts 0, 7, 14 and 21 (no overlap, no carries), so bit k lands at bit 8k.
+    let spread = |shift: i32| {
+        let t = _mm512_and_si512(_mm512_srl_epi32(qh, _mm_cvtsi32_si128(shift)), nibble);
+        let t = _mm512_and_si512(_mm512_mullo_epi32(t, splat(0x0020_4081)), splat(0x0101_0101));
+        _mm512_slli_epi32::<4>(t)
+    };
+    for g in 0..4 {
+        out[g] = _mm512_or_si512(_mm512_and_si512(qs[g], low), spread(4 * g as i32));
+        out[g + 4] =
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(qs[g]), low), spread(16 + 4 * g as i32));
+    }
+    out[8] = as_int(scale_f32(src, b, 0));
+}
+
 /// Packs block `b` of a Q8_0 panel: quants shifted to unsigned (`q + 128`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn pack_q8_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
@@ -391,6 +414,7 @@ fn pack_q6_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
 fn pack_block(block_bytes: usize, src: &PanelSrc, b: usize, dst: &mut [__m512i]) {
     match block_bytes {
         q4_0::BLOCK_BYTES => pack_q4_0_block(src, b, dst.try_into().expect("block vectors")),
+        q5_0::BLOCK_BYTES => pack_q5_0_block(src, b, dst.try_into().expect("block vectors")),
         q8_0::BLOCK_BYTES => pack_q8_0_block(src, b, dst.try_into().expect("block vectors")),
         q4_k::BLOCK_BYTES => pack_q4_k_block(src, b, dst.try_into().expect("block vectors")),
         q5_k::BLOCK_BYTES => pack_q5_k_block(src, b, dst.try_into().expect("block vectors")),
