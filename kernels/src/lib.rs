@@ -83,6 +83,8 @@ pub enum DType {
     Q6_K,
     /// 256 values: f32 scale, 256 × i8, 16 group sums (K-quant activations).
     Q8_K,
+    /// 32 values: f16 scale, 32 × 4-bit indices into a fixed table of sixteen non-linear levels.
+    IQ4_NL,
 }
 
 impl DType {
@@ -405,6 +407,7 @@ mod tests {
             (DType::Q5_K, 13, "Q5_K", 256, 176, DType::Q8_K),
             (DType::Q6_K, 14, "Q6_K", 256, 210, DType::Q8_K),
             (DType::Q8_K, 15, "Q8_K", 256, 292, DType::Q8_K),
+            (DType::IQ4_NL, 20, "IQ4_NL", 32, 18, DType::Q8_0),
         ];
         for (dtype, id, name, len, bytes, dot) in expected {
             assert_eq!(dtype.ggml_id(), id);

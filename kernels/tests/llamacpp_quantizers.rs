@@ -67,11 +67,12 @@ fn q4_0_matches_llama_quantize() {
 }
 
 #[test]
-fn q4_1_q5_0_q5_1_match_llama_quantize() {
+fn q4_1_q5_0_q5_1_iq4_nl_match_llama_quantize() {
     for (file, dtype) in [
         ("tiny-qwen3-q4_1.gguf", DType::Q4_1),
         ("tiny-qwen3-q5_0.gguf", DType::Q5_0),
         ("tiny-qwen3-q5_1.gguf", DType::Q5_1),
+        ("tiny-qwen3-iq4_nl.gguf", DType::IQ4_NL),
     ] {
         assert!(check_file_from(file, dtype, "tiny-qwen3-f16.gguf", DType::F16) >= 10, "{file}");
     }

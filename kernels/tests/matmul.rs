@@ -14,7 +14,7 @@ use quire_kernels::{formats, vec_dot_scalar, DType, QuantizedActs};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-const WEIGHT_TYPES: [DType; 11] = [
+const WEIGHT_TYPES: [DType; 12] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
@@ -23,6 +23,7 @@ const WEIGHT_TYPES: [DType; 11] = [
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
+    DType::IQ4_NL,
     DType::F32,
     DType::F16,
     DType::BF16,
@@ -36,7 +37,7 @@ fn weights(rng: &mut StdRng, dtype: DType, rows: usize, k: usize, raw: bool, sca
     }
     let mut w = common::random_bytes(rng, rows * dtype.row_bytes(k).unwrap());
     let (d_at, dmin_at) = match dtype {
-        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => (0, None),
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::IQ4_NL => (0, None),
         DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1 => (0, Some(2)),
         DType::Q6_K => (formats::q6_k::D, None),
         _ => unreachable!(),

@@ -6,7 +6,7 @@ mod common;
 use quire_kernels::DType;
 use rand::Rng;
 
-const ALL_TYPES: [DType; 12] = [
+const ALL_TYPES: [DType; 13] = [
     DType::F32,
     DType::F16,
     DType::BF16,
@@ -19,6 +19,7 @@ const ALL_TYPES: [DType; 12] = [
     DType::Q5_K,
     DType::Q6_K,
     DType::Q8_K,
+    DType::IQ4_NL,
 ];
 
 fn round_trip(dtype: DType, x: &[f32]) -> Vec<f32> {
@@ -89,6 +90,9 @@ fn block_formats_stay_within_their_error_bounds() {
         // rounding of the minimum); the step is about Q4_0's or Q5_0's, and so is the RMS error.
         (DType::Q4_1, 1.01 / 15.0 + 1e-3, 0.12),
         (DType::Q5_1, 1.01 / 31.0 + 1e-3, 0.06),
+        // sixteen levels at most 24/127 of the range apart, with a least-squares scale that may clip the
+        // largest value: about Q4_0's accuracy.
+        (DType::IQ4_NL, 0.15, 0.12),
     ];
     for (dtype, worst_bound, rms_bound) in bounds {
         // Scales keep the f16 block scales in the normal range (below ~6e-5 they turn

@@ -15,7 +15,7 @@ use quire_kernels::{formats, vec_dot, vec_dot_scalar, DType};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-const WEIGHT_TYPES: [DType; 11] = [
+const WEIGHT_TYPES: [DType; 12] = [
     DType::F32,
     DType::F16,
     DType::BF16,
@@ -27,6 +27,7 @@ const WEIGHT_TYPES: [DType; 11] = [
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
+    DType::IQ4_NL,
 ];
 
 /// Row lengths: one block, a few blocks, and the Qwen3-4B hidden and FFN sizes.
@@ -112,7 +113,7 @@ fn simd_matches_scalar_on_random_rows() {
 /// Q4_K/Q5_K, the minimum `m` for Q4_1/Q5_1) so raw random bytes form valid blocks with known scales.
 fn set_scales(dtype: DType, row: &mut [u8], d: f32, dmin: f32) {
     let (d_at, dmin_at) = match dtype {
-        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => (0, None),
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::IQ4_NL => (0, None),
         DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1 => (0, Some(2)),
         DType::Q6_K => (formats::q6_k::D, None),
         _ => unreachable!(),
@@ -157,8 +158,17 @@ fn raw_acts(dtype: DType, qs: &[i8], d: f32) -> Vec<u8> {
     row
 }
 
-const QUANT_TYPES: [DType; 8] =
-    [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::Q4_K, DType::Q5_K, DType::Q6_K];
+const QUANT_TYPES: [DType; 9] = [
+    DType::Q8_0,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::IQ4_NL,
+];
 
 #[test]
 fn simd_matches_scalar_on_raw_random_blocks() {
@@ -184,7 +194,7 @@ fn integer_sums_are_exact_with_unit_scales() {
     // With every scale 1.0 the dot is an integer below 2^24: all kernels must return it
     // exactly, whatever their accumulation order.
     let mut rng = common::rng(3);
-    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1] {
+    for dtype in [DType::Q8_0, DType::Q4_0, DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL] {
         for n in [32, 64, 512, 2560] {
             let mut w = common::random_bytes(&mut rng, dtype.row_bytes(n).unwrap());
             set_scales(dtype, &mut w, 1.0, 0.0);

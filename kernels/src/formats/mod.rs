@@ -13,6 +13,7 @@ use crate::DType;
 pub mod bf16;
 pub mod f16;
 pub mod f32;
+pub mod iq4_nl;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -62,11 +63,12 @@ pub fn format(dtype: DType) -> &'static Format {
         DType::Q5_K => &q5_k::FORMAT,
         DType::Q6_K => &q6_k::FORMAT,
         DType::Q8_K => &q8_k::FORMAT,
+        DType::IQ4_NL => &iq4_nl::FORMAT,
     }
 }
 
 /// Every format, in ggml id order.
-pub const ALL: [DType; 12] = [
+pub const ALL: [DType; 13] = [
     DType::F32,
     DType::F16,
     DType::Q4_0,
@@ -78,6 +80,7 @@ pub const ALL: [DType; 12] = [
     DType::Q5_K,
     DType::Q6_K,
     DType::Q8_K,
+    DType::IQ4_NL,
     DType::BF16,
 ];
 
