@@ -106,13 +106,7 @@ pub fn quantize(src: &[f32], dst: &mut [u8]) {
     for (x, out) in src.chunks_exact(BLOCK_LEN).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
         let x: &[f32; BLOCK_LEN] = x.try_into().expect("one block");
         let weight: [f32; BLOCK_LEN] = std::array::from_fn(|j| x[j] * x[j]);
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in x {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let (amax, max) = super::signed_amax(x);
         let scale = if amax < GROUP_MAX_EPS {
             0.0
         } else {

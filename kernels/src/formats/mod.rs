@@ -124,6 +124,20 @@ pub(crate) fn nearest_int(x: f32) -> i32 {
     (bits & 0x007f_ffff) - 0x0040_0000
 }
 
+/// The largest magnitude in `x` and the value that has it, sign kept (the first on a tie), as ggml's
+/// Q4_0/Q5_0/IQ4_NL quantizers find them.
+#[inline]
+pub(crate) fn signed_amax(x: &[f32]) -> (f32, f32) {
+    let (mut amax, mut max) = (0.0f32, 0.0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (amax, max)
+}
+
 /// The 5-bit level of value `j` (0..32) of a Q5_0/Q5_1 block: the low four bits from the nibbles of `qs`
 /// (value `j` low, `j + 16` high, as Q4_0), the fifth from bit `j` of `qh`.
 #[inline(always)]
@@ -135,7 +149,8 @@ pub(crate) fn five_bit(qs: &[u8; 16], qh: u32, j: usize) -> i32 {
 
 /// Packs 32 levels as a Q5_0/Q5_1 block's `qh` (4 bytes, little endian) then `qs` (16 bytes); bits above
 /// the fifth are dropped, as ggml's quantizers drop them.
-pub(crate) fn pack_five_bit(levels: &[u8; 32], out: &mut [u8; 20]) {
+pub(crate) fn pack_five_bit(levels: &[u8; 32], out: &mut [u8]) {
+    let out: &mut [u8; 20] = out.try_into().expect("qh and qs are 20 bytes");
     let mut qh = 0u32;
     for j in 0..16 {
         let (l0, l1) = (levels[j], levels[j + 16]);

@@ -62,13 +62,7 @@ pub fn blocks(row: &[u8]) -> impl Iterator<Item = BlockQ4_0<'_>> {
 /// kept) maps to −8, `d = max / −8`, `q = min(15, trunc(x·(1/d) + 8.5))`.
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
     for (x, out) in src.chunks_exact(BLOCK_LEN).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in x {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let (_, max) = super::signed_amax(x);
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         write_f16(out, 0, d);

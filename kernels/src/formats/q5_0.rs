@@ -70,26 +70,15 @@ pub fn blocks(row: &[u8]) -> impl Iterator<Item = BlockQ5_0<'_>> {
 /// −16, `d = max / −16`, `q = min(31, trunc(x·(1/d) + 16.5))`.
 pub fn quantize(src: &[f32], dst: &mut [u8]) {
     for (x, out) in src.chunks_exact(BLOCK_LEN).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
-        let (mut amax, mut max) = (0.0f32, 0.0f32);
-        for &v in x {
-            if amax < v.abs() {
-                amax = v.abs();
-                max = v;
-            }
-        }
+        let (_, max) = super::signed_amax(x);
         let d = max / -16.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         write_f16(out, 0, d);
         // ggml truncates through int8_t; `as i8` truncates too (saturating only for non-finite input).
         let quant = |v: f32| ((v * id + 16.5) as i8).min(31) as u8;
         let levels: [u8; BLOCK_LEN] = std::array::from_fn(|j| quant(x[j]));
-        super::pack_five_bit(&levels, array_mut(out));
+        super::pack_five_bit(&levels, &mut out[QH..QH + 20]);
     }
-}
-
-/// The 20 bytes `qh` + `qs` of a block.
-fn array_mut(block: &mut [u8]) -> &mut [u8; 20] {
-    (&mut block[QH..QH + 20]).try_into().expect("block has qh and qs")
 }
 
 /// `x = d·(q − 16)`.

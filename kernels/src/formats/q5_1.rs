@@ -82,8 +82,7 @@ pub fn quantize(src: &[f32], dst: &mut [u8]) {
         write_f16(out, M, min);
         let quant = |v: f32| ((v - min) * id + 0.5) as u8;
         let levels: [u8; BLOCK_LEN] = std::array::from_fn(|j| quant(x[j]));
-        let tail: &mut [u8; 20] = (&mut out[QH..QH + 20]).try_into().expect("block has qh and qs");
-        super::pack_five_bit(&levels, tail);
+        super::pack_five_bit(&levels, &mut out[QH..QH + 20]);
     }
 }
 

@@ -226,7 +226,6 @@ pub fn dot_bf16_f32(w: &[u8], act: &[u8]) -> f32 {
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q4_0_q8_0(w: &[u8], act: &[u8]) -> f32 {
-    let low_nibbles = _mm256_set1_epi8(0x0f);
     let eight = _mm256_set1_epi8(8);
     let ones = _mm256_set1_epi16(1);
     let mut sum = 0.0f32;
@@ -234,13 +233,21 @@ pub fn dot_q4_0_q8_0(w: &[u8], act: &[u8]) -> f32 {
         let wb: &[u8; 18] = array_at(wb, 0);
         let ab: &[u8; 34] = array_at(ab, 0);
         let d = f16_to_f32(array_at(wb, 0)) * f16_to_f32(array_at(ab, 0));
-        let packed = load_128(array_at(wb, 2));
-        let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low_nibbles);
+        let q = unpack_nibbles(array_at(wb, 2));
         let pairs = mul_offset_pairs(q, load_256(array_at(ab, 2)), eight);
         let sumi = hsum_i32(_mm256_madd_epi16(pairs, ones));
         sum = (sumi as f32).mul_add(d, sum);
     }
     sum
+}
+
+/// The 32 four-bit values packed as Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL pack them (byte `j`: value `j` low, value
+/// `j + 16` high) as 32 bytes, byte `v` = value `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn unpack_nibbles(qs: &[u8; 16]) -> __m256i {
+    let packed = load_128(qs);
+    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), _mm256_set1_epi8(0x0f))
 }
 
 /// The 32 fifth bits of a Q5_0/Q5_1 block as bytes: byte `v` is `0x10` if bit `v` of `qh` is set, else 0
@@ -261,9 +268,7 @@ fn fifth_bits(qh: &[u8; 4]) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn five_bit_levels(qs: &[u8; 16], qh: &[u8; 4]) -> __m256i {
-    let packed = load_128(qs);
-    let low = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), _mm256_set1_epi8(0x0f));
-    _mm256_or_si256(low, fifth_bits(qh))
+    _mm256_or_si256(unpack_nibbles(qs), fifth_bits(qh))
 }
 
 /// Q5_0·Q8_0: as Q4_0 with the fifth bit from `qh` and offset 16; bit-identical to the scalar reference.
@@ -304,13 +309,11 @@ fn level_and_act_sums(q: __m256i, a: __m256i) -> (i32, i32) {
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q4_1_q8_0(w: &[u8], act: &[u8]) -> f32 {
-    let low_nibbles = _mm256_set1_epi8(0x0f);
     let mut sum = 0.0f32;
     for (wb, ab) in w.chunks_exact(q4_1::BLOCK_BYTES).zip(act.chunks_exact(q8_0::BLOCK_BYTES)) {
         let wb: &[u8; q4_1::BLOCK_BYTES] = array_at(wb, 0);
         let ab: &[u8; q8_0::BLOCK_BYTES] = array_at(ab, 0);
-        let packed = load_128(array_at(wb, q4_1::QS));
-        let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed), low_nibbles);
+        let q = unpack_nibbles(array_at(wb, q4_1::QS));
         let (sumi, suma) = level_and_act_sums(q, load_256(array_at(ab, q8_0::QS)));
         let (d, m) = (f16_to_f32(array_at(wb, 0)), f16_to_f32(array_at(wb, q4_1::M)));
         sum = min_block_sum(sum, sumi, d, suma, m, f16_to_f32(array_at(ab, 0)));
