@@ -146,7 +146,7 @@ fn unknown_tensor_type() {
     let f = walk_header(&b);
     let at = field(&f, "blk.0.attn_q.weight").type_at;
     for (ty, needle) in [
-        (16u32, "unsupported type id 16 (supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL, BF16)"),
+        (16u32, "unsupported type id 16 (supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, BF16)"),
         (39, "type id 39"),
         (40, "invalid tensor type"),
         (1000, "GGUF header"),

@@ -89,7 +89,10 @@ fn every_tensor_type_is_as_close_as_llamacpp() {
     let reference = read_json("tiny-qwen3/reference.json");
     let bounds = read_json("tiny-qwen3-llamacpp-error.json");
     let bound_of = |ty: &str| bounds[ty]["max_abs_diff_vs_ref"].as_f64().unwrap() as f32 * 1.1;
-    for ty in ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_k_m", "q5_k_m", "q6_k"] {
+    for ty in [
+        "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_k_m", "q5_k_m", "q6_k",
+        "iq4_xs", "q3_k_m", "q2_k",
+    ] {
         let model = Model::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
         let vocab = model.config.vocab_size;
         for kv_type in [KvType::F32, KvType::F16, KvType::Q8_0] {
@@ -150,7 +153,10 @@ fn context_overflow_is_an_error() {
 #[test]
 fn quantized_files_track_llamacpp_logits() {
     let reference = read_json("tiny-qwen3/reference.json");
-    for ty in ["q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_k_m", "q5_k_m", "q6_k"] {
+    for ty in [
+        "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "q4_k_m", "q5_k_m", "q6_k", "iq4_xs", "q3_k_m",
+        "q2_k",
+    ] {
         let theirs = read_json(&format!("tiny-qwen3-{ty}.llamacpp.json"));
         let model = Model::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
         let vocab = model.config.vocab_size;

@@ -75,6 +75,10 @@ pub enum DType {
     Q5_0,
     /// 32 values: f16 scale and f16 minimum, 32 × 5-bit.
     Q5_1,
+    /// 256 values: 16 sub-blocks with 4-bit scales and mins, 2-bit quants.
+    Q2_K,
+    /// 256 values: 16 sub-blocks with 6-bit signed scales, 3-bit quants with offset 4.
+    Q3_K,
     /// 256 values: 8 sub-blocks with 6-bit scales and mins, 4-bit quants.
     Q4_K,
     /// 256 values: like Q4_K with 5-bit quants.
@@ -85,6 +89,8 @@ pub enum DType {
     Q8_K,
     /// 32 values: f16 scale, 32 × 4-bit indices into a fixed table of sixteen non-linear levels.
     IQ4_NL,
+    /// 256 values: f16 scale, 8 sub-blocks with 6-bit scales, 4-bit indices into the IQ4_NL table.
+    IQ4_XS,
 }
 
 impl DType {
@@ -408,6 +414,9 @@ mod tests {
             (DType::Q6_K, 14, "Q6_K", 256, 210, DType::Q8_K),
             (DType::Q8_K, 15, "Q8_K", 256, 292, DType::Q8_K),
             (DType::IQ4_NL, 20, "IQ4_NL", 32, 18, DType::Q8_0),
+            (DType::Q2_K, 10, "Q2_K", 256, 84, DType::Q8_K),
+            (DType::Q3_K, 11, "Q3_K", 256, 110, DType::Q8_K),
+            (DType::IQ4_XS, 23, "IQ4_XS", 256, 136, DType::Q8_K),
         ];
         for (dtype, id, name, len, bytes, dot) in expected {
             assert_eq!(dtype.ggml_id(), id);
@@ -423,7 +432,7 @@ mod tests {
                 assert_eq!(dtype.row_bytes(len + 1), None);
             }
         }
-        for id in [4, 5, 9, 10, 11, 16, 29, 31, 1000] {
+        for id in [4, 5, 9, 16, 21, 22, 24, 29, 31, 1000] {
             assert_eq!(DType::from_ggml(id), None, "id {id}");
         }
     }

@@ -1,7 +1,7 @@
 //! Dequantization checked against values produced by an independent implementation
 //! (the `gguf` Python package) for real llama.cpp files: the arbiter of every layout
 //! detail. Covers F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K (`tiny-qwen3-dequant.json`), and Q4_1,
-//! Q5_0, Q5_1 and IQ4_NL (`tiny-qwen3-dequant-more.json`).
+//! Q5_0, Q5_1, IQ4_NL, IQ4_XS, Q2_K and Q3_K (`tiny-qwen3-dequant-more.json`).
 
 mod common;
 
@@ -82,13 +82,14 @@ fn dequantized_tensors_match_the_gguf_python_package() {
     assert!(checked > 20_000, "only {checked} values checked");
 }
 
-/// The 32-value formats with a minimum, a fifth bit or a level table. (IQ4_XS, Q2_K and Q3_K, the rest of
-/// this fixture, are not supported yet.)
+/// The 32-value formats with a minimum, a fifth bit or a level table, and the 2-, 3- and 4-bit super-block
+/// formats (with the Q4_K, Q5_K and Q6_K tensors llama-quantize mixes into their files).
 #[test]
 fn more_dequantized_tensors_match_the_gguf_python_package() {
-    let files = ["q4_1", "q5_0", "q5_1", "iq4_nl"];
+    let files = ["q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs", "q2_k", "q3_k_m"];
     let (types_seen, checked) = check_fixture("tiny-qwen3-dequant-more.json", Some(&files));
-    let want: BTreeSet<&str> = ["Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q6_K"].into();
+    let want: BTreeSet<&str> =
+        ["Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K", "Q4_K", "Q6_K"].into();
     assert_eq!(types_seen, want, "the files' types");
     assert!(checked > 3_000, "only {checked} values checked");
 }

@@ -79,6 +79,21 @@ fn q4_1_q5_0_q5_1_iq4_nl_match_llama_quantize() {
 }
 
 #[test]
+fn q2_k_q3_k_iq4_xs_match_llama_quantize() {
+    for (file, dtype, at_least) in [
+        ("tiny-qwen3-q2_k.gguf", DType::Q2_K, 8),
+        ("tiny-qwen3-q2_k.gguf", DType::Q3_K, 6),
+        ("tiny-qwen3-q3_k_m.gguf", DType::Q3_K, 8),
+        ("tiny-qwen3-q3_k_m.gguf", DType::Q4_K, 4),
+        ("tiny-qwen3-q3_k_m.gguf", DType::Q5_K, 2),
+        ("tiny-qwen3-iq4_xs.gguf", DType::IQ4_XS, 14),
+    ] {
+        let n = check_file_from(file, dtype, "tiny-qwen3-f16.gguf", DType::F16);
+        assert!(n >= at_least, "{file}: {n} {dtype} tensors");
+    }
+}
+
+#[test]
 fn q4_k_matches_llama_quantize() {
     assert!(check_file("tiny-qwen3-q4_k_m.gguf", DType::Q4_K) >= 5);
 }

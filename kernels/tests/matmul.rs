@@ -14,7 +14,7 @@ use quire_kernels::{formats, vec_dot_scalar, DType, QuantizedActs};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-const WEIGHT_TYPES: [DType; 12] = [
+const WEIGHT_TYPES: [DType; 15] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q5_0,
@@ -24,6 +24,9 @@ const WEIGHT_TYPES: [DType; 12] = [
     DType::Q5_K,
     DType::Q6_K,
     DType::IQ4_NL,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::IQ4_XS,
     DType::F32,
     DType::F16,
     DType::BF16,
@@ -40,6 +43,9 @@ fn weights(rng: &mut StdRng, dtype: DType, rows: usize, k: usize, raw: bool, sca
         DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::IQ4_NL => (0, None),
         DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1 => (0, Some(2)),
         DType::Q6_K => (formats::q6_k::D, None),
+        DType::Q2_K => (formats::q2_k::D, Some(formats::q2_k::D + 2)),
+        DType::Q3_K => (formats::q3_k::D, None),
+        DType::IQ4_XS => (0, None),
         _ => unreachable!(),
     };
     for block in w.chunks_exact_mut(dtype.block_bytes()) {

@@ -15,7 +15,7 @@ use quire_kernels::{formats, vec_dot, vec_dot_scalar, DType};
 use rand::rngs::StdRng;
 use rand::Rng;
 
-const WEIGHT_TYPES: [DType; 12] = [
+const WEIGHT_TYPES: [DType; 15] = [
     DType::F32,
     DType::F16,
     DType::BF16,
@@ -28,6 +28,9 @@ const WEIGHT_TYPES: [DType; 12] = [
     DType::Q5_K,
     DType::Q6_K,
     DType::IQ4_NL,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::IQ4_XS,
 ];
 
 /// Row lengths: one block, a few blocks, and the Qwen3-4B hidden and FFN sizes.
@@ -116,6 +119,9 @@ fn set_scales(dtype: DType, row: &mut [u8], d: f32, dmin: f32) {
         DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::IQ4_NL => (0, None),
         DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1 => (0, Some(2)),
         DType::Q6_K => (formats::q6_k::D, None),
+        DType::Q2_K => (formats::q2_k::D, Some(formats::q2_k::D + 2)),
+        DType::Q3_K => (formats::q3_k::D, None),
+        DType::IQ4_XS => (0, None),
         _ => unreachable!(),
     };
     let d = half::f16::from_f32(d).to_le_bytes();
@@ -158,7 +164,7 @@ fn raw_acts(dtype: DType, qs: &[i8], d: f32) -> Vec<u8> {
     row
 }
 
-const QUANT_TYPES: [DType; 9] = [
+const QUANT_TYPES: [DType; 12] = [
     DType::Q8_0,
     DType::Q4_0,
     DType::Q4_1,
@@ -168,6 +174,9 @@ const QUANT_TYPES: [DType; 9] = [
     DType::Q5_K,
     DType::Q6_K,
     DType::IQ4_NL,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::IQ4_XS,
 ];
 
 #[test]

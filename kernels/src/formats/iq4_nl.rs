@@ -62,7 +62,7 @@ pub fn blocks(row: &[u8]) -> impl Iterator<Item = BlockIq4Nl<'_>> {
 }
 
 /// ggml's `best_index_int8` over [`LEVELS`]: the index of the level nearest `x` (the upper one on a tie).
-fn nearest_level(x: f32) -> usize {
+pub(crate) fn nearest_level(x: f32) -> usize {
     let val = |i: usize| LEVELS[i] as f32;
     if x <= val(0) {
         return 0;
@@ -97,40 +97,49 @@ fn fit(x: &[f32; BLOCK_LEN], weight: &[f32; BLOCK_LEN], id: f32) -> (f32, f32) {
     (sumqx, sumq2)
 }
 
-/// ggml's `quantize_row_iq4_nl_ref` (`quantize_row_iq4_nl_impl` for one 32-value block without an
-/// importance matrix, 7 tries each side), byte for byte: weights `x²`, a first scale from the value of
-/// largest magnitude, the least-squares scale of each of 15 trial scales kept when it fits better, then every
-/// value rounded to its nearest level at the chosen scale.
-pub fn quantize(src: &[f32], dst: &mut [u8]) {
+/// The scale of one 32-value block as ggml's `quantize_row_iq4_nl_impl` fits it without an importance matrix
+/// (7 tries each side), shared by IQ4_NL and IQ4_XS: a first scale from the value of largest magnitude, then
+/// the least-squares scale of each of 15 trial scales, kept when it fits better (weights `x²`). 0 for an
+/// all-zero block.
+pub(crate) fn fit_block_scale(x: &[f32; BLOCK_LEN]) -> f32 {
     const NTRY: i32 = 7;
+    let weight: [f32; BLOCK_LEN] = std::array::from_fn(|j| x[j] * x[j]);
+    let (amax, max) = super::signed_amax(x);
+    if amax < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let d = -max / LEVELS[0] as f32;
+    let (sumqx, sumq2) = fit(x, &weight, 1.0 / d);
+    let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+    let mut best = d * sumqx;
+    for itry in -NTRY..=NTRY {
+        let id = (itry + LEVELS[0] as i32) as f32 / max;
+        let (sumqx, sumq2) = fit(x, &weight, id);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    d
+}
+
+/// The indices of 32 values at inverse scale `id`, packed as the format stores them (value `j` in the low
+/// nibble of byte `j`, value `j + 16` in the high one).
+pub(crate) fn pack_indices(x: &[f32], id: f32, out: &mut [u8]) {
+    for j in 0..BLOCK_LEN / 2 {
+        let (l0, l1) = (nearest_level(id * x[j]), nearest_level(id * x[j + BLOCK_LEN / 2]));
+        out[j] = l0 as u8 | ((l1 as u8) << 4);
+    }
+}
+
+/// ggml's IQ4_NL quantizer as llama-quantize runs it (`quantize_iq4_nl`, no importance matrix), byte for
+/// byte: the block scale from [`fit_block_scale`], then every value rounded to its nearest level.
+pub fn quantize(src: &[f32], dst: &mut [u8]) {
     for (x, out) in src.chunks_exact(BLOCK_LEN).zip(dst.chunks_exact_mut(BLOCK_BYTES)) {
-        let x: &[f32; BLOCK_LEN] = x.try_into().expect("one block");
-        let weight: [f32; BLOCK_LEN] = std::array::from_fn(|j| x[j] * x[j]);
-        let (amax, max) = super::signed_amax(x);
-        let scale = if amax < GROUP_MAX_EPS {
-            0.0
-        } else {
-            let levels0 = LEVELS[0] as f32;
-            let d = -max / levels0;
-            let (sumqx, sumq2) = fit(x, &weight, 1.0 / d);
-            let mut d = sumqx / sumq2;
-            let mut best = d * sumqx;
-            for itry in -NTRY..=NTRY {
-                let id = (itry + LEVELS[0] as i32) as f32 / max;
-                let (sumqx, sumq2) = fit(x, &weight, id);
-                if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
-                    d = sumqx / sumq2;
-                    best = d * sumqx;
-                }
-            }
-            d
-        };
+        let scale = fit_block_scale(x.try_into().expect("one block"));
         write_f16(out, 0, scale);
         let id = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-        for j in 0..BLOCK_LEN / 2 {
-            let (l0, l1) = (nearest_level(id * x[j]), nearest_level(id * x[j + BLOCK_LEN / 2]));
-            out[QS + j] = l0 as u8 | ((l1 as u8) << 4);
-        }
+        pack_indices(x, id, &mut out[QS..QS + 16]);
     }
 }
 

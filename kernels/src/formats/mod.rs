@@ -14,6 +14,9 @@ pub mod bf16;
 pub mod f16;
 pub mod f32;
 pub mod iq4_nl;
+pub mod iq4_xs;
+pub mod q2_k;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -64,11 +67,14 @@ pub fn format(dtype: DType) -> &'static Format {
         DType::Q6_K => &q6_k::FORMAT,
         DType::Q8_K => &q8_k::FORMAT,
         DType::IQ4_NL => &iq4_nl::FORMAT,
+        DType::Q2_K => &q2_k::FORMAT,
+        DType::Q3_K => &q3_k::FORMAT,
+        DType::IQ4_XS => &iq4_xs::FORMAT,
     }
 }
 
 /// Every format, in ggml id order.
-pub const ALL: [DType; 13] = [
+pub const ALL: [DType; 16] = [
     DType::F32,
     DType::F16,
     DType::Q4_0,
@@ -76,11 +82,14 @@ pub const ALL: [DType; 13] = [
     DType::Q5_0,
     DType::Q5_1,
     DType::Q8_0,
+    DType::Q2_K,
+    DType::Q3_K,
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
     DType::Q8_K,
     DType::IQ4_NL,
+    DType::IQ4_XS,
     DType::BF16,
 ];
 
@@ -225,8 +234,8 @@ pub(crate) fn k_block_sum(d: f32, sumi: i32, dmin: f32, summ: i32) -> f32 {
 
 /// ggml's `make_qkx2_quants`: fits `x ≈ scale·L − min` with `L` in `0..=nmax` for one
 /// sub-block, minimising the `weights`-weighted squared error over `nstep + 1` candidate
-/// scales around `nmax/(max − min)`. Writes the levels to `levels` and returns
-/// `(scale, min)` with `min ≥ 0` (the value subtracted).
+/// scales around `nmax/(max − min)`. The error is squared, or absolute with `use_mad` (Q2_K). Writes the
+/// levels to `levels` and returns `(scale, min)` with `min ≥ 0` (the value subtracted).
 ///
 /// The float operations are kept in ggml's exact order so that Q4_K/Q5_K files come out
 /// byte-identical to llama.cpp's reference quantizer.
@@ -240,7 +249,9 @@ pub(crate) fn make_qkx2_quants(
     rmin: f32,
     rdelta: f32,
     nstep: i32,
+    use_mad: bool,
 ) -> (f32, f32) {
+    let err = |diff: f32| if use_mad { diff.abs() } else { diff * diff };
     let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
@@ -271,7 +282,7 @@ pub(crate) fn make_qkx2_quants(
         let l = nearest_int(iscale * (x[i] - min)).clamp(0, nmax);
         levels[i] = l as u8;
         let diff = scale * l as f32 + min - x[i];
-        best_error += weights[i] * (diff * diff);
+        best_error += weights[i] * err(diff);
     }
     if nstep < 1 {
         return (scale, -min);
@@ -299,7 +310,7 @@ pub(crate) fn make_qkx2_quants(
             let mut cur_error = 0.0f32;
             for i in 0..n {
                 let diff = this_scale * aux[i] as f32 + this_min - x[i];
-                cur_error += weights[i] * (diff * diff);
+                cur_error += weights[i] * err(diff);
             }
             if cur_error < best_error {
                 levels[..n].copy_from_slice(&aux[..n]);
@@ -360,6 +371,7 @@ pub(crate) fn quantize_kx_super_block(
             rmin,
             rdelta,
             nstep,
+            false,
         );
         scales[j] = scale;
         mins[j] = min;

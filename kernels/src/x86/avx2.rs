@@ -17,8 +17,8 @@
 use std::arch::x86_64::*;
 
 use crate::formats::{
-    array_at, iq4_nl, k_block_sum, min_block_sum, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_k,
-    unpack_k4_scales,
+    array_at, iq4_nl, iq4_xs, k_block_sum, min_block_sum, q2_k, q3_k, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k,
+    q8_0, q8_k, unpack_k4_scales,
 };
 use crate::DType;
 
@@ -42,6 +42,9 @@ pub fn vec_dot(dtype: DType, n: usize, w: &[u8], act: &[u8]) -> f32 {
         DType::Q5_K => dot_q5_k_q8_k(w, act),
         DType::Q6_K => dot_q6_k_q8_k(w, act),
         DType::IQ4_NL => dot_iq4_nl_q8_0(w, act),
+        DType::Q2_K => dot_q2_k_q8_k(w, act),
+        DType::Q3_K => dot_q3_k_q8_k(w, act),
+        DType::IQ4_XS => dot_iq4_xs_q8_k(w, act),
         DType::Q8_K => crate::formats::q8_k::vec_dot(n, w, act),
     }
 }
@@ -527,13 +530,7 @@ pub fn dot_q6_k_q8_k(w: &[u8], act: &[u8]) -> f32 {
     let low_nibbles = _mm256_set1_epi8(0x0f);
     let low_pair = _mm256_set1_epi8(3);
     let thirty_two = _mm256_set1_epi8(32);
-    // Group g uses i16 scales 2g (low 128-bit lane) and 2g + 1 (high lane).
-    let pick = |g: i16| {
-        let lo = (4 * g + 1) << 8 | (4 * g);
-        let hi = (4 * g + 3) << 8 | (4 * g + 2);
-        _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
-    };
-    let picks = [pick(0), pick(1), pick(2), pick(3)];
+    let picks = sub_block_pair_picks();
     let mut sum = 0.0f32;
     for (wb, ab) in w.chunks_exact(q6_k::BLOCK_BYTES).zip(act.chunks_exact(q8_k::BLOCK_BYTES)) {
         let wb: &[u8; q6_k::BLOCK_BYTES] = array_at(wb, 0);
@@ -567,6 +564,141 @@ pub fn dot_q6_k_q8_k(w: &[u8], act: &[u8]) -> f32 {
                 let sc = _mm256_shuffle_epi8(scales, picks[g]);
                 acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, sc));
             }
+        }
+        sum += d * hsum_i32(acc) as f32;
+    }
+    sum
+}
+
+/// `pshufb` masks for the 16-value sub-block layouts (Q2_K, Q3_K, Q6_K): group `g` of a half block (32
+/// values, two sub-blocks) takes `i16` scale `2g` in the low 128-bit lane and `2g + 1` in the high one.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sub_block_pair_picks() -> [__m256i; 4] {
+    std::array::from_fn(|g| {
+        let g = g as i16;
+        let lo = (4 * g + 1) << 8 | (4 * g);
+        let hi = (4 * g + 3) << 8 | (4 * g + 2);
+        _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+    })
+}
+
+/// Eight byte scales (`half` 0: bytes 0..8 of `scales`, 1: bytes 8..16) widened to `i16` in both lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn half_scales_i16(scales: __m128i, half: usize, signed: bool) -> __m128i {
+    let bytes = if half == 0 { scales } else { _mm_srli_si128::<8>(scales) };
+    if signed {
+        _mm_cvtepi8_epi16(bytes)
+    } else {
+        _mm_cvtepu8_epi16(bytes)
+    }
+}
+
+/// Q2_K·Q8_K. Per half (128 values): the 2-bit levels of group `g` are bits `2g..` of the 32 `qs` bytes,
+/// multiplied with `maddubs` (unsigned levels ≤ 3) and scaled by their two 4-bit sub-block scales with one
+/// `madd`; the mins meet the activation group sums in one `madd`. Combined as the scalar reference.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q2_k_q8_k(w: &[u8], act: &[u8]) -> f32 {
+    let low_pair = _mm256_set1_epi8(3);
+    let low_nibbles = _mm_set1_epi8(0x0f);
+    let picks = sub_block_pair_picks();
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.chunks_exact(q2_k::BLOCK_BYTES).zip(act.chunks_exact(q8_k::BLOCK_BYTES)) {
+        let wb: &[u8; q2_k::BLOCK_BYTES] = array_at(wb, 0);
+        let ab: &[u8; q8_k::BLOCK_BYTES] = array_at(ab, 0);
+        let d_a = f32::from_le_bytes(*array_at(ab, 0));
+        let packed = load_128(array_at(wb, q2_k::SCALES));
+        let scales = _mm_and_si128(packed, low_nibbles);
+        let mins = _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles);
+        let bsums = load_256(array_at(ab, q8_k::BSUMS));
+        let summ = hsum_i32(_mm256_madd_epi16(bsums, _mm256_cvtepu8_epi16(mins)));
+        let mut acc = _mm256_setzero_si256();
+        for half in 0..2 {
+            let sc = _mm256_broadcastsi128_si256(half_scales_i16(scales, half, false));
+            let q = load_256(array_at(wb, q2_k::QS + 32 * half));
+            for (g, pick) in picks.iter().enumerate() {
+                let levels = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * g as i32)), low_pair);
+                let a = load_256(array_at(ab, q8_k::QS + 128 * half + 32 * g));
+                let pairs = _mm256_maddubs_epi16(levels, a);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_shuffle_epi8(sc, *pick)));
+            }
+        }
+        let (d_w, dmin_w) = f16_pair_to_f32(array_at(wb, q2_k::D));
+        sum += k_block_sum(d_w * d_a, hsum_i32(acc), dmin_w * d_a, summ);
+    }
+    sum
+}
+
+/// Q3_K·Q8_K. Per half: group `g` rebuilt as unsigned 3-bit bytes (two bits from `qs`, the third from bit
+/// `4·half + g` of `hmask`), `Σ (q − 4)·a` as `maddubs(q, a) − maddubs(4, a)`, each sub-block pair scaled by
+/// its signed scales with one `madd`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q3_k_q8_k(w: &[u8], act: &[u8]) -> f32 {
+    let low_pair = _mm256_set1_epi8(3);
+    let bit0 = _mm256_set1_epi8(1);
+    let four = _mm256_set1_epi8(4);
+    let picks = sub_block_pair_picks();
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.chunks_exact(q3_k::BLOCK_BYTES).zip(act.chunks_exact(q8_k::BLOCK_BYTES)) {
+        let wb: &[u8; q3_k::BLOCK_BYTES] = array_at(wb, 0);
+        let ab: &[u8; q8_k::BLOCK_BYTES] = array_at(ab, 0);
+        let d = f16_to_f32(array_at(wb, q3_k::D)) * f32::from_le_bytes(*array_at(ab, 0));
+        let scales = load_128(&q3_k::unpack_scales(array_at(wb, q3_k::SCALES)).map(|s| s as u8));
+        let hmask = load_256(array_at(wb, q3_k::HMASK));
+        let mut acc = _mm256_setzero_si256();
+        for half in 0..2 {
+            let sc = _mm256_broadcastsi128_si256(half_scales_i16(scales, half, true));
+            let q = load_256(array_at(wb, q3_k::QS + 32 * half));
+            for (g, pick) in picks.iter().enumerate() {
+                let low = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * g as i32)), low_pair);
+                let bit = (4 * half + g) as i32;
+                let high = _mm256_and_si256(_mm256_srl_epi16(hmask, _mm_cvtsi32_si128(bit)), bit0);
+                let levels = _mm256_or_si256(low, _mm256_slli_epi16::<2>(high));
+                let a = load_256(array_at(ab, q8_k::QS + 128 * half + 32 * g));
+                let pairs = mul_offset_pairs(levels, a, four);
+                acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_shuffle_epi8(sc, *pick)));
+            }
+        }
+        sum += d * hsum_i32(acc) as f32;
+    }
+    sum
+}
+
+/// IQ4_XS·Q8_K: per 32-value sub-block the indices looked up in the level table by byte shuffle and
+/// multiplied exactly as IQ4_NL·Q8_0, the eight `i32` sums scaled by the sub-block scale; the block total
+/// times `d_w·d_a` as in the scalar reference.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_iq4_xs_q8_k(w: &[u8], act: &[u8]) -> f32 {
+    let table = load_128(&iq4_nl::LEVELS.map(|v| v as u8));
+    let low_nibbles = _mm_set1_epi8(0x0f);
+    let mut sum = 0.0f32;
+    for (wb, ab) in w.chunks_exact(iq4_xs::BLOCK_BYTES).zip(act.chunks_exact(q8_k::BLOCK_BYTES)) {
+        let wb: &[u8; iq4_xs::BLOCK_BYTES] = array_at(wb, 0);
+        let ab: &[u8; q8_k::BLOCK_BYTES] = array_at(ab, 0);
+        let block = iq4_xs::BlockIq4Xs(wb);
+        let d = block.d() * f32::from_le_bytes(*array_at(ab, 0));
+        let mut acc = _mm256_setzero_si256();
+        for (s, scale) in block.scales().into_iter().enumerate() {
+            let packed = load_128(block.qs(s));
+            let lo = _mm_shuffle_epi8(table, _mm_and_si128(packed, low_nibbles));
+            let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles));
+            let a_lo = _mm256_cvtepi8_epi16(load_128(array_at(ab, q8_k::QS + 32 * s)));
+            let a_hi = _mm256_cvtepi8_epi16(load_128(array_at(ab, q8_k::QS + 32 * s + 16)));
+            let products = _mm256_add_epi32(
+                _mm256_madd_epi16(_mm256_cvtepi8_epi16(lo), a_lo),
+                _mm256_madd_epi16(_mm256_cvtepi8_epi16(hi), a_hi),
+            );
+            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(products, _mm256_set1_epi32(scale)));
         }
         sum += d * hsum_i32(acc) as f32;
     }
