@@ -14,7 +14,8 @@ pub struct ConvertArgs {
     /// Output GGUF file.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
-    /// Tensor type: q4_0, q8_0, q4_k_m, q6_k, f16, bf16 or f32 (llama.cpp's mixtures and rules).
+    /// Tensor type: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k_m, q4_k_m, q6_k, iq4_nl, iq4_xs, f16, bf16 or f32
+    /// (llama.cpp's mixtures and rules).
     #[arg(long = "type", default_value = "q4_k_m")]
     pub out_type: String,
     /// Worker threads for quantization (default: all cores).

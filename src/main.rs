@@ -54,7 +54,7 @@ enum Command {
     Info(InfoArgs),
     /// Perplexity of a text file, with llama.cpp's method (last line: `PPL = <value>`).
     Perplexity(PerplexityArgs),
-    /// Convert a Hugging Face Qwen3/Qwen2 checkpoint to GGUF (q4_0, q8_0, q4_k_m, q6_k, f16, bf16, f32).
+    /// Convert a Hugging Face Qwen3/Qwen2 checkpoint to GGUF (q4_k_m, q8_0, q3_k_m, iq4_xs, ... f16; see --help)
     Convert(cmd_convert::ConvertArgs),
     /// Make a random-weight Hugging Face checkpoint of a real shape (developer tool for benchmarks/tests).
     Synth(cmd_synth::SynthArgs),
@@ -368,9 +368,21 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         e.1 += t.n_elements();
         e.2 += t.n_bytes();
     }
-    println!("\ntensors: {}", file.tensors().len());
+    let bpw = |bytes: usize, elems: usize| 8.0 * bytes as f64 / elems.max(1) as f64;
+    let (all_elems, all_bytes) = by_type.values().fold((0, 0), |(e, b), t| (e + t.1, b + t.2));
+    println!(
+        "\ntensors: {} ({} values, {:.2} bits per weight)",
+        file.tensors().len(),
+        all_elems,
+        bpw(all_bytes, all_elems)
+    );
     for (ty, (count, elems, bytes)) in &by_type {
-        println!("  {ty:<6} {count:>5} tensors {elems:>14} values {:>12}", human_bytes(*bytes));
+        let share = 100.0 * *bytes as f64 / all_bytes.max(1) as f64;
+        println!(
+            "  {ty:<6} {count:>5} tensors {elems:>14} values {:>12} {:>5.2} bpw {share:>5.1} % of bytes",
+            human_bytes(*bytes),
+            bpw(*bytes, *elems)
+        );
     }
     if a.tensors {
         for t in file.tensors() {

@@ -57,6 +57,19 @@ fn info_lists_metadata_tensors_and_memory() {
     ] {
         assert!(s.contains(needle), "info output lacks {needle:?}:\n{s}");
     }
+    // the mix of types, each with its bits per weight (144 bytes per 256 values, 210 per 256, f32)
+    let line = |ty: &str| s.lines().find(|l| l.trim_start().starts_with(ty)).unwrap_or_default().to_string();
+    assert!(line("Q4_K").contains(" 4.50 bpw"), "{}", line("Q4_K"));
+    assert!(line("Q6_K").contains(" 6.56 bpw"), "{}", line("Q6_K"));
+    assert!(line("F32").contains("32.00 bpw"), "{}", line("F32"));
+    assert!(s.contains("bits per weight)"), "{s}");
+    let low = quire(&["info", &tiny("q3_k_m")]);
+    assert!(low.status.success(), "stderr: {}", text(&low.stderr));
+    let low = text(&low.stdout);
+    for (ty, bpw) in [("Q3_K", " 3.44 bpw"), ("Q4_K", " 4.50 bpw"), ("Q5_K", " 5.50 bpw")] {
+        let l = low.lines().find(|l| l.trim_start().starts_with(ty)).unwrap_or_default();
+        assert!(l.contains(bpw), "{ty}: {l}");
+    }
 }
 
 #[test]

@@ -239,9 +239,17 @@ pub fn plan_tensors(config: &HfConfig, ckpt: &Checkpoint, out: OutType) -> Resul
         // PyTorch [out, in] is GGUF [in, out]: ne0 is the contiguous dimension. Same bytes either way.
         let gguf_shape: Vec<u64> = e.shape.iter().rev().map(|&d| d as u64).collect();
         let ncols = gguf_shape[0] as usize;
-        let dtype =
-            quant_plan::tensor_type(out, e.role, e.layer, config.n_layers, ncols, config.tie_word_embeddings)
-                .with_context(|| format!("tensor {}", e.gguf))?;
+        let n_gqa = config.n_heads / config.n_kv_heads.max(1);
+        let dtype = quant_plan::tensor_type(
+            out,
+            e.role,
+            e.layer,
+            config.n_layers,
+            n_gqa,
+            ncols,
+            config.tie_word_embeddings,
+        )
+        .with_context(|| format!("tensor {}", e.gguf))?;
         plan.push(PlannedTensor { source: src.clone(), gguf_name: e.gguf.clone(), gguf_shape, dtype });
     }
     for t in ckpt.tensors() {

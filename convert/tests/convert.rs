@@ -250,7 +250,7 @@ fn quantized_conversions_are_within_llamacpp_error_bounds() {
     let dir = Scratch::new("bounds");
     let reference = read_json("tiny-qwen3/reference.json");
     let bounds = read_json("tiny-qwen3-llamacpp-error.json");
-    for ty in ["q8_0", "q4_0", "q4_k_m"] {
+    for ty in ["q8_0", "q4_0", "q4_k_m", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs", "q3_k_m", "q2_k"] {
         let model = Model::open(convert_tiny(&dir, ty)).unwrap();
         let worst = last_logits(&model)
             .iter()
@@ -280,7 +280,9 @@ fn quantized_conversions_are_within_llamacpp_error_bounds() {
 #[test]
 fn tensors_are_byte_identical_to_llamacpp() {
     let dir = Scratch::new("bytes");
-    for ty in ["q8_0", "q4_0", "q4_k_m", "q6_k", "f16", "bf16", "f32"] {
+    let types = ["q8_0", "q4_0", "q4_k_m", "q6_k", "f16", "bf16", "f32"];
+    let later = ["q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs", "q3_k_m", "q2_k"];
+    for ty in types.into_iter().chain(later) {
         let ours = read_header(&convert_tiny(&dir, ty));
         let theirs = read_header(&fixture(&format!("tiny-qwen3-{ty}.gguf")));
         assert_eq!(ours.tensors.len(), theirs.tensors.len(), "{ty}: tensor count");
@@ -299,7 +301,8 @@ fn tensors_are_byte_identical_to_llamacpp() {
 #[test]
 fn metadata_and_tensor_infos_equal_llamacpp() {
     let dir = Scratch::new("meta");
-    for ty in ["f32", "q8_0", "q4_0", "q4_k_m"] {
+    for ty in ["f32", "q8_0", "q4_0", "q4_k_m", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs", "q3_k_m", "q2_k"]
+    {
         let ours = read_header(&convert_tiny(&dir, ty));
         let theirs = read_header(&fixture(&format!("tiny-qwen3-{ty}.gguf")));
         let keys = |h: &Header| -> Vec<String> { h.kv.keys().filter(|k| !descriptive(k)).cloned().collect() };
