@@ -185,7 +185,18 @@ pub fn gemm_with(
 /// callers splitting rows between threads split at multiples of it).
 pub fn has_panel_kernel(isa: Isa, wtype: DType) -> bool {
     isa.kind() == IsaKind::Avx512
-        && matches!(wtype, DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::Q4_K | DType::Q5_K | DType::Q6_K)
+        && matches!(
+            wtype,
+            DType::Q4_0
+                | DType::Q5_0
+                | DType::Q8_0
+                | DType::Q2_K
+                | DType::Q3_K
+                | DType::Q4_K
+                | DType::Q5_K
+                | DType::Q6_K
+                | DType::IQ4_XS
+        )
 }
 
 /// Whether a `wtype` matrix of `n_rows` rows can be stored prepacked ([`prepack`]) for the

@@ -19,7 +19,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::formats::{array_at, q4_0, q4_k, q5_0, q5_k, q6_k, q8_0, q8_k};
+use crate::formats::{array_at, iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_k, q5_0, q5_k, q6_k, q8_0, q8_k};
 use crate::prepacked::Layout;
 
 /// Rows per panel: one per 32-bit lane.
@@ -35,18 +35,19 @@ const PREFETCH_BLOCKS: usize = 16;
 /// vectors and the sixteen block scales.
 const Q32_VECS: usize = 9;
 /// Vectors per Q4_K/Q5_K super-block: 64 quant vectors, 8 scale vectors (i32), 4 min
-/// pair vectors (i16 pairs), `d` and `dmin`.
+/// pair vectors (i16 pairs), `d` and `dmin` (IQ4_XS: its scales, `128·scale` as the min pairs, no `dmin`).
 const K4_VECS: usize = 78;
-/// Vectors per Q6_K super-block: 64 quant vectors, 16 scale vectors (i32), 8 scale pair
-/// vectors (i16 pairs) and `d`.
-const K6_VECS: usize = 89;
+/// Vectors per super-block of sixteen 16-value sub-blocks (Q2_K, Q3_K, Q6_K): 64 quant vectors, 16 scale
+/// vectors (i32), 8 vectors of i16 pairs (the scales, for the offset of Q3_K/Q6_K, or Q2_K's mins), `d`
+/// and Q2_K's `dmin`.
+const K6_VECS: usize = 90;
 
 /// Packed vectors per block of `block_bytes` (which identifies the format).
 pub fn vecs_per_block(block_bytes: usize) -> usize {
     match block_bytes {
         q4_0::BLOCK_BYTES | q5_0::BLOCK_BYTES | q8_0::BLOCK_BYTES => Q32_VECS,
-        q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES => K4_VECS,
-        q6_k::BLOCK_BYTES => K6_VECS,
+        q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES | iq4_xs::BLOCK_BYTES => K4_VECS,
+        q2_k::BLOCK_BYTES | q3_k::BLOCK_BYTES | q6_k::BLOCK_BYTES => K6_VECS,
         _ => unreachable!("no AVX-512 panel kernel for blocks of {block_bytes} bytes"),
     }
 }
@@ -406,6 +407,137 @@ fn pack_q6_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
         out[80 + 2 * k + 1] = _mm512_or_si512(_mm512_srli_epi32::<16>(even), _mm512_andnot_si512(word, odd));
     }
     out[88] = as_int(scale_f32(src, sb, q6_k::D));
+    out[89] = _mm512_setzero_si512();
+}
+
+/// The word at byte `at` of block `b` of each row (formats read from the file's layout only).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn word(src: &PanelSrc, b: usize, at: usize) -> __m512i {
+    let PanelSrc::File { panel, block_bytes } = *src else { unreachable!("no prepacked layout") };
+    gather_u32(panel, b * block_bytes + at)
+}
+
+/// Bytes `at..at + 32` of block `b` of each row: `out[j]` lane `i` is word `j` of them in row `i`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn octet(src: &PanelSrc, b: usize, at: usize) -> [__m512i; 8] {
+    let (lo, hi) = (quad(src, b, at), quad(src, b, at + 16));
+    std::array::from_fn(|j| if j < 4 { lo[j] } else { hi[j - 4] })
+}
+
+/// Each byte of `v` shifted right by `shift` bits (the bits that cross into a byte are masked off by the
+/// callers).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn shr(v: __m512i, shift: usize) -> __m512i {
+    _mm512_srlv_epi32(v, splat(shift as u32))
+}
+
+/// The i16 pairs `(lo, hi)` of two vectors of i32 values in i16 range.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn i16_pairs(lo: __m512i, hi: __m512i) -> __m512i {
+    _mm512_or_si512(_mm512_and_si512(lo, splat(0xffff)), _mm512_slli_epi32::<16>(hi))
+}
+
+/// Packs super-block `sb` of a Q2_K panel: the 2-bit levels (value `v` in vector `v / 4`, as Q6_K), the
+/// sixteen 4-bit scales as i32 vectors, the mins as eight vectors of i16 pairs, `d` and `dmin`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q2_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
+    let (pair, nibble) = (splat(0x0303_0303), splat(0xf));
+    for half in 0..2 {
+        let qs = octet(src, sb, q2_k::QS + 32 * half);
+        for g in 0..4 {
+            for j in 0..8 {
+                out[32 * half + 8 * g + j] = _mm512_and_si512(shr(qs[j], 2 * g), pair);
+            }
+        }
+    }
+    for (k, w) in quad(src, sb, q2_k::SCALES).into_iter().enumerate() {
+        for i in 0..4 {
+            out[64 + 4 * k + i] = _mm512_and_si512(shr(w, 8 * i), nibble);
+        }
+        let min = |i: usize| _mm512_and_si512(shr(w, 8 * i + 4), nibble);
+        out[80 + 2 * k] = i16_pairs(min(0), min(1));
+        out[80 + 2 * k + 1] = i16_pairs(min(2), min(3));
+    }
+    out[88] = as_int(scale_f32(src, sb, q2_k::D));
+    out[89] = as_int(scale_f32(src, sb, q2_k::D + 2));
+}
+
+/// Packs super-block `sb` of a Q3_K panel: unsigned 3-bit levels (`q + 4`: two bits from `qs`, the third
+/// from `hmask`; value `v` in vector `v / 4`), the sixteen signed scales as i32 vectors and as eight
+/// vectors of i16 pairs, and `d`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q3_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
+    let (pair, bit0) = (splat(0x0303_0303), splat(0x0101_0101));
+    let hmask = octet(src, sb, q3_k::HMASK);
+    for half in 0..2 {
+        let qs = octet(src, sb, q3_k::QS + 32 * half);
+        for g in 0..4 {
+            for j in 0..8 {
+                let low = _mm512_and_si512(shr(qs[j], 2 * g), pair);
+                let high = _mm512_and_si512(shr(hmask[j], 4 * half + g), bit0);
+                out[32 * half + 8 * g + j] = _mm512_or_si512(low, _mm512_slli_epi32::<2>(high));
+            }
+        }
+    }
+    // The 6-bit scales four bytes at a time, as ggml's dequantizer rebuilds them from the three words.
+    let w: [__m512i; 3] = std::array::from_fn(|i| word(src, sb, q3_k::SCALES + 4 * i));
+    let (m1, m2) = (splat(0x0303_0303), splat(0x0f0f_0f0f));
+    let and = _mm512_and_si512;
+    let top = |shift: usize| _mm512_slli_epi32::<4>(and(shr(w[2], shift), m1));
+    let aux = [
+        _mm512_or_si512(and(w[0], m2), top(0)),
+        _mm512_or_si512(and(w[1], m2), top(2)),
+        _mm512_or_si512(and(shr(w[0], 4), m2), top(4)),
+        _mm512_or_si512(and(shr(w[1], 4), m2), top(6)),
+    ];
+    for (k, a) in aux.into_iter().enumerate() {
+        let sc = |i: usize| _mm512_sub_epi32(and(shr(a, 8 * i), splat(0xff)), splat(32));
+        for i in 0..4 {
+            out[64 + 4 * k + i] = sc(i);
+        }
+        out[80 + 2 * k] = i16_pairs(sc(0), sc(1));
+        out[80 + 2 * k + 1] = i16_pairs(sc(2), sc(3));
+    }
+    out[88] = as_int(scale_f32(src, sb, q3_k::D));
+    out[89] = _mm512_setzero_si512();
+}
+
+/// Packs super-block `sb` of an IQ4_XS panel: the levels plus 128 as unsigned bytes (table lookup by
+/// shuffle; value `v` in vector `v / 4`), the eight signed scales as i32 vectors, `128·scale` as four
+/// vectors of i16 pairs (what the +128 adds, against the sub-block sums), and `d`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_iq4_xs_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K4_VECS]) {
+    let shifted = iq4_nl::LEVELS.map(|l| (l as i16 + 128) as u8);
+    // SAFETY: 16 readable bytes; `loadu` has no alignment requirement.
+    let table = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(shifted.as_ptr().cast()) });
+    let low = splat(0x0f0f_0f0f);
+    for s in 0..8 {
+        let q = quad(src, sb, iq4_xs::QS + 16 * s);
+        for m in 0..4 {
+            out[8 * s + m] = _mm512_shuffle_epi8(table, _mm512_and_si512(q[m], low));
+            out[8 * s + 4 + m] =
+                _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi32::<4>(q[m]), low));
+        }
+    }
+    let head = word(src, sb, 0);
+    let (high, lows) = (_mm512_srli_epi32::<16>(head), word(src, sb, iq4_xs::SCALES_L));
+    let sc = |s: usize| {
+        let l = _mm512_and_si512(shr(lows, 4 * s), splat(0xf));
+        let h = _mm512_and_si512(shr(high, 2 * s), splat(3));
+        _mm512_sub_epi32(_mm512_or_si512(l, _mm512_slli_epi32::<4>(h)), splat(32))
+    };
+    for s in 0..8 {
+        out[64 + s] = sc(s);
+    }
+    for j in 0..4 {
+        out[72 + j] = i16_pairs(_mm512_slli_epi32::<7>(sc(2 * j)), _mm512_slli_epi32::<7>(sc(2 * j + 1)));
+    }
+    out[76] = as_int(halves_to_f32::<0>(head));
+    out[77] = _mm512_setzero_si512();
 }
 
 /// Packs block `b` of a panel of `block_bytes`-byte blocks into `dst` ([`vecs_per_block`] vectors).
@@ -419,6 +551,9 @@ fn pack_block(block_bytes: usize, src: &PanelSrc, b: usize, dst: &mut [__m512i])
         q4_k::BLOCK_BYTES => pack_q4_k_block(src, b, dst.try_into().expect("block vectors")),
         q5_k::BLOCK_BYTES => pack_q5_k_block(src, b, dst.try_into().expect("block vectors")),
         q6_k::BLOCK_BYTES => pack_q6_k_block(src, b, dst.try_into().expect("block vectors")),
+        q2_k::BLOCK_BYTES => pack_q2_k_block(src, b, dst.try_into().expect("block vectors")),
+        q3_k::BLOCK_BYTES => pack_q3_k_block(src, b, dst.try_into().expect("block vectors")),
+        iq4_xs::BLOCK_BYTES => pack_iq4_xs_block(src, b, dst.try_into().expect("block vectors")),
         _ => unreachable!(),
     }
 }
@@ -799,11 +934,27 @@ fn compute_k4<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KTil
     acc
 }
 
-/// Multiplies a packed Q6_K panel with `T` Q8_K activation rows. Each sub-block's four
+/// How a super-block of sixteen 16-value sub-blocks turns its integer sums into floats.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum K16 {
+    /// Q6_K: unsigned levels `q + 32`, signed scales.
+    Q6,
+    /// Q3_K: unsigned levels `q + 4`, signed scales.
+    Q3,
+    /// Q2_K: unsigned levels, unsigned scales and mins with their own super-block scale.
+    Q2,
+}
+
+/// Multiplies a packed Q2_K/Q3_K/Q6_K panel with `T` Q8_K activation rows. Each sub-block's four
 /// weight vectors are loaded once and used for all `T` rows.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn compute_q6_k<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KTile) -> [__m512; T] {
+fn compute_k16<const T: usize>(
+    kind: K16,
+    packed: &[__m512i],
+    n_blocks: usize,
+    tile: &Q8KTile,
+) -> [__m512; T] {
     tile.check(n_blocks, T);
     let mut acc = [_mm512_setzero_ps(); T];
     for (sb, w) in packed.chunks_exact(K6_VECS).take(n_blocks).enumerate() {
@@ -824,7 +975,8 @@ fn compute_q6_k<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KT
             });
         }
         for_each_token!(T, |t| {
-            // The −32 offset: 32·Σ sc·bsum, with the Q8_K group sums as i16 pairs.
+            // Σ pair·bsum with the Q8_K group sums as i16 pairs: the scales (for the level offset) or
+            // the Q2_K mins.
             let mut off = _mm512_setzero_si512();
             for j in 0..8 {
                 off = _mm512_dpwssd_epi32(
@@ -833,16 +985,69 @@ fn compute_q6_k<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KT
                     _mm512_set1_epi32(act_dword(a[t], q8_k::BSUMS + 4 * j)),
                 );
             }
-            let sumi = _mm512_sub_epi32(sumi[t], _mm512_slli_epi32::<5>(off));
-            // sum += (d_w·d_a)·sumi
-            let d = _mm512_mul_ps(as_float(w[88]), _mm512_set1_ps(d[t]));
-            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi)));
+            let da = _mm512_set1_ps(d[t]);
+            let d = _mm512_mul_ps(as_float(w[88]), da);
+            let block = match kind {
+                // sum += (d_w·d_a)·(sumi − offset·Σ sc·bsum)
+                K16::Q6 => _mm512_mul_ps(
+                    d,
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(sumi[t], _mm512_slli_epi32::<5>(off))),
+                ),
+                K16::Q3 => _mm512_mul_ps(
+                    d,
+                    _mm512_cvtepi32_ps(_mm512_sub_epi32(sumi[t], _mm512_slli_epi32::<2>(off))),
+                ),
+                // sum += (d_w·d_a)·sumi − (dmin_w·d_a)·summ
+                K16::Q2 => _mm512_sub_ps(
+                    _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi[t])),
+                    _mm512_mul_ps(_mm512_mul_ps(as_float(w[89]), da), _mm512_cvtepi32_ps(off)),
+                ),
+            };
+            acc[t] = _mm512_add_ps(acc[t], block);
         });
     }
     acc
 }
 
-/// Multiplies a packed Q4_K/Q5_K/Q6_K panel (see [`pack_panel`]) with a tile of `T` activation rows: lane
+/// Multiplies a packed IQ4_XS panel with `T` Q8_K activation rows: as Q4_K, but the `+128` of the levels
+/// comes off the integer sum (`Σ sc·(p − 128·s)`) before the one float multiply, as in the scalar reference.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn compute_iq4_xs<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KTile) -> [__m512; T] {
+    tile.check(n_blocks, T);
+    let mut acc = [_mm512_setzero_ps(); T];
+    for (sb, w) in packed.chunks_exact(K4_VECS).take(n_blocks).enumerate() {
+        let w: &[__m512i; K4_VECS] = w.try_into().expect("block vectors");
+        let (blocks, d, sub_pairs) = tile.block(sb, T);
+        let a: [&[u8; q8_k::BLOCK_BYTES]; T] =
+            std::array::from_fn(|t| array_at(blocks, t * q8_k::BLOCK_BYTES));
+        let mut sumi = [_mm512_setzero_si512(); T];
+        for sub in 0..8 {
+            let ws: [__m512i; 8] = std::array::from_fn(|g| w[8 * sub + g]);
+            for_each_token!(T, |t| {
+                let at = q8_k::QS + 32 * sub;
+                let mut p = _mm512_setzero_si512();
+                for (g, wg) in ws.iter().enumerate() {
+                    p = _mm512_dpbusd_epi32(p, *wg, _mm512_set1_epi32(act_dword(a[t], at + 4 * g)));
+                }
+                sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(p, w[64 + sub]));
+            });
+        }
+        for_each_token!(T, |t| {
+            let mut off = _mm512_setzero_si512();
+            for j in 0..4 {
+                off = _mm512_dpwssd_epi32(off, w[72 + j], _mm512_set1_epi32(sub_pairs[4 * t + j]));
+            }
+            // sum += (d_w·d_a)·sumi
+            let d = _mm512_mul_ps(as_float(w[76]), _mm512_set1_ps(d[t]));
+            acc[t] =
+                _mm512_add_ps(acc[t], _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(sumi[t], off))));
+        });
+    }
+    acc
+}
+
+/// Multiplies a packed Q2_K/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_XS panel (see [`pack_panel`]) with a tile of `T` activation rows: lane
 /// `i` of result `t` is the dot product of panel row `i` with token `t`, bit-identical to the scalar
 /// reference.
 /// (Q4_0/Q8_0 panels go through [`panel_dots_q32`].)
@@ -859,7 +1064,10 @@ pub fn panel_dots<const T: usize>(
 ) -> [[f32; PANEL_ROWS]; T] {
     let acc = match block_bytes {
         q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES => compute_k4::<T>(packed, n_blocks, tile),
-        q6_k::BLOCK_BYTES => compute_q6_k::<T>(packed, n_blocks, tile),
+        q6_k::BLOCK_BYTES => compute_k16::<T>(K16::Q6, packed, n_blocks, tile),
+        q3_k::BLOCK_BYTES => compute_k16::<T>(K16::Q3, packed, n_blocks, tile),
+        q2_k::BLOCK_BYTES => compute_k16::<T>(K16::Q2, packed, n_blocks, tile),
+        iq4_xs::BLOCK_BYTES => compute_iq4_xs::<T>(packed, n_blocks, tile),
         _ => unreachable!("no K-quant panel kernel for blocks of {block_bytes} bytes"),
     };
     lanes(acc)
@@ -1015,7 +1223,7 @@ pub fn panel_dots_prepacked_k<const T: usize>(
         pack_block(block_bytes, &panel, b, &mut block[..per]);
         let from_b = tile.skip_blocks(b, T);
         let sums = match block_bytes {
-            q6_k::BLOCK_BYTES => compute_q6_k::<T>(&block, 1, &from_b),
+            q6_k::BLOCK_BYTES => compute_k16::<T>(K16::Q6, &block, 1, &from_b),
             _ => compute_k4::<T>(&block[..K4_VECS], 1, &from_b),
         };
         for_each_token!(T, |t| {
