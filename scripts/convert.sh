@@ -6,7 +6,8 @@
 #   HF_DIR_OR_REPO_ID  a local model directory (config.json, tokenizer.json, *.safetensors), or a Hugging Face
 #                      repo id such as Qwen/Qwen3-4B-Instruct-2507 (downloaded first with `hf` or
 #                      `huggingface-cli` when one is installed; otherwise the script prints what to run)
-#   TYPE               q4_k_m (default), q4_0, q8_0, q6_k, f16, bf16 or f32
+#   TYPE               q4_k_m (default), q4_0, q4_1, q5_0, q5_1, q8_0, q6_k, q3_k_m, q2_k, iq4_nl, iq4_xs,
+#                      f16, bf16 or f32
 #
 # Writes models/<name>-<type>.gguf, <name> being the directory or repo name in lower case, and prints that
 # path on stdout. Builds `quire` (release) first if needed; QUIRE_BIN=path/to/quire uses that binary instead.
@@ -23,8 +24,8 @@ case "$1" in -h | --help) usage ;; esac
 SRC="$1"
 TYPE="${2:-q4_k_m}"
 case "$TYPE" in
-    q4_0 | q8_0 | q4_k_m | q6_k | f16 | bf16 | f32) ;;
-    *) echo "convert.sh: unknown type '$TYPE' (q4_k_m, q4_0, q8_0, q6_k, f16, bf16, f32)" >&2; exit 2 ;;
+    q4_0 | q4_1 | q5_0 | q5_1 | q8_0 | q4_k_m | q6_k | q3_k_m | q2_k | iq4_nl | iq4_xs | f16 | bf16 | f32) ;;
+    *) echo "convert.sh: unknown type '$TYPE' (q4_k_m, q4_0, q4_1, q5_0, q5_1, q8_0, q6_k, q3_k_m, q2_k, iq4_nl, iq4_xs, f16, bf16, f32)" >&2; exit 2 ;;
 esac
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

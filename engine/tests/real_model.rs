@@ -22,18 +22,24 @@ fn goldens_match_llamacpp() {
 }
 
 /// The real 0.5B model, whose matrices are mostly Q5_0 (with Q8_0, Q4_K and Q6_K): llama.cpp's goldens and
-/// its perplexity (5.1275 on the same text).
+/// its perplexity (5.1275 on the same text), with the f16 and the q8_0 KV cache.
 #[test]
 fn q5_0_model_matches_llamacpp() {
     let Some(path) = real_draft_model() else { return };
-    let engine = Engine::load(&path).unwrap();
-    let greedy_agree = check_goldens(&engine, "real/qwen25-coder-0.5b-goldens.json");
-    assert!(greedy_agree >= 4, "only {greedy_agree}/5 prompts reproduce llama.cpp's first 32 greedy tokens");
-    let ppl = perplexity(&engine);
+    let mut engine = Engine::load(&path).unwrap();
     let want = read_json("real/qwen25-coder-0.5b-perplexity.json")["perplexity.txt"]["ppl"].as_f64().unwrap();
-    let rel = (ppl - want).abs() / want;
-    eprintln!("0.5B: PPL = {ppl:.4} (llama.cpp {want}, {:.3}% off)", rel * 100.0);
-    assert!(rel <= 0.005, "perplexity {ppl} is more than 0.5% from llama.cpp's {want}");
+    for kv_type in [KvType::F16, KvType::Q8_0] {
+        engine.kv_type = kv_type;
+        let greedy_agree = check_goldens(&engine, "real/qwen25-coder-0.5b-goldens.json");
+        assert!(
+            greedy_agree >= 4,
+            "{kv_type} KV: only {greedy_agree}/5 prompts reproduce llama.cpp's first 32 greedy tokens"
+        );
+        let ppl = perplexity(&engine);
+        let rel = (ppl - want).abs() / want;
+        eprintln!("0.5B, {kv_type} KV: PPL = {ppl:.4} (llama.cpp {want}, {:.3}% off)", rel * 100.0);
+        assert!(rel <= 0.005, "{kv_type} KV: perplexity {ppl} is more than 0.5% from llama.cpp's {want}");
+    }
 }
 
 /// Tokenization, top-1 and its logit at the end of each golden prompt must match; returns how many of the

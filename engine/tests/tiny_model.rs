@@ -181,7 +181,11 @@ fn quantized_files_track_llamacpp_logits() {
 fn prepacked_weights_give_identical_logits() {
     let reference = read_json("tiny-qwen3/reference.json");
     let ids = ids(&reference["prompts"]["long_random"]["ids"]);
-    for ty in ["q4_0", "q8_0", "q4_k_m", "q5_k_m", "q6_k"] {
+    let types = [
+        "q4_0", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs", "q3_k_m",
+        "q2_k",
+    ];
+    for ty in types {
         let open = |prepack| {
             let file = quire_engine::gguf::GgufFile::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
             Model::load_with(file, &quire_engine::model::LoadOptions { prepack }).unwrap()

@@ -27,7 +27,8 @@ pub struct QuantizedActs {
     bytes: Vec<u8>,
     /// Q8_0 / Q8_K: the scale of every block of every row, as `f32`.
     pub(crate) d: Vec<f32>,
-    /// Q8_0: `−offset·Σ a` per block (offset 8 for Q4_0, 16 for Q5_0, 128 for Q8_0 weights).
+    /// Q8_0: `−offset·Σ a` per block (offset 8 for Q4_0, 16 for Q5_0, 128 for Q8_0 and IQ4_NL weights), or
+    /// `Σ a` for the formats with a block minimum (Q4_1, Q5_1).
     /// Q8_K: four dwords per super-block of i16 pairs `(s[2j], s[2j+1])`, `s[sub]` the
     /// sum of the 32 activations of sub-block `sub`.
     pub(crate) side: Vec<i32>,
@@ -71,17 +72,19 @@ impl QuantizedActs {
         self.side.clear();
         match act_type {
             DType::Q8_0 => {
-                // What the panel kernels subtract from their unsigned weight bytes (Q4_1/Q5_1 have none).
-                let offset = match wtype {
-                    DType::Q4_0 => 8,
-                    DType::Q5_0 => 16,
-                    DType::Q8_0 => 128,
+                // What the panel kernels subtract from their unsigned weight bytes, or (Q4_1/Q5_1) what
+                // the block minimum multiplies.
+                let factor = match wtype {
+                    DType::Q4_0 => -8,
+                    DType::Q5_0 => -16,
+                    DType::Q8_0 | DType::IQ4_NL => -128,
+                    DType::Q4_1 | DType::Q5_1 => 1,
                     _ => 0,
                 };
                 for block in q8_0::blocks(&self.bytes) {
                     self.d.push(block.d());
                     let sum: i32 = block.qs().iter().map(|&q| q as i8 as i32).sum();
-                    self.side.push(-offset * sum);
+                    self.side.push(factor * sum);
                 }
             }
             DType::Q8_K => {
@@ -188,7 +191,10 @@ pub fn has_panel_kernel(isa: Isa, wtype: DType) -> bool {
         && matches!(
             wtype,
             DType::Q4_0
+                | DType::Q4_1
                 | DType::Q5_0
+                | DType::Q5_1
+                | DType::IQ4_NL
                 | DType::Q8_0
                 | DType::Q2_K
                 | DType::Q3_K

@@ -21,6 +21,8 @@ pub const PANEL_ROWS: usize = 16;
 /// Where the bytes of one block go in the prepacked layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
+    /// The format.
+    pub dtype: DType,
     /// Bytes per block in the file.
     pub block_bytes: usize,
     /// Offset in the block of its first 4-byte word (2 when the f16 scale comes first).
@@ -34,16 +36,18 @@ pub struct Layout {
 impl Layout {
     /// The layout of `dtype`, if it has one: the quantized formats with panel kernels.
     pub fn of(dtype: DType) -> Option<Layout> {
-        let (block_bytes, words_at, scale_at) = match dtype {
-            DType::Q4_0 => (crate::formats::q4_0::BLOCK_BYTES, 2, Some(0)),
-            DType::Q8_0 => (crate::formats::q8_0::BLOCK_BYTES, 2, Some(0)),
-            DType::Q4_K => (crate::formats::q4_k::BLOCK_BYTES, 0, None),
-            DType::Q5_K => (crate::formats::q5_k::BLOCK_BYTES, 0, None),
-            DType::Q6_K => (crate::formats::q6_k::BLOCK_BYTES, 0, Some(crate::formats::q6_k::D)),
+        use crate::formats::{q3_k, q6_k};
+        // The lone f16 scale of the blocks whose length is 2 more than a multiple of 4.
+        let (words_at, scale_at) = match dtype {
+            DType::Q4_0 | DType::Q5_0 | DType::Q8_0 | DType::IQ4_NL => (2, Some(0)),
+            DType::Q6_K => (0, Some(q6_k::D)),
+            DType::Q3_K => (0, Some(q3_k::D)),
+            DType::Q4_1 | DType::Q5_1 | DType::Q2_K | DType::Q4_K | DType::Q5_K | DType::IQ4_XS => (0, None),
             _ => return None,
         };
+        let block_bytes = dtype.block_bytes();
         let n_words = (block_bytes - 2 * scale_at.is_some() as usize) / 4;
-        Some(Layout { block_bytes, words_at, n_words, scale_at })
+        Some(Layout { dtype, block_bytes, words_at, n_words, scale_at })
     }
 
     /// Bytes of one block of a panel (sixteen rows' blocks).
@@ -93,13 +97,16 @@ mod tests {
 
     #[test]
     fn a_prepacked_block_holds_exactly_the_blocks_bytes() {
-        for dtype in [DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+        let formats =
+            crate::formats::ALL.into_iter().filter(|&d| Layout::of(d).is_some()).collect::<Vec<_>>();
+        assert_eq!(formats.len(), 12, "every quantized weight format: {formats:?}");
+        for dtype in formats {
             let l = Layout::of(dtype).unwrap();
+            assert_eq!(l.dtype, dtype);
             let scale = if l.scale_at.is_some() { 2 * PANEL_ROWS } else { 0 };
             assert_eq!(64 * l.n_words + scale, l.panel_block_bytes(), "{dtype}");
             assert_eq!(4 * l.n_words + scale / PANEL_ROWS, l.block_bytes, "{dtype}");
             assert_eq!(l.words_at, if l.scale_at == Some(0) { 2 } else { 0 }, "{dtype}");
-            assert!(l.n_words.is_multiple_of(4), "{dtype}: whole 16-byte transposes");
         }
         assert_eq!(Layout::of(DType::F16), None);
     }

@@ -19,8 +19,11 @@
 
 use std::arch::x86_64::*;
 
-use crate::formats::{array_at, iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_k, q5_0, q5_k, q6_k, q8_0, q8_k};
+use crate::formats::{
+    array_at, iq4_nl, iq4_xs, q2_k, q3_k, q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_k,
+};
 use crate::prepacked::Layout;
+use crate::DType;
 
 /// Rows per panel: one per 32-bit lane.
 pub const PANEL_ROWS: usize = crate::matmul::PANEL_ROWS;
@@ -31,9 +34,9 @@ const PREFETCH_BYTES: usize = 512;
 /// How many blocks ahead a prepacked panel is prefetched (4.5 KiB of Q4_0, 8.5 KiB of Q8_0).
 const PREFETCH_BLOCKS: usize = 16;
 
-/// Vectors of packed scratch per block (32 values) for Q4_0, Q5_0 and Q8_0: eight quant
-/// vectors and the sixteen block scales.
-const Q32_VECS: usize = 9;
+/// Vectors of packed scratch per block of 32 values (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL): eight quant
+/// vectors, the sixteen block scales and (Q4_1, Q5_1) the sixteen block minimums.
+const Q32_VECS: usize = 10;
 /// Vectors per Q4_K/Q5_K super-block: 64 quant vectors, 8 scale vectors (i32), 4 min
 /// pair vectors (i16 pairs), `d` and `dmin` (IQ4_XS: its scales, `128·scale` as the min pairs, no `dmin`).
 const K4_VECS: usize = 78;
@@ -42,13 +45,13 @@ const K4_VECS: usize = 78;
 /// and Q2_K's `dmin`.
 const K6_VECS: usize = 90;
 
-/// Packed vectors per block of `block_bytes` (which identifies the format).
-pub fn vecs_per_block(block_bytes: usize) -> usize {
-    match block_bytes {
-        q4_0::BLOCK_BYTES | q5_0::BLOCK_BYTES | q8_0::BLOCK_BYTES => Q32_VECS,
-        q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES | iq4_xs::BLOCK_BYTES => K4_VECS,
-        q2_k::BLOCK_BYTES | q3_k::BLOCK_BYTES | q6_k::BLOCK_BYTES => K6_VECS,
-        _ => unreachable!("no AVX-512 panel kernel for blocks of {block_bytes} bytes"),
+/// Packed vectors per block of `dtype`.
+pub fn vecs_per_block(dtype: DType) -> usize {
+    match dtype {
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 | DType::IQ4_NL => Q32_VECS,
+        DType::Q4_K | DType::Q5_K | DType::IQ4_XS => K4_VECS,
+        DType::Q2_K | DType::Q3_K | DType::Q6_K => K6_VECS,
+        _ => unreachable!("no AVX-512 panel kernel for {dtype}"),
     }
 }
 
@@ -82,8 +85,8 @@ impl<'a> Panel<'a> {
 /// Where the blocks of a panel are read from.
 #[derive(Clone, Copy)]
 pub enum PanelSrc<'a> {
-    /// Sixteen rows in the file's layout (blocks of `block_bytes`), transposed as they are read.
-    File { panel: &'a Panel<'a>, block_bytes: usize },
+    /// Sixteen rows in the file's layout (blocks of `dtype`), transposed as they are read.
+    File { panel: &'a Panel<'a>, dtype: DType },
     /// A panel stored by [`prepack_panel`]: its bytes, already transposed.
     Prepacked { bytes: &'a [u8], layout: Layout },
 }
@@ -170,7 +173,7 @@ fn load64(bytes: &[u8], at: usize) -> __m512i {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn quad(src: &PanelSrc, b: usize, at: usize) -> [__m512i; 4] {
     match *src {
-        PanelSrc::File { panel, block_bytes } => transpose_16x4(panel, b * block_bytes + at),
+        PanelSrc::File { panel, dtype } => transpose_16x4(panel, b * dtype.block_bytes() + at),
         PanelSrc::Prepacked { bytes, layout } => {
             let base = b * layout.panel_block_bytes() + layout.word_vector(at);
             [
@@ -188,12 +191,22 @@ fn quad(src: &PanelSrc, b: usize, at: usize) -> [__m512i; 4] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn scale_f32(src: &PanelSrc, b: usize, at: usize) -> __m512 {
     match *src {
-        PanelSrc::File { panel, block_bytes } => halves_to_f32::<0>(gather_f16(panel, b * block_bytes + at)),
-        PanelSrc::Prepacked { bytes, layout } => {
-            debug_assert_eq!(layout.scale_at, Some(at));
+        PanelSrc::File { panel, dtype } => {
+            halves_to_f32::<0>(gather_f16(panel, b * dtype.block_bytes() + at))
+        }
+        PanelSrc::Prepacked { bytes, layout } if layout.scale_at == Some(at) => {
             let scales: &[u8; 32] = array_at(bytes, b * layout.panel_block_bytes() + layout.scales_at());
             // SAFETY: 32 readable bytes; `loadu` has no alignment requirement.
             _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(scales.as_ptr().cast()) })
+        }
+        // an f16 inside one of the words (Q4_1/Q5_1's d and m, Q2_K's d and dmin)
+        PanelSrc::Prepacked { .. } => {
+            let w = word(src, b, at - at % 4);
+            if at.is_multiple_of(4) {
+                halves_to_f32::<0>(w)
+            } else {
+                halves_to_f32::<16>(w)
+            }
         }
     }
 }
@@ -235,29 +248,81 @@ fn pack_q4_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
         out[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(qs[g]), low);
     }
     out[8] = as_int(scale_f32(src, b, 0));
+    out[9] = _mm512_setzero_si512();
 }
 
-/// Packs block `b` of a Q5_0 panel (read from the file's layout: Q5_0 has no prepacked one): as Q4_0,
-/// with each value's fifth bit from `qh` put at bit 4 of its byte.
+/// Packs block `b` of a Q4_1 panel: as Q4_0, with the block minimums in `out[9]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q4_1_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
+    let qs = quad(src, b, q4_1::QS);
+    let low = splat(0x0f0f_0f0f);
+    for g in 0..4 {
+        out[g] = _mm512_and_si512(qs[g], low);
+        out[g + 4] = _mm512_and_si512(_mm512_srli_epi32::<4>(qs[g]), low);
+    }
+    out[8] = as_int(scale_f32(src, b, 0));
+    out[9] = as_int(scale_f32(src, b, 2));
+}
+
+/// Packs block `b` of an IQ4_NL panel: the levels plus 128 as unsigned bytes (table lookup by shuffle), in
+/// Q4_0's order; the activations' side data takes the 128 off again, as for Q8_0.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_iq4_nl_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
+    let table = shifted_level_table();
+    let qs = quad(src, b, iq4_nl::QS);
+    let low = splat(0x0f0f_0f0f);
+    for g in 0..4 {
+        out[g] = _mm512_shuffle_epi8(table, _mm512_and_si512(qs[g], low));
+        out[g + 4] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi32::<4>(qs[g]), low));
+    }
+    out[8] = as_int(scale_f32(src, b, 0));
+    out[9] = _mm512_setzero_si512();
+}
+
+/// The IQ4_NL levels plus 128 (unsigned bytes) in every 128-bit lane, for `vpshufb` lookups.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn shifted_level_table() -> __m512i {
+    let shifted = iq4_nl::LEVELS.map(|l| (l as i16 + 128) as u8);
+    // SAFETY: 16 readable bytes; `loadu` has no alignment requirement.
+    _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(shifted.as_ptr().cast()) })
+}
+
+/// Packs block `b` of a Q5_0 panel: as Q4_0, with each value's fifth bit from `qh` put at bit 4 of its byte.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn pack_q5_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
-    let PanelSrc::File { panel, block_bytes } = *src else { unreachable!("Q5_0 has no prepacked layout") };
-    let qs = quad(src, b, q5_0::QS);
-    let qh = gather_u32(panel, b * block_bytes + q5_0::QH);
+    pack_five_bit_levels(src, b, q5_0::QS, q5_0::QH, out);
+    out[8] = as_int(scale_f32(src, b, 0));
+    out[9] = _mm512_setzero_si512();
+}
+
+/// Packs block `b` of a Q5_1 panel: the levels as Q5_0's, the block minimums in `out[9]`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_q5_1_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
+    pack_five_bit_levels(src, b, q5_1::QS, q5_1::QH, out);
+    out[8] = as_int(scale_f32(src, b, 0));
+    out[9] = as_int(scale_f32(src, b, 2));
+}
+
+/// The 5-bit levels of a Q5_0/Q5_1 block (nibbles at `qs_at`, fifth bits at `qh_at`) into `out[..8]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn pack_five_bit_levels(src: &PanelSrc, b: usize, qs_at: usize, qh_at: usize, out: &mut [__m512i; Q32_VECS]) {
+    let qs = quad(src, b, qs_at);
+    let qh = word(src, b, qh_at);
     let (low, nibble) = (splat(0x0f0f_0f0f), splat(0xf));
     // Four bits of qh, to bit 4 of the four bytes of a lane: the product puts copies of the nibble at
     // shifts 0, 7, 14 and 21 (no overlap, no carries), so bit k lands at bit 8k.
-    let spread = |shift: i32| {
-        let t = _mm512_and_si512(_mm512_srl_epi32(qh, _mm_cvtsi32_si128(shift)), nibble);
+    let spread = |shift: usize| {
+        let t = _mm512_and_si512(shr(qh, shift), nibble);
         let t = _mm512_and_si512(_mm512_mullo_epi32(t, splat(0x0020_4081)), splat(0x0101_0101));
         _mm512_slli_epi32::<4>(t)
     };
     for g in 0..4 {
-        out[g] = _mm512_or_si512(_mm512_and_si512(qs[g], low), spread(4 * g as i32));
+        out[g] = _mm512_or_si512(_mm512_and_si512(qs[g], low), spread(4 * g));
         out[g + 4] =
-            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(qs[g]), low), spread(16 + 4 * g as i32));
+            _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(qs[g]), low), spread(16 + 4 * g));
     }
-    out[8] = as_int(scale_f32(src, b, 0));
 }
 
 /// Packs block `b` of a Q8_0 panel: quants shifted to unsigned (`q + 128`).
@@ -271,6 +336,7 @@ fn pack_q8_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
         out[g + 4] = _mm512_xor_si512(hi[g], flip);
     }
     out[8] = as_int(scale_f32(src, b, 0));
+    out[9] = _mm512_setzero_si512();
 }
 
 /// The Q4_K/Q5_K super-block header of each row: `d`, `dmin`, the eight scales as i32
@@ -410,12 +476,16 @@ fn pack_q6_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
     out[89] = _mm512_setzero_si512();
 }
 
-/// The word at byte `at` of block `b` of each row (formats read from the file's layout only).
+/// The word at byte `at` of block `b` of each row.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn word(src: &PanelSrc, b: usize, at: usize) -> __m512i {
-    let PanelSrc::File { panel, block_bytes } = *src else { unreachable!("no prepacked layout") };
-    gather_u32(panel, b * block_bytes + at)
+    match *src {
+        PanelSrc::File { panel, dtype } => gather_u32(panel, b * dtype.block_bytes() + at),
+        PanelSrc::Prepacked { bytes, layout } => {
+            load64(bytes, b * layout.panel_block_bytes() + layout.word_vector(at))
+        }
+    }
 }
 
 /// Bytes `at..at + 32` of block `b` of each row: `out[j]` lane `i` is word `j` of them in row `i`.
@@ -511,9 +581,7 @@ fn pack_q3_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
 /// vectors of i16 pairs (what the +128 adds, against the sub-block sums), and `d`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn pack_iq4_xs_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K4_VECS]) {
-    let shifted = iq4_nl::LEVELS.map(|l| (l as i16 + 128) as u8);
-    // SAFETY: 16 readable bytes; `loadu` has no alignment requirement.
-    let table = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(shifted.as_ptr().cast()) });
+    let table = shifted_level_table();
     let low = splat(0x0f0f_0f0f);
     for s in 0..8 {
         let q = quad(src, sb, iq4_xs::QS + 16 * s);
@@ -540,21 +608,24 @@ fn pack_iq4_xs_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K4_VECS]) {
     out[77] = _mm512_setzero_si512();
 }
 
-/// Packs block `b` of a panel of `block_bytes`-byte blocks into `dst` ([`vecs_per_block`] vectors).
+/// Packs block `b` of a panel of `dtype` blocks into `dst` ([`vecs_per_block`] vectors).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn pack_block(block_bytes: usize, src: &PanelSrc, b: usize, dst: &mut [__m512i]) {
-    match block_bytes {
-        q4_0::BLOCK_BYTES => pack_q4_0_block(src, b, dst.try_into().expect("block vectors")),
-        q5_0::BLOCK_BYTES => pack_q5_0_block(src, b, dst.try_into().expect("block vectors")),
-        q8_0::BLOCK_BYTES => pack_q8_0_block(src, b, dst.try_into().expect("block vectors")),
-        q4_k::BLOCK_BYTES => pack_q4_k_block(src, b, dst.try_into().expect("block vectors")),
-        q5_k::BLOCK_BYTES => pack_q5_k_block(src, b, dst.try_into().expect("block vectors")),
-        q6_k::BLOCK_BYTES => pack_q6_k_block(src, b, dst.try_into().expect("block vectors")),
-        q2_k::BLOCK_BYTES => pack_q2_k_block(src, b, dst.try_into().expect("block vectors")),
-        q3_k::BLOCK_BYTES => pack_q3_k_block(src, b, dst.try_into().expect("block vectors")),
-        iq4_xs::BLOCK_BYTES => pack_iq4_xs_block(src, b, dst.try_into().expect("block vectors")),
-        _ => unreachable!(),
+fn pack_block(dtype: DType, src: &PanelSrc, b: usize, dst: &mut [__m512i]) {
+    match dtype {
+        DType::Q4_0 => pack_q4_0_block(src, b, dst.try_into().expect("block vectors")),
+        DType::Q4_1 => pack_q4_1_block(src, b, dst.try_into().expect("block vectors")),
+        DType::Q5_0 => pack_q5_0_block(src, b, dst.try_into().expect("block vectors")),
+        DType::Q5_1 => pack_q5_1_block(src, b, dst.try_into().expect("block vectors")),
+        DType::Q8_0 => pack_q8_0_block(src, b, dst.try_into().expect("block vectors")),
+        DType::IQ4_NL => pack_iq4_nl_block(src, b, dst.try_into().expect("block vectors")),
+        DType::Q4_K => pack_q4_k_block(src, b, dst.try_into().expect("block vectors")),
+        DType::Q5_K => pack_q5_k_block(src, b, dst.try_into().expect("block vectors")),
+        DType::Q6_K => pack_q6_k_block(src, b, dst.try_into().expect("block vectors")),
+        DType::Q2_K => pack_q2_k_block(src, b, dst.try_into().expect("block vectors")),
+        DType::Q3_K => pack_q3_k_block(src, b, dst.try_into().expect("block vectors")),
+        DType::IQ4_XS => pack_iq4_xs_block(src, b, dst.try_into().expect("block vectors")),
+        _ => unreachable!("no AVX-512 panel kernel for {dtype}"),
     }
 }
 
@@ -574,22 +645,23 @@ fn prefetch_prepacked(bytes: &[u8], block_bytes: usize, b: usize) {
     }
 }
 
-/// Packs all `n_blocks` blocks of a panel of `block_bytes`-byte blocks into `out`
-/// ([`vecs_per_block`] vectors per block).
+/// Packs all `n_blocks` blocks of a panel of `dtype` blocks into `out` ([`vecs_per_block`] vectors per
+/// block).
 ///
 /// # Safety
 /// The CPU must support AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C (see
 /// [`crate::x86::has_avx512`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-pub fn pack_panel(block_bytes: usize, src: &PanelSrc, n_blocks: usize, out: &mut [__m512i]) {
-    let per = vecs_per_block(block_bytes);
+pub fn pack_panel(dtype: DType, src: &PanelSrc, n_blocks: usize, out: &mut [__m512i]) {
+    let per = vecs_per_block(dtype);
+    let block_bytes = dtype.block_bytes();
     assert!(out.len() >= n_blocks * per);
     match *src {
-        PanelSrc::File { panel, block_bytes: b } => {
-            assert!(b == block_bytes && n_blocks * block_bytes <= panel.row_bytes, "blocks inside the rows")
+        PanelSrc::File { panel, dtype: d } => {
+            assert!(d == dtype && n_blocks * block_bytes <= panel.row_bytes, "blocks inside the rows")
         }
         PanelSrc::Prepacked { bytes, layout } => assert!(
-            layout.block_bytes == block_bytes && bytes.len() >= n_blocks * layout.panel_block_bytes(),
+            layout.dtype == dtype && bytes.len() >= n_blocks * layout.panel_block_bytes(),
             "blocks inside the panel"
         ),
     }
@@ -610,7 +682,7 @@ pub fn pack_panel(block_bytes: usize, src: &PanelSrc, n_blocks: usize, out: &mut
             }
             PanelSrc::Prepacked { bytes, .. } => prefetch_prepacked(bytes, block_bytes, b),
         }
-        pack_block(block_bytes, src, b, dst);
+        pack_block(dtype, src, b, dst);
     }
 }
 
@@ -659,22 +731,25 @@ macro_rules! for_each_token {
 }
 
 /// Side data of a batch of Q8_0 activation rows: per block the scale as `f32` and
-/// `−offset·Σ a` (offset 8 for Q4_0 weights, 128 for Q8_0).
+/// `−offset·Σ a` (offset 8 for Q4_0 weights, 16 for Q5_0, 128 for Q8_0 and IQ4_NL), or `Σ a` for the
+/// formats with a block minimum (Q4_1, Q5_1).
 pub struct Q8_0Side<'a> {
     pub d: &'a [f32],
     pub neg_offset_sum: &'a [i32],
 }
 
-/// One Q4_0/Q8_0 block of sixteen rows (`$w`, packed vectors) times one block of each of the `T` activation
-/// rows, added to the accumulators `$acc`. `$token` maps a token `t` to its block: (its 32 quants as a
-/// `&[u8]`, `−offset·Σ a`, its scale). A macro for the reason given at [`unpack_prepacked_block`]; expands
-/// inside an AVX-512 `#[target_feature]` function generic over `T`.
+/// One block of sixteen rows of a 32-value format (`$w`, packed vectors) times one block of each of the `T`
+/// activation rows, added to the accumulators `$acc`. `$token` maps a token `t` to its block: (its 32 quants
+/// as a `&[u8]`, its side data, its scale). `$min` says the format has a block minimum (Q4_1, Q5_1: the side
+/// data is `Σ a`, which the minimum multiplies), else the side data is `−offset·Σ a` and starts the integer
+/// sum. A macro for the reason given at [`unpack_prepacked_block`]; expands inside an AVX-512
+/// `#[target_feature]` function generic over `T`.
 macro_rules! q32_block {
-    ($w:expr, $acc:expr, |$t:ident| $token:expr) => {{
+    ($w:expr, $min:expr, $acc:expr, |$t:ident| $token:expr) => {{
         let w: &[__m512i; Q32_VECS] = &$w;
-        let dw = as_float(w[8]);
+        let (dw, mw) = (as_float(w[8]), as_float(w[9]));
         for_each_token!(T, |$t| {
-            let (qs, neg_offset_sum, da): (&[u8], i32, f32) = $token;
+            let (qs, side, da): (&[u8], i32, f32) = $token;
             let qs: &[u8; 32] = array_at(qs, 0);
             // Six or more tokens: one chain each, side by side with the next block's (the kernel is then
             // short of vector ports, not of latency). Two to five (decoding a few streams): two chains
@@ -682,7 +757,9 @@ macro_rules! q32_block {
             // GOPS at two and four tokens, alternating runs on one core). Integer sums: same bits.
             let chains = if T == 1 || T >= 6 { 1 } else { 2 };
             let mut sums = [_mm512_setzero_si512(); 4];
-            sums[0] = _mm512_set1_epi32(neg_offset_sum);
+            if !$min {
+                sums[0] = _mm512_set1_epi32(side);
+            }
             for g in 0..8 {
                 let c = g % chains;
                 sums[c] = _mm512_dpbusd_epi32(sums[c], w[g], _mm512_set1_epi32(act_dword(qs, 4 * g)));
@@ -691,9 +768,12 @@ macro_rules! q32_block {
             for s in &sums[1..chains] {
                 sumi = _mm512_add_epi32(sumi, *s);
             }
-            // sum = fma(sumi as f32, d_w * d_a, sum)
-            let d = _mm512_mul_ps(dw, _mm512_set1_ps(da));
-            $acc[$t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), d, $acc[$t]);
+            // sum = fma(sumi as f32, d_w * d_a, sum), then fma(Σ a as f32, m_w * d_a, sum) with a minimum
+            let da = _mm512_set1_ps(da);
+            $acc[$t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi), _mm512_mul_ps(dw, da), $acc[$t]);
+            if $min {
+                $acc[$t] = _mm512_fmadd_ps(_mm512_set1_ps(side as f32), _mm512_mul_ps(mw, da), $acc[$t]);
+            }
         });
     }};
 }
@@ -719,13 +799,18 @@ fn q8_0_token<'a>(
 /// with eight tokens, those loads had the load ports more busy than the 64 multiply-adds they fed).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn compute_q32<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8_0Tile) -> [__m512; T] {
+fn compute_q32<const T: usize>(
+    min: bool,
+    packed: &[__m512i],
+    n_blocks: usize,
+    tile: &Q8_0Tile,
+) -> [__m512; T] {
     tile.check(n_blocks, T);
     let mut acc = [_mm512_setzero_ps(); T];
     for (b, w) in packed.chunks_exact(Q32_VECS).take(n_blocks).enumerate() {
         let w: &[__m512i; Q32_VECS] = w.try_into().expect("block vectors");
         let (qs, d, neg) = tile.block(b, T);
-        q32_block!(w, acc, |t| (&qs[32 * t..32 * t + 32], neg[t], d[t]));
+        q32_block!(w, min, acc, |t| (&qs[32 * t..32 * t + 32], neg[t], d[t]));
     }
     acc
 }
@@ -736,6 +821,7 @@ fn compute_q32<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8_0T
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn compute_q32_pair(
+    min: bool,
     p0: &[__m512i],
     p1: &[__m512i],
     n_blocks: usize,
@@ -754,10 +840,12 @@ fn compute_q32_pair(
         let qs: &[u8; 32 * T] = array_at(qs, 0);
         let mut s0 = [_mm512_setzero_si512(); 4];
         let mut s1 = [_mm512_setzero_si512(); 4];
-        for_each_token!(4, |t| {
-            s0[t] = _mm512_set1_epi32(neg[first + t]);
-            s1[t] = s0[t];
-        });
+        if !min {
+            for_each_token!(4, |t| {
+                s0[t] = _mm512_set1_epi32(neg[first + t]);
+                s1[t] = s0[t];
+            });
+        }
         for g in 0..8 {
             let (a0, a1) = (w0[g], w1[g]);
             for_each_token!(4, |t| {
@@ -766,12 +854,18 @@ fn compute_q32_pair(
                 s1[t] = _mm512_dpbusd_epi32(s1[t], a1, a);
             });
         }
-        // as in `q32_block`: sum = fma(sumi as f32, d_w * d_a, sum)
+        // as in `q32_block`: sum = fma(sumi as f32, d_w * d_a, sum), then the minimum's term
         let (dw0, dw1) = (as_float(w0[8]), as_float(w1[8]));
+        let (mw0, mw1) = (as_float(w0[9]), as_float(w1[9]));
         for_each_token!(4, |t| {
             let da = _mm512_set1_ps(d[first + t]);
             acc0[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s0[t]), _mm512_mul_ps(dw0, da), acc0[t]);
             acc1[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s1[t]), _mm512_mul_ps(dw1, da), acc1[t]);
+            if min {
+                let suma = _mm512_set1_ps(neg[first + t] as f32);
+                acc0[t] = _mm512_fmadd_ps(suma, _mm512_mul_ps(mw0, da), acc0[t]);
+                acc1[t] = _mm512_fmadd_ps(suma, _mm512_mul_ps(mw1, da), acc1[t]);
+            }
         });
     }
     [acc0, acc1]
@@ -785,13 +879,15 @@ fn compute_q32_pair(
 /// As [`panel_dots`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn panel_pair_dots_q32(
+    dtype: DType,
     p0: &[__m512i],
     p1: &[__m512i],
     n_blocks: usize,
     tile: &Q8_0Tile,
 ) -> [[[f32; PANEL_ROWS]; 8]; 2] {
-    let [lo0, lo1] = compute_q32_pair(p0, p1, n_blocks, tile, 0);
-    let [hi0, hi1] = compute_q32_pair(p0, p1, n_blocks, tile, 4);
+    let min = has_min(dtype);
+    let [lo0, lo1] = compute_q32_pair(min, p0, p1, n_blocks, tile, 0);
+    let [hi0, hi1] = compute_q32_pair(min, p0, p1, n_blocks, tile, 4);
     let join = |lo: [__m512; 4], hi: [__m512; 4]| {
         lanes::<8>(std::array::from_fn(|t| if t < 4 { lo[t] } else { hi[t - 4] }))
     };
@@ -1057,20 +1153,31 @@ fn compute_iq4_xs<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8
 /// [`crate::x86::has_avx512`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn panel_dots<const T: usize>(
-    block_bytes: usize,
+    dtype: DType,
     packed: &[__m512i],
     n_blocks: usize,
     tile: &Q8KTile,
 ) -> [[f32; PANEL_ROWS]; T] {
-    let acc = match block_bytes {
-        q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES => compute_k4::<T>(packed, n_blocks, tile),
-        q6_k::BLOCK_BYTES => compute_k16::<T>(K16::Q6, packed, n_blocks, tile),
-        q3_k::BLOCK_BYTES => compute_k16::<T>(K16::Q3, packed, n_blocks, tile),
-        q2_k::BLOCK_BYTES => compute_k16::<T>(K16::Q2, packed, n_blocks, tile),
-        iq4_xs::BLOCK_BYTES => compute_iq4_xs::<T>(packed, n_blocks, tile),
-        _ => unreachable!("no K-quant panel kernel for blocks of {block_bytes} bytes"),
-    };
-    lanes(acc)
+    lanes(compute_k::<T>(dtype, packed, n_blocks, tile))
+}
+
+/// The K-quant kernel of `dtype` over `n_blocks` packed super-blocks.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn compute_k<const T: usize>(
+    dtype: DType,
+    packed: &[__m512i],
+    n_blocks: usize,
+    tile: &Q8KTile,
+) -> [__m512; T] {
+    match dtype {
+        DType::Q4_K | DType::Q5_K => compute_k4::<T>(packed, n_blocks, tile),
+        DType::Q6_K => compute_k16::<T>(K16::Q6, packed, n_blocks, tile),
+        DType::Q3_K => compute_k16::<T>(K16::Q3, packed, n_blocks, tile),
+        DType::Q2_K => compute_k16::<T>(K16::Q2, packed, n_blocks, tile),
+        DType::IQ4_XS => compute_iq4_xs::<T>(packed, n_blocks, tile),
+        _ => unreachable!("no K-quant panel kernel for {dtype}"),
+    }
 }
 
 /// Multiplies a packed Q4_0/Q8_0 panel (see [`pack_panel`]) with a tile of `T` activation rows
@@ -1081,11 +1188,17 @@ pub fn panel_dots<const T: usize>(
 /// As [`panel_dots`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn panel_dots_q32<const T: usize>(
+    dtype: DType,
     packed: &[__m512i],
     n_blocks: usize,
     tile: &Q8_0Tile,
 ) -> [[f32; PANEL_ROWS]; T] {
-    lanes(compute_q32::<T>(packed, n_blocks, tile))
+    lanes(compute_q32::<T>(has_min(dtype), packed, n_blocks, tile))
+}
+
+/// Whether a 32-value format has a block minimum (its activations' side data is then `Σ a`).
+pub fn has_min(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_1 | DType::Q5_1)
 }
 
 /// Each accumulator's sixteen lanes as an array.
@@ -1113,17 +1226,24 @@ fn lanes<const T: usize>(acc: [__m512; T]) -> [[f32; PANEL_ROWS]; T] {
 /// [`crate::x86::has_avx512`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn prepack_panel(layout: Layout, p: &Panel, n_blocks: usize, out: &mut [u8]) {
-    let block_bytes = layout.block_bytes;
+    let block_bytes = layout.dtype.block_bytes();
     assert!(n_blocks * block_bytes <= p.row_bytes && out.len() == n_blocks * layout.panel_block_bytes());
-    let src = PanelSrc::File { panel: p, block_bytes };
+    let src = PanelSrc::File { panel: p, dtype: layout.dtype };
     for (b, dst) in out.chunks_exact_mut(layout.panel_block_bytes()).enumerate() {
-        for h in 0..layout.n_words / 4 {
-            let words = quad(&src, b, layout.words_at + 16 * h);
-            for (j, v) in words.into_iter().enumerate() {
-                let at = 64 * (4 * h + j);
-                // SAFETY: `dst` has 64·n_words (+ 32) bytes, so 64 bytes at 64·(4h + j) for 4h + j < n_words.
-                unsafe { _mm512_storeu_si512(dst[at..at + 64].as_mut_ptr().cast(), v) };
+        let mut store = |j: usize, v: __m512i| {
+            let at = 64 * j;
+            // SAFETY: `dst` has 64·n_words (+ 32) bytes, so 64 bytes at 64·j for j < n_words.
+            unsafe { _mm512_storeu_si512(dst[at..at + 64].as_mut_ptr().cast(), v) };
+        };
+        let whole = layout.n_words / 4;
+        for h in 0..whole {
+            for (j, v) in quad(&src, b, layout.words_at + 16 * h).into_iter().enumerate() {
+                store(4 * h + j, v);
             }
+        }
+        // the words after the last whole 16 bytes, one gather each
+        for j in 4 * whole..layout.n_words {
+            store(j, gather_u32(p, b * block_bytes + layout.words_at + 4 * j));
         }
         if let Some(at) = layout.scale_at {
             let scales = _mm512_cvtepi32_epi16(gather_f16(p, b * block_bytes + at));
@@ -1169,29 +1289,38 @@ macro_rules! unpack_prepacked_block {
     }};
 }
 
-/// [`panel_dots`] straight from a prepacked Q4_0/Q8_0 panel (`src`, see [`prepack_panel`]): each block
-/// is unpacked in registers and used for all `T` activation rows, without a scratch copy. The same
-/// vectors as [`pack_panel`] makes from the file's layout and the same operations as [`panel_dots`], so
-/// the same bits.
+/// [`panel_dots`] straight from a prepacked panel of a 32-value format (`src`, see [`prepack_panel`]): each
+/// block is unpacked in registers (Q4_0, Q8_0) or into a few vectors of stack (the others) and used for all
+/// `T` activation rows, without a scratch copy of the panel. The same vectors as [`pack_panel`] makes from
+/// the file's layout and the same operations as [`panel_dots`], so the same bits.
 ///
 /// # Safety
 /// As [`prepack_panel`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 pub fn panel_dots_prepacked<const T: usize>(
-    block_bytes: usize,
+    layout: Layout,
     src: &[u8],
     n_blocks: usize,
     tile: &Q8_0Tile,
 ) -> [[f32; PANEL_ROWS]; T] {
-    assert!(matches!(block_bytes, q4_0::BLOCK_BYTES | q8_0::BLOCK_BYTES));
+    let (dtype, block_bytes) = (layout.dtype, layout.block_bytes);
+    assert!(dtype.vec_dot_type() == DType::Q8_0);
     assert!(src.len() == n_blocks * PANEL_ROWS * block_bytes);
     tile.check(n_blocks, T);
+    let (fast, min) = (matches!(dtype, DType::Q4_0 | DType::Q8_0), has_min(dtype));
+    let panel = PanelSrc::Prepacked { bytes: src, layout };
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..n_blocks {
         prefetch_prepacked(src, block_bytes, b);
-        let w = unpack_prepacked_block!(block_bytes, src, b);
+        let w = if fast {
+            unpack_prepacked_block!(block_bytes, src, b)
+        } else {
+            let mut w = [_mm512_setzero_si512(); Q32_VECS];
+            pack_block(dtype, &panel, b, &mut w);
+            w
+        };
         let (qs, d, neg) = tile.block(b, T);
-        q32_block!(w, acc, |t| (&qs[32 * t..32 * t + 32], neg[t], d[t]));
+        q32_block!(w, min, acc, |t| (&qs[32 * t..32 * t + 32], neg[t], d[t]));
     }
     lanes(acc)
 }
@@ -1211,21 +1340,18 @@ pub fn panel_dots_prepacked_k<const T: usize>(
     n_blocks: usize,
     tile: &Q8KTile,
 ) -> [[f32; PANEL_ROWS]; T] {
-    let block_bytes = layout.block_bytes;
-    assert!(matches!(block_bytes, q4_k::BLOCK_BYTES | q5_k::BLOCK_BYTES | q6_k::BLOCK_BYTES));
+    let (dtype, block_bytes) = (layout.dtype, layout.dtype.block_bytes());
+    assert!(dtype.vec_dot_type() == DType::Q8_K);
     assert!(src.len() == n_blocks * layout.panel_block_bytes());
     let panel = PanelSrc::Prepacked { bytes: src, layout };
-    let per = vecs_per_block(block_bytes);
+    let per = vecs_per_block(dtype);
     let mut block = [_mm512_setzero_si512(); K6_VECS];
     let mut acc = [_mm512_setzero_ps(); T];
     for b in 0..n_blocks {
         prefetch_prepacked(src, block_bytes, b);
-        pack_block(block_bytes, &panel, b, &mut block[..per]);
+        pack_block(dtype, &panel, b, &mut block[..per]);
         let from_b = tile.skip_blocks(b, T);
-        let sums = match block_bytes {
-            q6_k::BLOCK_BYTES => compute_k16::<T>(K16::Q6, &block, 1, &from_b),
-            _ => compute_k4::<T>(&block[..K4_VECS], 1, &from_b),
-        };
+        let sums = compute_k::<T>(dtype, &block[..per], 1, &from_b);
         for_each_token!(T, |t| {
             acc[t] = _mm512_add_ps(acc[t], sums[t]);
         });

@@ -101,7 +101,7 @@ pub(crate) unsafe fn gemm_avx512(
     let in_place = prepacked && tokens.len() <= TILE;
     let t0 = tokens.start;
     SCRATCH.with_borrow_mut(|Scratch { packed, pair, tiles: own }| {
-        packed.resize(n_blocks * avx512::vecs_per_block(block_bytes), zero_vector());
+        packed.resize(n_blocks * avx512::vecs_per_block(wtype), zero_vector());
         // The activations' tiles if this token range is made of them (whole tiles from a tile boundary,
         // the last one possibly the batch's short last tile), else the range interleaved here.
         let lined_up = tokens.start.is_multiple_of(TILE)
@@ -123,16 +123,16 @@ pub(crate) unsafe fn gemm_avx512(
                 Some(layout) => {
                     PanelSrc::Prepacked { bytes: &w[r0 * row_bytes..(r0 + n) * row_bytes], layout }
                 }
-                None => PanelSrc::File { panel: &panel, block_bytes },
+                None => PanelSrc::File { panel: &panel, dtype: wtype },
             };
             // SAFETY: only reached when `has_panel_kernel(isa, wtype)` holds for a supported `isa` (or
             // `can_prepack` held when the matrix was prepacked), i.e. the CPU has AVX-512 F/BW/VL/VNNI,
             // AVX2, FMA and F16C.
-            unsafe { avx512::pack_panel(block_bytes, &from, n_blocks, dst) };
+            unsafe { avx512::pack_panel(wtype, &from, n_blocks, dst) };
         };
         // Q4_0/Q8_0 batches: pairs of full panels against the whole tiles of tokens, so each broadcast
         // activation feeds both panels; the other panels and the last tokens go one panel at a time below.
-        let per = n_blocks * avx512::vecs_per_block(block_bytes);
+        let per = n_blocks * avx512::vecs_per_block(wtype);
         let (mut r_pairs, t_full) = (0, tokens.start + tokens.len() / TILE * TILE);
         if q8_0 && !in_place && t_full > tokens.start {
             pair.resize(2 * per, zero_vector());
@@ -142,7 +142,8 @@ pub(crate) unsafe fn gemm_avx512(
                 pack(r_pairs + PANEL_ROWS, PANEL_ROWS, p1);
                 for t in (tokens.start..t_full).step_by(TILE) {
                     // SAFETY: as for `pack` above.
-                    let res = unsafe { avx512::panel_pair_dots_q32(p0, p1, n_blocks, &q32_tile(t, TILE)) };
+                    let res =
+                        unsafe { avx512::panel_pair_dots_q32(wtype, p0, p1, n_blocks, &q32_tile(t, TILE)) };
                     for (p, panel) in res.iter().enumerate() {
                         for (i, lanes) in panel.iter().enumerate() {
                             let r = r_pairs + p * PANEL_ROWS;
@@ -177,18 +178,17 @@ pub(crate) unsafe fn gemm_avx512(
                     // matrix was prepacked, which also requires AVX-512).
                     let res = unsafe {
                         match (q8_0, in_place.then_some(layout).flatten()) {
-                            (true, Some(_)) => avx512::panel_dots_prepacked::<$n>(
-                                block_bytes,
-                                src,
-                                n_blocks,
-                                &q32_tile($t, $n),
-                            ),
+                            (true, Some(l)) => {
+                                avx512::panel_dots_prepacked::<$n>(l, src, n_blocks, &q32_tile($t, $n))
+                            }
                             (false, Some(l)) => {
                                 avx512::panel_dots_prepacked_k::<$n>(l, src, n_blocks, &k_tile($t, $n))
                             }
-                            (true, None) => avx512::panel_dots_q32::<$n>(packed, n_blocks, &q32_tile($t, $n)),
+                            (true, None) => {
+                                avx512::panel_dots_q32::<$n>(wtype, packed, n_blocks, &q32_tile($t, $n))
+                            }
                             (false, None) => {
-                                avx512::panel_dots::<$n>(block_bytes, packed, n_blocks, &k_tile($t, $n))
+                                avx512::panel_dots::<$n>(wtype, packed, n_blocks, &k_tile($t, $n))
                             }
                         }
                     };
