@@ -146,7 +146,7 @@ fn main() {
             Err(e) => eprintln!("warning: {e}"),
         }
     }
-    let load = LoadOptions { prepack: cli.prepack };
+    let load = LoadOptions { prepack: cli.prepack, ..Default::default() };
     let result = match cli.command {
         Command::Run(a) => cmd_run(a, &load),
         Command::Chat(a) => cmd_chat(a, &load),
@@ -390,7 +390,8 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         }
     }
     // no prepacking: nothing is computed here
-    let model = quire_engine::model::Model::load_with(file, &LoadOptions { prepack: false })?;
+    let model =
+        quire_engine::model::Model::load_with(file, &LoadOptions { prepack: false, ..Default::default() })?;
     let c = &model.config;
     println!(
         "\nmodel: {} | {} layers | dim {} | heads {} (KV {}) x {} | ffn {} | vocab {} | rope base {} | rms eps {} | trained context {}",

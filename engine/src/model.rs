@@ -54,6 +54,8 @@ pub struct Model {
     inv_freq: Vec<f32>,
     /// The background copy into the prepacked layout (kept after it finishes).
     prepacker: Option<Prepacker>,
+    /// Single tokens use the row kernels on the file's layout (measured at load).
+    rows_for_decode: bool,
 }
 
 /// How to load a model.
@@ -62,12 +64,43 @@ pub struct LoadOptions {
     /// Copy the matrices into the kernels' prepacked layout in the background after load, where this CPU
     /// has one (see [`crate::prepack`]); off, everything is read from the file's layout (same results).
     pub prepack: bool,
+    /// Which kernels compute single tokens (decoding) when prepacking is on.
+    pub decode: DecodeKernels,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { prepack: true }
+        LoadOptions { prepack: true, decode: DecodeKernels::Measure }
     }
+}
+
+/// Which kernels compute the products of a single token (decoding), when prepacking is on. Every choice
+/// gives the same bits; only the speed differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecodeKernels {
+    /// Time one layer's FFN products for a single token with the row kernels on the file's layout and with
+    /// the panel kernels on a prepacked copy, at load; take the rows (and keep the file's layout) where they
+    /// are clearly faster (some CPUs), else prepack.
+    Measure,
+    /// The panel kernels on the prepacked copy.
+    Panels,
+    /// The row kernels on the file's layout (nothing is prepacked; batches use the panel kernels on the
+    /// file's layout).
+    Rows,
+}
+
+/// Whether single tokens should use the row kernels (see [`DecodeKernels::Measure`]): measured on the first
+/// layer's three FFN matrices, when together they are larger than a CPU's caches (24 MiB; smaller models
+/// would be measured against cache-resident weights, which says nothing about decoding).
+fn decode_reads_rows(layers: &[Layer]) -> bool {
+    let Some(l) = layers.first() else { return false };
+    let ffn = [&l.w_gate, &l.w_up, &l.w_down];
+    let bytes: usize = ffn.iter().map(|m| m.rows * m.row_bytes()).sum();
+    if bytes < 24 << 20 {
+        return false;
+    }
+    let matrices: Vec<_> = ffn.iter().map(|m| (m.dtype, m.cols, m.file_bytes())).collect();
+    quire_kernels::rows_beat_panels(&matrices)
 }
 
 /// One sequence's share of a `forward_multi` batch: its cache and its next tokens.
@@ -143,7 +176,17 @@ impl Model {
             });
         }
         let inv_freq = ops::rope_inv_freq(c.head_dim, c.rope_base);
-        let prepacker = match opts.prepack {
+        // Decoding one token reads every weight once: where the row kernels are clearly faster at that than
+        // the panel kernels on a prepacked copy (measured, see `DecodeKernels`), single tokens use them and
+        // the matrices stay in the file's layout, which the row kernels read. Same bits either way.
+        let rows_for_decode = opts.prepack
+            && match opts.decode {
+                DecodeKernels::Measure => decode_reads_rows(&layers),
+                DecodeKernels::Panels => false,
+                DecodeKernels::Rows => true,
+            };
+        store.set_rows_for_single_tokens(rows_for_decode);
+        let prepacker = match opts.prepack && !rows_for_decode {
             true => {
                 // in the order the forward pass reads them, so the first passes find more copies ready
                 let layers = layers.iter().flat_map(|l| l.matrices());
@@ -152,7 +195,23 @@ impl Model {
             }
             false => None,
         };
-        Ok(Model { config, file, token_embd, layers, output_norm, output, inv_freq, prepacker })
+        Ok(Model {
+            config,
+            file,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+            inv_freq,
+            prepacker,
+            rows_for_decode,
+        })
+    }
+
+    /// Whether single tokens are computed with the row kernels on the file's layout, which was measured to be
+    /// clearly faster on this CPU than the panel kernels on a prepacked copy (nothing is then prepacked).
+    pub fn decodes_with_rows(&self) -> bool {
+        self.rows_for_decode
     }
 
     /// Whether the background prepacking is still running (requests are then served, a little slower).

@@ -73,7 +73,7 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
         // Contiguous token ranges of whole activation tiles: each task owns `[tokens][rows]` of the output.
         let per_task = n_batch.div_ceil(threads).next_multiple_of(TOKEN_TILE);
         for ((p, &a), d) in products.iter_mut().zip(&which).zip(&data) {
-            let (w, bytes, gemm) = (p.w, d.bytes, d.gemm());
+            let (w, bytes, gemm) = (p.w, d.bytes, d.gemm(n_batch));
             p.out.par_chunks_mut(per_task * w.rows).enumerate().for_each(|(i, o)| {
                 let mut token_rows: Vec<&mut [f32]> = o.chunks_mut(w.rows).collect();
                 let t0 = i * per_task;
@@ -92,7 +92,7 @@ pub fn matmuls(products: &mut [Product], x: &[f32], scratch: &mut MatmulScratch)
         let (w, row_bytes) = (p.w, p.w.row_bytes());
         let first = tasks.len();
         for wr in d.bytes.chunks(rows_per_task * row_bytes) {
-            tasks.push((w.dtype, d.gemm(), &acts[a], wr, Vec::with_capacity(n_batch)));
+            tasks.push((w.dtype, d.gemm(n_batch), &acts[a], wr, Vec::with_capacity(n_batch)));
         }
         for token_row in p.out.chunks_mut(w.rows) {
             for (i, piece) in token_row.chunks_mut(rows_per_task).enumerate() {

@@ -6,6 +6,7 @@
 //! [`MatrixData`] snapshot (layout and bytes together), so the two layouts never mix within one call.
 
 use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 
 use quire_kernels::{DType, QuantizedActs};
@@ -19,6 +20,9 @@ pub struct WeightStore {
     /// Held shared by every read of the file's layout; taken exclusively once by the prepacker, after the
     /// last copy is set, so that no read faults copied pages back in after it releases them for good.
     file_readers: RwLock<()>,
+    /// Products for a single token use the row kernels on the file's layout (set at load, see
+    /// [`crate::model::DecodeKernels`]).
+    rows_for_single_tokens: AtomicBool,
 }
 
 enum Backing {
@@ -29,7 +33,11 @@ enum Backing {
 impl WeightStore {
     /// The matrices of `file`.
     pub fn file(file: Arc<GgufFile>) -> Arc<WeightStore> {
-        Arc::new(WeightStore { backing: Backing::File(file), file_readers: RwLock::new(()) })
+        Arc::new(WeightStore {
+            backing: Backing::File(file),
+            file_readers: RwLock::new(()),
+            rows_for_single_tokens: AtomicBool::new(false),
+        })
     }
 
     fn bytes(&self, range: Range<usize>) -> &[u8] {
@@ -44,6 +52,11 @@ impl WeightStore {
         if let Backing::File(f) = &self.backing {
             f.release_pages(range);
         }
+    }
+
+    /// Makes products for a single token use the row kernels on the file's layout (or not).
+    pub(crate) fn set_rows_for_single_tokens(&self, rows: bool) {
+        self.rows_for_single_tokens.store(rows, Ordering::Relaxed);
     }
 
     /// A read guard for a call that may read the file's layout (one per call).
@@ -120,7 +133,11 @@ impl Matrix {
         let row_bytes = dtype.row_bytes(cols).expect("whole blocks");
         assert_eq!(bytes.len(), rows * row_bytes, "{name}: {rows} rows of {row_bytes} bytes");
         let range = 0..bytes.len();
-        let store = Arc::new(WeightStore { backing: Backing::Memory(bytes), file_readers: RwLock::new(()) });
+        let store = Arc::new(WeightStore {
+            backing: Backing::Memory(bytes),
+            file_readers: RwLock::new(()),
+            rows_for_single_tokens: AtomicBool::new(false),
+        });
         Matrix::new(store, name.to_string(), dtype, rows, cols, range)
     }
 
@@ -175,9 +192,10 @@ impl Matrix {
     /// for all the matrices of its call, from this matrix's store) is held.
     pub(crate) fn data<'g>(&'g self, reading: &'g Reading<'_>) -> MatrixData<'g> {
         assert!(std::ptr::eq(reading.store, &*self.store), "{}: read with another model's guard", self.name);
+        let rows_for_single_tokens = self.store.rows_for_single_tokens.load(Ordering::Relaxed);
         match self.packed.get() {
-            Some(p) => MatrixData { bytes: p, prepacked: true },
-            None => MatrixData { bytes: self.file_bytes(), prepacked: false },
+            Some(p) => MatrixData { bytes: p, prepacked: true, rows_for_single_tokens },
+            None => MatrixData { bytes: self.file_bytes(), prepacked: false, rows_for_single_tokens },
         }
     }
 
@@ -217,16 +235,20 @@ pub(crate) struct Reading<'s> {
 pub(crate) struct MatrixData<'a> {
     pub bytes: &'a [u8],
     prepacked: bool,
+    rows_for_single_tokens: bool,
 }
 
 /// A GEMM writing each token's outputs into its own slice (`quire_kernels::gemm_into_rows`).
 pub(crate) type GemmIntoRows = fn(DType, &[u8], &QuantizedActs, Range<usize>, &mut [&mut [f32]]);
 
 impl MatrixData<'_> {
-    /// The kernel for these bytes (either gives the same bits); it takes any whole-panel slice of them.
-    pub fn gemm(&self) -> GemmIntoRows {
+    /// The kernel for these bytes and a batch of `n_tokens` (every choice gives the same bits); it takes any
+    /// whole-panel slice of them.
+    pub fn gemm(&self, n_tokens: usize) -> GemmIntoRows {
         if self.prepacked {
             quire_kernels::gemm_prepacked_into_rows
+        } else if n_tokens == 1 && self.rows_for_single_tokens {
+            quire_kernels::gemm_rows_into_rows
         } else {
             quire_kernels::gemm_into_rows
         }

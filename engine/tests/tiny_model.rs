@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use quire_engine::kv_cache::{KvCache, KvType};
-use quire_engine::model::{Logits, Model, RunState};
+use quire_engine::model::{DecodeKernels, LoadOptions, Logits, Model, RunState};
 use quire_engine::ops::argmax;
 
 const PROMPTS: [&str; 5] = ["single_token", "english", "chinese", "chatml", "long_random"];
@@ -188,7 +188,7 @@ fn prepacked_weights_give_identical_logits() {
     for ty in types {
         let open = |prepack| {
             let file = quire_engine::gguf::GgufFile::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
-            Model::load_with(file, &quire_engine::model::LoadOptions { prepack }).unwrap()
+            Model::load_with(file, &LoadOptions { prepack, decode: DecodeKernels::Panels }).unwrap()
         };
         let (packed, plain) = (open(true), open(false));
         // Right after load the background copy may be anywhere: matrices switch layout between (never
@@ -209,6 +209,36 @@ fn prepacked_weights_give_identical_logits() {
             assert_eq!(
                 run_prompt(&packed, &ids, batch),
                 run_prompt(&plain, &ids, batch),
+                "{ty}, batch {batch}"
+            );
+        }
+    }
+}
+
+/// Single tokens through the row kernels on the file's layout (what loading picks where they are measured
+/// faster) give the bits of the panel kernels on the prepacked copy, for every quantized file, token by token
+/// and with batches (which then use the panel kernels on the file's layout); nothing is prepacked then.
+#[test]
+fn row_kernels_for_decoding_give_identical_logits() {
+    let reference = read_json("tiny-qwen3/reference.json");
+    let ids = ids(&reference["prompts"]["long_random"]["ids"]);
+    let types = [
+        "q4_0", "q8_0", "q4_k_m", "q5_k_m", "q6_k", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs", "q3_k_m",
+        "q2_k",
+    ];
+    for ty in types {
+        let open = |decode| {
+            let file = quire_engine::gguf::GgufFile::open(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
+            Model::load_with(file, &LoadOptions { prepack: true, decode }).unwrap()
+        };
+        let (rows, panels) = (open(DecodeKernels::Rows), open(DecodeKernels::Panels));
+        panels.wait_prepacked();
+        assert!(rows.decodes_with_rows() && !panels.decodes_with_rows(), "{ty}");
+        assert_eq!(rows.n_prepacked(), 0, "{ty}: the row kernels read the file's layout");
+        for batch in [1, 5] {
+            assert_eq!(
+                run_prompt(&rows, &ids, batch),
+                run_prompt(&panels, &ids, batch),
                 "{ty}, batch {batch}"
             );
         }

@@ -49,7 +49,8 @@ pub mod x86;
 compile_error!("GGUF data and the kernels' f32 byte views are little-endian");
 
 pub use matmul::{
-    can_prepack, gemm, gemm_into_rows, gemm_prepacked, gemm_prepacked_into_rows, prepack, QuantizedActs,
+    can_prepack, gemm, gemm_into_rows, gemm_prepacked, gemm_prepacked_into_rows, gemm_rows_into_rows,
+    prepack, rows_beat_panels, QuantizedActs,
 };
 
 use dispatch::{Isa, IsaKind};

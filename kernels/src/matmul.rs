@@ -318,10 +318,87 @@ fn gemm_checked(
         unsafe { gemm_avx512(wtype, k, w, n_rows, acts, tokens, out, false) };
         return;
     }
-    for (t, out_t) in tokens.zip(out.iter_mut()) {
-        let a = acts.row(t);
-        for (o, wr) in out_t.iter_mut().zip(w.chunks_exact(row_bytes)) {
-            *o = dispatch::vec_dot_checked(isa, wtype, k, wr, a);
+    rows_checked(isa, wtype, k, row_bytes, w, acts, tokens, out);
+}
+
+/// The row kernels: one [`crate::vec_dot`] per output, weight rows outer so each row is read from memory
+/// once for all the tokens.
+#[allow(clippy::too_many_arguments)]
+fn rows_checked(
+    isa: Isa,
+    wtype: DType,
+    k: usize,
+    row_bytes: usize,
+    w: &[u8],
+    acts: &QuantizedActs,
+    tokens: Range<usize>,
+    out: &mut [&mut [f32]],
+) {
+    for (r, wr) in w.chunks_exact(row_bytes).enumerate() {
+        for (t, out_t) in tokens.clone().zip(out.iter_mut()) {
+            out_t[r] = dispatch::vec_dot_checked(isa, wtype, k, wr, acts.row(t));
         }
     }
+}
+
+/// [`gemm_into_rows`] with the row kernels even where a panel kernel exists (the same bits: both equal the
+/// scalar reference). For a single token the panel kernels transpose sixteen rows for every block they read;
+/// on some CPUs that costs more than it saves, which [`rows_beat_panels`] measures.
+///
+/// # Panics
+/// As [`gemm`].
+pub fn gemm_rows_into_rows(
+    wtype: DType,
+    w: &[u8],
+    acts: &QuantizedActs,
+    tokens: Range<usize>,
+    out: &mut [&mut [f32]],
+) {
+    let (_, tokens) = check_gemm(wtype, w, acts, tokens, out);
+    let row_bytes = wtype.row_bytes(acts.k).expect("checked when quantizing");
+    rows_checked(dispatch::isa(), wtype, acts.k, row_bytes, w, acts, tokens, out);
+}
+
+/// Whether, on this CPU, the row kernels ([`gemm_rows_into_rows`]) compute a single token's products with
+/// `matrices` (each `(wtype, k, bytes)` in the file's layout, together larger than the caches) clearly
+/// faster than the panel kernels on their prepacked copies: times both on the calling thread, alternating,
+/// best of three, and asks for a 15 % margin so that noise does not decide. False where there is no panel
+/// kernel or no prepacked layout for one of the matrices (nothing to choose).
+pub fn rows_beat_panels(matrices: &[(DType, usize, &[u8])]) -> bool {
+    // one matrix of the measurement: type, rows in the file's layout and prepacked, activations, output
+    type Trial<'a> = (DType, &'a [u8], Vec<u8>, QuantizedActs, Vec<f32>);
+    let isa = dispatch::isa();
+    let mut prepared = Vec::new();
+    for &(wtype, k, w) in matrices {
+        let Some(row_bytes) = wtype.row_bytes(k) else { return false };
+        let n_rows = w.len() / row_bytes / PANEL_ROWS * PANEL_ROWS;
+        let w = &w[..n_rows * row_bytes];
+        if !has_panel_kernel(isa, wtype) || !can_prepack(wtype, n_rows) {
+            return false;
+        }
+        let mut packed = vec![0u8; w.len()];
+        prepack(wtype, k, w, &mut packed);
+        let x: Vec<f32> = (0..k).map(|i| ((i * 7919) % 257) as f32 / 128.0 - 1.0).collect();
+        let mut acts = QuantizedActs::new();
+        acts.quantize(wtype, k, &x);
+        prepared.push((wtype, w, packed, acts, vec![0.0f32; n_rows]));
+    }
+    let time = |rows: bool, prepared: &mut [Trial]| {
+        let start = std::time::Instant::now();
+        for (wtype, w, packed, acts, out) in prepared.iter_mut() {
+            let mut out = [&mut out[..]];
+            if rows {
+                gemm_rows_into_rows(*wtype, w, acts, 0..1, &mut out);
+            } else {
+                gemm_prepacked_into_rows(*wtype, packed, acts, 0..1, &mut out);
+            }
+        }
+        start.elapsed()
+    };
+    let (mut best_rows, mut best_panels) = (std::time::Duration::MAX, std::time::Duration::MAX);
+    for _ in 0..3 {
+        best_rows = best_rows.min(time(true, &mut prepared));
+        best_panels = best_panels.min(time(false, &mut prepared));
+    }
+    !prepared.is_empty() && best_rows.as_secs_f64() < 0.85 * best_panels.as_secs_f64()
 }

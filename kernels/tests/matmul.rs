@@ -258,3 +258,36 @@ fn prepacked_gemm_equals_scalar() {
         assert_eq!(checked, 15 * prepackable.len(), "every shape ran on this AVX-512 machine");
     }
 }
+
+/// The row kernels (`gemm_rows_into_rows`, what single tokens use where they are measured faster) give
+/// `vec_dot`'s bits for every format (the scalar reference's for the quantized ones), and `rows_beat_panels` answers for real matrices without
+/// failing (false where there is nothing to choose).
+#[test]
+fn row_kernels_equal_scalar_and_the_measurement_runs() {
+    let mut rng = common::rng(17);
+    for dtype in WEIGHT_TYPES {
+        let k = 2 * dtype.block_len().max(256);
+        let rows = 40;
+        let w = weights(&mut rng, dtype, rows, k, true, 1.0);
+        let x = common::random_values(&mut rng, 3 * k, 1.0);
+        let mut acts = QuantizedActs::new();
+        acts.quantize(dtype, k, &x);
+        let mut out = vec![f32::NAN; 3 * rows];
+        let mut token_rows: Vec<&mut [f32]> = out.chunks_mut(rows).collect();
+        quire_kernels::gemm_rows_into_rows(dtype, &w, &acts, 0..3, &mut token_rows);
+        let row_bytes = dtype.row_bytes(k).unwrap();
+        for (i, got) in out.iter().enumerate() {
+            let (t, r) = (i / rows, i % rows);
+            let wr = &w[r * row_bytes..(r + 1) * row_bytes];
+            let want = quire_kernels::vec_dot(dtype, k, wr, acts.row(t));
+            assert_eq!(got.to_bits(), want.to_bits(), "{dtype}: token {t} row {r}");
+            if dtype.block_len() > 1 {
+                assert_eq!(want.to_bits(), vec_dot_scalar(dtype, k, wr, acts.row(t)).to_bits(), "{dtype}");
+            }
+        }
+        let choice = quire_kernels::rows_beat_panels(&[(dtype, k, &w)]);
+        if !has_panel_kernel(dispatch::isa(), dtype) {
+            assert!(!choice, "{dtype}: no panel kernel, nothing to choose");
+        }
+    }
+}

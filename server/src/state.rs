@@ -134,7 +134,7 @@ impl AppState {
 /// Load the model and start the scheduler (blocking; runs on a blocking thread).
 pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
     let t0 = Instant::now();
-    let opts = LoadOptions { prepack: cfg.prepack };
+    let opts = LoadOptions { prepack: cfg.prepack, ..Default::default() };
     let mut engine = Engine::load_with(&cfg.model_path, &opts)
         .with_context(|| format!("cannot load {}", cfg.model_path.display()))?;
     engine.kv_type = cfg.kv_type;

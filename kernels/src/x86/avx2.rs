@@ -671,9 +671,11 @@ pub fn dot_q3_k_q8_k(w: &[u8], act: &[u8]) -> f32 {
     sum
 }
 
-/// IQ4_XS·Q8_K: per 32-value sub-block the indices looked up in the level table by byte shuffle and
-/// multiplied exactly as IQ4_NL·Q8_0, the eight `i32` sums scaled by the sub-block scale; the block total
-/// times `d_w·d_a` as in the scalar reference.
+/// IQ4_XS·Q8_K. Per 32-value sub-block the indices are looked up in the level table by byte shuffle; when
+/// the block's activations hold no −128 (never, for activations from the Q8_K quantizer) the products go
+/// through `maddubs(|w|, sign(a, w))`, whose pair sums stay below 2·127·127 and so are exact, and the
+/// sub-block scale is applied with one `madd`; a block with a −128 takes the sign-extending path of
+/// IQ4_NL·Q8_0 instead. Either way the block's exact `i32` total times `d_w·d_a`, as in the scalar reference.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
@@ -681,24 +683,38 @@ pub fn dot_q3_k_q8_k(w: &[u8], act: &[u8]) -> f32 {
 pub fn dot_iq4_xs_q8_k(w: &[u8], act: &[u8]) -> f32 {
     let table = load_128(&iq4_nl::LEVELS.map(|v| v as u8));
     let low_nibbles = _mm_set1_epi8(0x0f);
+    let min_i8 = _mm256_set1_epi8(i8::MIN);
     let mut sum = 0.0f32;
     for (wb, ab) in w.chunks_exact(iq4_xs::BLOCK_BYTES).zip(act.chunks_exact(q8_k::BLOCK_BYTES)) {
         let wb: &[u8; iq4_xs::BLOCK_BYTES] = array_at(wb, 0);
         let ab: &[u8; q8_k::BLOCK_BYTES] = array_at(ab, 0);
         let block = iq4_xs::BlockIq4Xs(wb);
         let d = block.d() * f32::from_le_bytes(*array_at(ab, 0));
+        let acts: [__m256i; 8] = std::array::from_fn(|s| load_256(array_at(ab, q8_k::QS + 32 * s)));
+        let has_min = acts
+            .iter()
+            .fold(_mm256_setzero_si256(), |m, &a| _mm256_or_si256(m, _mm256_cmpeq_epi8(a, min_i8)));
+        let exact_fast = _mm256_testz_si256(has_min, has_min) == 1;
         let mut acc = _mm256_setzero_si256();
         for (s, scale) in block.scales().into_iter().enumerate() {
             let packed = load_128(block.qs(s));
             let lo = _mm_shuffle_epi8(table, _mm_and_si128(packed, low_nibbles));
             let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles));
-            let a_lo = _mm256_cvtepi8_epi16(load_128(array_at(ab, q8_k::QS + 32 * s)));
-            let a_hi = _mm256_cvtepi8_epi16(load_128(array_at(ab, q8_k::QS + 32 * s + 16)));
-            let products = _mm256_add_epi32(
-                _mm256_madd_epi16(_mm256_cvtepi8_epi16(lo), a_lo),
-                _mm256_madd_epi16(_mm256_cvtepi8_epi16(hi), a_hi),
-            );
-            acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(products, _mm256_set1_epi32(scale)));
+            let products = if exact_fast {
+                let levels = _mm256_set_m128i(hi, lo);
+                let pairs =
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(levels, levels), _mm256_sign_epi8(acts[s], levels));
+                _mm256_madd_epi16(pairs, _mm256_set1_epi16(scale as i16))
+            } else {
+                let a_lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(acts[s]));
+                let a_hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(acts[s]));
+                let p = _mm256_add_epi32(
+                    _mm256_madd_epi16(_mm256_cvtepi8_epi16(lo), a_lo),
+                    _mm256_madd_epi16(_mm256_cvtepi8_epi16(hi), a_hi),
+                );
+                _mm256_mullo_epi32(p, _mm256_set1_epi32(scale))
+            };
+            acc = _mm256_add_epi32(acc, products);
         }
         sum += d * hsum_i32(acc) as f32;
     }

@@ -85,8 +85,8 @@ impl<'a> Panel<'a> {
 /// Where the blocks of a panel are read from.
 #[derive(Clone, Copy)]
 pub enum PanelSrc<'a> {
-    /// Sixteen rows in the file's layout (blocks of `dtype`), transposed as they are read.
-    File { panel: &'a Panel<'a>, dtype: DType },
+    /// Sixteen rows in the file's layout (blocks of `dtype`, `block_bytes` each), transposed as they are read.
+    File { panel: &'a Panel<'a>, dtype: DType, block_bytes: usize },
     /// A panel stored by [`prepack_panel`]: its bytes, already transposed.
     Prepacked { bytes: &'a [u8], layout: Layout },
 }
@@ -167,23 +167,27 @@ fn load64(bytes: &[u8], at: usize) -> __m512i {
     unsafe { _mm512_loadu_si512(v.as_ptr().cast()) }
 }
 
-/// Bytes `at..at + 16` of block `b` of each row of a panel: `out[j]` lane `i` is word `j` of
-/// them in row `i` (what [`transpose_16x4`] makes of the file's layout).
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn quad(src: &PanelSrc, b: usize, at: usize) -> [__m512i; 4] {
-    match *src {
-        PanelSrc::File { panel, dtype } => transpose_16x4(panel, b * dtype.block_bytes() + at),
-        PanelSrc::Prepacked { bytes, layout } => {
-            let base = b * layout.panel_block_bytes() + layout.word_vector(at);
-            [
-                load64(bytes, base),
-                load64(bytes, base + 64),
-                load64(bytes, base + 128),
-                load64(bytes, base + 192),
-            ]
+/// Bytes `at..at + 16` of block `b` of each row of a panel (`$src: &PanelSrc`): `out[j]` lane `i` is word
+/// `j` of them in row `i` (what [`transpose_16x4`] makes of the file's layout). A macro so that it is inlined
+/// into the packing functions (`#[inline(always)]` is not allowed on `#[target_feature]` functions, and as a
+/// call it returned its four vectors through memory: a quarter of the decode time in profiles). Expands
+/// inside an AVX-512 `#[target_feature]` function.
+macro_rules! quad {
+    ($src:expr, $b:expr, $at:expr) => {{
+        let (src, b, at): (&PanelSrc, usize, usize) = ($src, $b, $at);
+        match *src {
+            PanelSrc::File { panel, block_bytes, .. } => transpose_16x4(panel, b * block_bytes + at),
+            PanelSrc::Prepacked { bytes, layout } => {
+                let base = b * layout.panel_block_bytes() + layout.word_vector(at);
+                [
+                    load64(bytes, base),
+                    load64(bytes, base + 64),
+                    load64(bytes, base + 128),
+                    load64(bytes, base + 192),
+                ]
+            }
         }
-    }
+    }};
 }
 
 /// The f16 scale at byte `at` of block `b` of each row, as `f32` lanes.
@@ -191,8 +195,8 @@ fn quad(src: &PanelSrc, b: usize, at: usize) -> [__m512i; 4] {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn scale_f32(src: &PanelSrc, b: usize, at: usize) -> __m512 {
     match *src {
-        PanelSrc::File { panel, dtype } => {
-            halves_to_f32::<0>(gather_f16(panel, b * dtype.block_bytes() + at))
+        PanelSrc::File { panel, block_bytes, .. } => {
+            halves_to_f32::<0>(gather_f16(panel, b * block_bytes + at))
         }
         PanelSrc::Prepacked { bytes, layout } if layout.scale_at == Some(at) => {
             let scales: &[u8; 32] = array_at(bytes, b * layout.panel_block_bytes() + layout.scales_at());
@@ -241,7 +245,7 @@ fn act_dword<const N: usize>(block: &[u8; N], off: usize) -> i32 {
 /// row, `out[8]` the row scales as `f32`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn pack_q4_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
-    let qs = quad(src, b, q4_0::QS);
+    let qs = quad!(src, b, q4_0::QS);
     let low = splat(0x0f0f_0f0f);
     for g in 0..4 {
         out[g] = _mm512_and_si512(qs[g], low);
@@ -254,7 +258,7 @@ fn pack_q4_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
 /// Packs block `b` of a Q4_1 panel: as Q4_0, with the block minimums in `out[9]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn pack_q4_1_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
-    let qs = quad(src, b, q4_1::QS);
+    let qs = quad!(src, b, q4_1::QS);
     let low = splat(0x0f0f_0f0f);
     for g in 0..4 {
         out[g] = _mm512_and_si512(qs[g], low);
@@ -269,7 +273,7 @@ fn pack_q4_1_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn pack_iq4_nl_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
     let table = shifted_level_table();
-    let qs = quad(src, b, iq4_nl::QS);
+    let qs = quad!(src, b, iq4_nl::QS);
     let low = splat(0x0f0f_0f0f);
     for g in 0..4 {
         out[g] = _mm512_shuffle_epi8(table, _mm512_and_si512(qs[g], low));
@@ -308,7 +312,7 @@ fn pack_q5_1_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn pack_five_bit_levels(src: &PanelSrc, b: usize, qs_at: usize, qh_at: usize, out: &mut [__m512i; Q32_VECS]) {
-    let qs = quad(src, b, qs_at);
+    let qs = quad!(src, b, qs_at);
     let qh = word(src, b, qh_at);
     let (low, nibble) = (splat(0x0f0f_0f0f), splat(0xf));
     // Four bits of qh, to bit 4 of the four bytes of a lane: the product puts copies of the nibble at
@@ -329,8 +333,8 @@ fn pack_five_bit_levels(src: &PanelSrc, b: usize, qs_at: usize, qh_at: usize, ou
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn pack_q8_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
     let flip = splat(0x8080_8080);
-    let lo = quad(src, b, q8_0::QS);
-    let hi = quad(src, b, q8_0::QS + 16);
+    let lo = quad!(src, b, q8_0::QS);
+    let hi = quad!(src, b, q8_0::QS + 16);
     for g in 0..4 {
         out[g] = _mm512_xor_si512(lo[g], flip);
         out[g + 4] = _mm512_xor_si512(hi[g], flip);
@@ -344,7 +348,7 @@ fn pack_q8_0_block(src: &PanelSrc, b: usize, out: &mut [__m512i; Q32_VECS]) {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn pack_k4_header(src: &PanelSrc, sb: usize, out: &mut [__m512i]) {
-    let [dm, w0, w1, w2] = quad(src, sb, 0);
+    let [dm, w0, w1, w2] = quad!(src, sb, 0);
     let (low6, low4, low2) = (splat(0x3f3f_3f3f), splat(0x0f0f_0f0f), splat(0x0303_0303));
     // unpack_k4_scales, lane-wise: four 6-bit scales per dword.
     let sc_lo = _mm512_and_si512(w0, low6);
@@ -391,7 +395,7 @@ fn pack_q4_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K4_VECS]) {
     let low = splat(0x0f0f_0f0f);
     for k in 0..8 {
         // Dwords 4k..4k+4 of qs: chunk c = k / 2, bytes l = 16(k % 2) + 4j.
-        let q = quad(src, sb, q4_k::QS + 16 * k);
+        let q = quad!(src, sb, q4_k::QS + 16 * k);
         let (c, half) = (k / 2, k % 2);
         for (j, v) in q.into_iter().enumerate() {
             let g = 16 * c + 4 * half + j;
@@ -407,11 +411,11 @@ fn pack_q5_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K4_VECS]) {
     pack_k4_header(src, sb, out);
     let low = splat(0x0f0f_0f0f);
     let bit = splat(0x0101_0101);
-    let qh_lo = quad(src, sb, q5_k::QH);
-    let qh_hi = quad(src, sb, q5_k::QH + 16);
+    let qh_lo = quad!(src, sb, q5_k::QH);
+    let qh_hi = quad!(src, sb, q5_k::QH + 16);
     let qh: [__m512i; 8] = std::array::from_fn(|j| if j < 4 { qh_lo[j] } else { qh_hi[j - 4] });
     for k in 0..8 {
-        let q = quad(src, sb, q5_k::QS + 16 * k);
+        let q = quad!(src, sb, q5_k::QS + 16 * k);
         let (c, half) = (k / 2, k % 2);
         for (j, v) in q.into_iter().enumerate() {
             let l = 4 * half + j; // qh dword of these 4 values
@@ -437,11 +441,11 @@ fn pack_q6_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
     for half in 0..2 {
         let mut ql = [_mm512_setzero_si512(); 16];
         for k in 0..4 {
-            ql[4 * k..4 * k + 4].copy_from_slice(&quad(src, sb, q6_k::QL + 64 * half + 16 * k));
+            ql[4 * k..4 * k + 4].copy_from_slice(&quad!(src, sb, q6_k::QL + 64 * half + 16 * k));
         }
         let mut qh = [_mm512_setzero_si512(); 8];
         for k in 0..2 {
-            qh[4 * k..4 * k + 4].copy_from_slice(&quad(src, sb, q6_k::QH + 32 * half + 16 * k));
+            qh[4 * k..4 * k + 4].copy_from_slice(&quad!(src, sb, q6_k::QH + 32 * half + 16 * k));
         }
         for j in 0..8 {
             let (a, b, h) = (ql[j], ql[j + 8], qh[j]);
@@ -459,7 +463,7 @@ fn pack_q6_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
             );
         }
     }
-    let sc = quad(src, sb, q6_k::SCALES);
+    let sc = quad!(src, sb, q6_k::SCALES);
     let word = splat(0x0000_ffff);
     for (k, v) in sc.into_iter().enumerate() {
         out[64 + 4 * k] = _mm512_srai_epi32::<24>(_mm512_slli_epi32::<24>(v));
@@ -481,7 +485,7 @@ fn pack_q6_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn word(src: &PanelSrc, b: usize, at: usize) -> __m512i {
     match *src {
-        PanelSrc::File { panel, dtype } => gather_u32(panel, b * dtype.block_bytes() + at),
+        PanelSrc::File { panel, block_bytes, .. } => gather_u32(panel, b * block_bytes + at),
         PanelSrc::Prepacked { bytes, layout } => {
             load64(bytes, b * layout.panel_block_bytes() + layout.word_vector(at))
         }
@@ -492,7 +496,7 @@ fn word(src: &PanelSrc, b: usize, at: usize) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn octet(src: &PanelSrc, b: usize, at: usize) -> [__m512i; 8] {
-    let (lo, hi) = (quad(src, b, at), quad(src, b, at + 16));
+    let (lo, hi) = (quad!(src, b, at), quad!(src, b, at + 16));
     std::array::from_fn(|j| if j < 4 { lo[j] } else { hi[j - 4] })
 }
 
@@ -524,7 +528,7 @@ fn pack_q2_k_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K6_VECS]) {
             }
         }
     }
-    for (k, w) in quad(src, sb, q2_k::SCALES).into_iter().enumerate() {
+    for (k, w) in quad!(src, sb, q2_k::SCALES).into_iter().enumerate() {
         for i in 0..4 {
             out[64 + 4 * k + i] = _mm512_and_si512(shr(w, 8 * i), nibble);
         }
@@ -584,7 +588,7 @@ fn pack_iq4_xs_block(src: &PanelSrc, sb: usize, out: &mut [__m512i; K4_VECS]) {
     let table = shifted_level_table();
     let low = splat(0x0f0f_0f0f);
     for s in 0..8 {
-        let q = quad(src, sb, iq4_xs::QS + 16 * s);
+        let q = quad!(src, sb, iq4_xs::QS + 16 * s);
         for m in 0..4 {
             out[8 * s + m] = _mm512_shuffle_epi8(table, _mm512_and_si512(q[m], low));
             out[8 * s + 4 + m] =
@@ -657,7 +661,7 @@ pub fn pack_panel(dtype: DType, src: &PanelSrc, n_blocks: usize, out: &mut [__m5
     let block_bytes = dtype.block_bytes();
     assert!(out.len() >= n_blocks * per);
     match *src {
-        PanelSrc::File { panel, dtype: d } => {
+        PanelSrc::File { panel, dtype: d, .. } => {
             assert!(d == dtype && n_blocks * block_bytes <= panel.row_bytes, "blocks inside the rows")
         }
         PanelSrc::Prepacked { bytes, layout } => assert!(
@@ -1228,7 +1232,7 @@ fn lanes<const T: usize>(acc: [__m512; T]) -> [[f32; PANEL_ROWS]; T] {
 pub fn prepack_panel(layout: Layout, p: &Panel, n_blocks: usize, out: &mut [u8]) {
     let block_bytes = layout.dtype.block_bytes();
     assert!(n_blocks * block_bytes <= p.row_bytes && out.len() == n_blocks * layout.panel_block_bytes());
-    let src = PanelSrc::File { panel: p, dtype: layout.dtype };
+    let src = PanelSrc::File { panel: p, dtype: layout.dtype, block_bytes };
     for (b, dst) in out.chunks_exact_mut(layout.panel_block_bytes()).enumerate() {
         let mut store = |j: usize, v: __m512i| {
             let at = 64 * j;
@@ -1237,7 +1241,7 @@ pub fn prepack_panel(layout: Layout, p: &Panel, n_blocks: usize, out: &mut [u8])
         };
         let whole = layout.n_words / 4;
         for h in 0..whole {
-            for (j, v) in quad(&src, b, layout.words_at + 16 * h).into_iter().enumerate() {
+            for (j, v) in quad!(&src, b, layout.words_at + 16 * h).into_iter().enumerate() {
                 store(4 * h + j, v);
             }
         }

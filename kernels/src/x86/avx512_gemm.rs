@@ -123,7 +123,7 @@ pub(crate) unsafe fn gemm_avx512(
                 Some(layout) => {
                     PanelSrc::Prepacked { bytes: &w[r0 * row_bytes..(r0 + n) * row_bytes], layout }
                 }
-                None => PanelSrc::File { panel: &panel, dtype: wtype },
+                None => PanelSrc::File { panel: &panel, dtype: wtype, block_bytes },
             };
             // SAFETY: only reached when `has_panel_kernel(isa, wtype)` holds for a supported `isa` (or
             // `can_prepack` held when the matrix was prepacked), i.e. the CPU has AVX-512 F/BW/VL/VNNI,
