@@ -21,18 +21,29 @@ fn goldens_match_llamacpp() {
     assert!(greedy_agree >= 4, "only {greedy_agree}/5 prompts reproduce llama.cpp's first 32 greedy tokens");
 }
 
+/// llama.cpp's perplexity of the 0.5B model with its own q8_0 KV cache on the same text: the fixtures'
+/// llama.cpp (0c1e57098, the llama-cpp-python 0.3.36 vendor, AVX-512 build, built by
+/// `scripts/bench-vs-llamacpp.sh`), `llama-perplexity -c 512 -t 2 -ctk q8_0 -ctv q8_0 -fa on`, 2026-12-04:
+/// 5.1516 ± 0.27364 (its f16 cache: 5.1275, the fixture's figure). The 8-bit rounding of keys and values
+/// itself costs +0.47 % there.
+const LLAMACPP_0_5B_Q8_0_KV_PPL: f64 = 5.1516;
+
 /// The real 0.5B model, whose matrices are mostly Q5_0 (with Q8_0, Q4_K and Q6_K): llama.cpp's goldens and
 /// its perplexity (5.1275 on the same text), with the f16 and the q8_0 KV cache.
 #[test]
 fn q5_0_model_matches_llamacpp() {
     let Some(path) = real_draft_model() else { return };
     let mut engine = Engine::load(&path).unwrap();
-    let want = read_json("real/qwen25-coder-0.5b-perplexity.json")["perplexity.txt"]["ppl"].as_f64().unwrap();
+    let f16_ppl =
+        read_json("real/qwen25-coder-0.5b-perplexity.json")["perplexity.txt"]["ppl"].as_f64().unwrap();
     // llama.cpp's goldens come from its f16 cache. A q8_0 cache rounds every key and value to 8 bits, and
     // this small model's greedy paths then part from llama.cpp's in three of the five prompts (at tokens 8,
-    // 9 and 20; with the 1.5B model in one), so with q8_0 only the prompt ends (top-1 and its logit) and
-    // the perplexity are held to llama.cpp's figures, and the greedy agreement to what was measured.
-    for (kv_type, min_agree) in [(KvType::F16, 4), (KvType::Q8_0, 2)] {
+    // 9 and 20; with the 1.5B model in one), so with q8_0 the prompt ends (top-1 and its logit) are held to
+    // llama.cpp's f16 goldens, the greedy agreement to what was measured, and the perplexity to llama.cpp's
+    // with the same cache type.
+    for (kv_type, min_agree, want) in
+        [(KvType::F16, 4, f16_ppl), (KvType::Q8_0, 2, LLAMACPP_0_5B_Q8_0_KV_PPL)]
+    {
         engine.kv_type = kv_type;
         let greedy_agree = check_goldens(&engine, "real/qwen25-coder-0.5b-goldens.json");
         assert!(
@@ -41,7 +52,10 @@ fn q5_0_model_matches_llamacpp() {
         );
         let ppl = perplexity(&engine);
         let rel = (ppl - want).abs() / want;
-        eprintln!("0.5B, {kv_type} KV: PPL = {ppl:.4} (llama.cpp {want}, {:.3}% off)", rel * 100.0);
+        eprintln!(
+            "0.5B, {kv_type} KV: PPL = {ppl:.4} (llama.cpp with {kv_type} KV {want}, {:.3}% off; f16 {f16_ppl})",
+            rel * 100.0
+        );
         assert!(rel <= 0.005, "{kv_type} KV: perplexity {ppl} is more than 0.5% from llama.cpp's {want}");
     }
 }
