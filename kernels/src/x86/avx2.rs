@@ -1,9 +1,10 @@
 //! AVX2 + FMA + F16C dot products, and the Q8_0/Q8_K activation quantizers.
 //!
 //! Integer parts use `maddubs`/`madd` and are exact for every byte pattern (including
-//! −128 activations): unsigned 4/5/6-bit weight quants go straight into `maddubs`, and
+//! −128 activations): unsigned 2/3/4/5/6-bit weight quants go straight into `maddubs`, and
 //! the format offsets (−8 for Q4_0, −32 for Q6_K) are subtracted as a second `maddubs`
-//! of the activations, never by signed tricks that overflow. Q8_0×Q8_0 widens to `i16`.
+//! of the activations, never by signed tricks that overflow. The IQ4 levels (−127..=113) go through
+//! `maddubs(|a|, sign(w, a))`, which cannot overflow because no level is −128. Q8_0×Q8_0 widens to `i16`.
 //!
 //! Quantized kernels reduce each block (super-block for the K-quants) to exact `i32` sums
 //! and combine them with the same float code as the scalar reference, so they match it
@@ -342,31 +343,23 @@ pub fn dot_q5_1_q8_0(w: &[u8], act: &[u8]) -> f32 {
     sum
 }
 
-/// IQ4_NL·Q8_0: the indices looked up in the level table by byte shuffle, both operands sign-extended to
-/// `i16` and multiplied with `madd` (exact for every byte, as Q8_0·Q8_0), then `sum = fma(sumi, d_w·d_a,
-/// sum)`: bit-identical to the scalar reference.
+/// IQ4_NL·Q8_0: the levels by table shuffle, multiplied exactly with [`signed_pairs`] and summed with
+/// `madd`, then `sum = fma(sumi, d_w·d_a, sum)`: bit-identical to the scalar reference.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_iq4_nl_q8_0(w: &[u8], act: &[u8]) -> f32 {
     let table = load_128(&iq4_nl::LEVELS.map(|v| v as u8));
-    let low_nibbles = _mm_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
     let mut sum = 0.0f32;
     for (wb, ab) in w.chunks_exact(iq4_nl::BLOCK_BYTES).zip(act.chunks_exact(q8_0::BLOCK_BYTES)) {
         let wb: &[u8; iq4_nl::BLOCK_BYTES] = array_at(wb, 0);
         let ab: &[u8; q8_0::BLOCK_BYTES] = array_at(ab, 0);
         let d = f16_to_f32(array_at(wb, 0)) * f16_to_f32(array_at(ab, 0));
-        let packed = load_128(array_at(wb, iq4_nl::QS));
-        let lo = _mm_shuffle_epi8(table, _mm_and_si128(packed, low_nibbles));
-        let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles));
-        let a_lo = _mm256_cvtepi8_epi16(load_128(array_at(ab, q8_0::QS)));
-        let a_hi = _mm256_cvtepi8_epi16(load_128(array_at(ab, q8_0::QS + 16)));
-        let products = _mm256_add_epi32(
-            _mm256_madd_epi16(_mm256_cvtepi8_epi16(lo), a_lo),
-            _mm256_madd_epi16(_mm256_cvtepi8_epi16(hi), a_hi),
-        );
-        sum = (hsum_i32(products) as f32).mul_add(d, sum);
+        let levels = table_levels(table, array_at(wb, iq4_nl::QS));
+        let pairs = signed_pairs(load_256(array_at(ab, q8_0::QS)), levels);
+        sum = (hsum_i32(_mm256_madd_epi16(pairs, ones)) as f32).mul_add(d, sum);
     }
     sum
 }
@@ -671,50 +664,48 @@ pub fn dot_q3_k_q8_k(w: &[u8], act: &[u8]) -> f32 {
     sum
 }
 
-/// IQ4_XS·Q8_K. Per 32-value sub-block the indices are looked up in the level table by byte shuffle; when
-/// the block's activations hold no −128 (never, for activations from the Q8_K quantizer) the products go
-/// through `maddubs(|w|, sign(a, w))`, whose pair sums stay below 2·127·127 and so are exact, and the
-/// sub-block scale is applied with one `madd`; a block with a −128 takes the sign-extending path of
-/// IQ4_NL·Q8_0 instead. Either way the block's exact `i32` total times `d_w·d_a`, as in the scalar reference.
+/// `Σ a·w` over 32 byte pairs of signed activations `a` (any i8, −128 included) and signed levels `w` in
+/// −127..=127 as sixteen exact `i16` pair sums: `maddubs(|a|, sign(w, a))`. `|a|` is at most 128 as an
+/// unsigned byte (−128 too), `w·sign(a)` never overflows because `w` is never −128, and pair sums stay within
+/// 2·128·127 < 2¹⁵.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn signed_pairs(a: __m256i, w: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(w, a))
+}
+
+/// The 32 levels of one IQ4_NL-style block (16 index bytes, value `j` low nibble, `j + 16` high) looked up
+/// in `table` by byte shuffle, in value order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn table_levels(table: __m128i, qs: &[u8; 16]) -> __m256i {
+    let packed = load_128(qs);
+    let low_nibbles = _mm_set1_epi8(0x0f);
+    let lo = _mm_shuffle_epi8(table, _mm_and_si128(packed, low_nibbles));
+    let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles));
+    _mm256_set_m128i(hi, lo)
+}
+
+/// IQ4_XS·Q8_K: per 32-value sub-block the levels by table shuffle, multiplied exactly with
+/// [`signed_pairs`] and scaled by the sub-block scale with one `madd`; the block's exact `i32` total times
+/// `d_w·d_a`, as in the scalar reference.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (see [`crate::x86::has_avx2`]).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_iq4_xs_q8_k(w: &[u8], act: &[u8]) -> f32 {
     let table = load_128(&iq4_nl::LEVELS.map(|v| v as u8));
-    let low_nibbles = _mm_set1_epi8(0x0f);
-    let min_i8 = _mm256_set1_epi8(i8::MIN);
     let mut sum = 0.0f32;
     for (wb, ab) in w.chunks_exact(iq4_xs::BLOCK_BYTES).zip(act.chunks_exact(q8_k::BLOCK_BYTES)) {
         let wb: &[u8; iq4_xs::BLOCK_BYTES] = array_at(wb, 0);
         let ab: &[u8; q8_k::BLOCK_BYTES] = array_at(ab, 0);
         let block = iq4_xs::BlockIq4Xs(wb);
         let d = block.d() * f32::from_le_bytes(*array_at(ab, 0));
-        let acts: [__m256i; 8] = std::array::from_fn(|s| load_256(array_at(ab, q8_k::QS + 32 * s)));
-        let has_min = acts
-            .iter()
-            .fold(_mm256_setzero_si256(), |m, &a| _mm256_or_si256(m, _mm256_cmpeq_epi8(a, min_i8)));
-        let exact_fast = _mm256_testz_si256(has_min, has_min) == 1;
         let mut acc = _mm256_setzero_si256();
         for (s, scale) in block.scales().into_iter().enumerate() {
-            let packed = load_128(block.qs(s));
-            let lo = _mm_shuffle_epi8(table, _mm_and_si128(packed, low_nibbles));
-            let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles));
-            let products = if exact_fast {
-                let levels = _mm256_set_m128i(hi, lo);
-                let pairs =
-                    _mm256_maddubs_epi16(_mm256_sign_epi8(levels, levels), _mm256_sign_epi8(acts[s], levels));
-                _mm256_madd_epi16(pairs, _mm256_set1_epi16(scale as i16))
-            } else {
-                let a_lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(acts[s]));
-                let a_hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(acts[s]));
-                let p = _mm256_add_epi32(
-                    _mm256_madd_epi16(_mm256_cvtepi8_epi16(lo), a_lo),
-                    _mm256_madd_epi16(_mm256_cvtepi8_epi16(hi), a_hi),
-                );
-                _mm256_mullo_epi32(p, _mm256_set1_epi32(scale))
-            };
-            acc = _mm256_add_epi32(acc, products);
+            let levels = table_levels(table, block.qs(s));
+            let pairs = signed_pairs(load_256(array_at(ab, q8_k::QS + 32 * s)), levels);
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(scale as i16)));
         }
         sum += d * hsum_i32(acc) as f32;
     }
