@@ -23,7 +23,7 @@ pub const PANEL_ROWS: usize = 16;
 pub struct Layout {
     /// The format.
     pub dtype: DType,
-    /// Bytes per block in the file.
+    /// Bytes per block in the file (`dtype.block_bytes()`, kept here because the kernels' inner loops read it).
     pub block_bytes: usize,
     /// Offset in the block of its first 4-byte word (2 when the f16 scale comes first).
     pub words_at: usize,

@@ -39,15 +39,7 @@ fn weights(rng: &mut StdRng, dtype: DType, rows: usize, k: usize, raw: bool, sca
         return common::quantize(dtype, &common::random_values(rng, rows * k, scale));
     }
     let mut w = common::random_bytes(rng, rows * dtype.row_bytes(k).unwrap());
-    let (d_at, dmin_at) = match dtype {
-        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::IQ4_NL => (0, None),
-        DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1 => (0, Some(2)),
-        DType::Q6_K => (formats::q6_k::D, None),
-        DType::Q2_K => (formats::q2_k::D, Some(formats::q2_k::D + 2)),
-        DType::Q3_K => (formats::q3_k::D, None),
-        DType::IQ4_XS => (0, None),
-        _ => unreachable!(),
-    };
+    let (d_at, dmin_at) = common::scale_offsets(dtype);
     for block in w.chunks_exact_mut(dtype.block_bytes()) {
         let d = rng.random_range(1e-4f32..1.0) * scale;
         block[d_at..d_at + 2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());

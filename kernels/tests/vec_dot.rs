@@ -115,15 +115,7 @@ fn simd_matches_scalar_on_random_rows() {
 /// Writes the scale fields of every block of a quant row (f16 `d`, and `dmin` for
 /// Q4_K/Q5_K, the minimum `m` for Q4_1/Q5_1) so raw random bytes form valid blocks with known scales.
 fn set_scales(dtype: DType, row: &mut [u8], d: f32, dmin: f32) {
-    let (d_at, dmin_at) = match dtype {
-        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::IQ4_NL => (0, None),
-        DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1 => (0, Some(2)),
-        DType::Q6_K => (formats::q6_k::D, None),
-        DType::Q2_K => (formats::q2_k::D, Some(formats::q2_k::D + 2)),
-        DType::Q3_K => (formats::q3_k::D, None),
-        DType::IQ4_XS => (0, None),
-        _ => unreachable!(),
-    };
+    let (d_at, dmin_at) = common::scale_offsets(dtype);
     let d = half::f16::from_f32(d).to_le_bytes();
     let dmin = half::f16::from_f32(dmin).to_le_bytes();
     for block in row.chunks_exact_mut(dtype.block_bytes()) {

@@ -177,6 +177,43 @@ pub(crate) fn min_block_sum(sum: f32, sumi: i32, d: f32, suma: i32, m: f32, da: 
     (suma as f32).mul_add(m * da, (sumi as f32).mul_add(d * da, sum))
 }
 
+/// A block of the 32-value formats with a scale and a minimum (Q4_1, Q5_1): `x = d·q + m`.
+pub(crate) trait MinBlock: Copy {
+    fn d(self) -> f32;
+    fn m(self) -> f32;
+    /// The unsigned quant of value `j` (0..32).
+    fn q(self, j: usize) -> i32;
+}
+
+/// `x = d·q + m` over whole blocks: the dequantizer of the [`MinBlock`] formats.
+pub(crate) fn dequantize_min_blocks<B: MinBlock>(blocks: impl Iterator<Item = B>, dst: &mut [f32]) {
+    for (block, out) in blocks.zip(dst.chunks_exact_mut(32)) {
+        let (d, m) = (block.d(), block.m());
+        for (j, y) in out.iter_mut().enumerate() {
+            *y = block.q(j) as f32 * d + m;
+        }
+    }
+}
+
+/// Reference dot of `n_blocks` [`MinBlock`] blocks with Q8_0 activations: per block the exact `i32` sums
+/// `Σ q·a` and `Σ a`, combined by [`min_block_sum`] block after block.
+pub(crate) fn vec_dot_min_blocks<B: MinBlock>(
+    blocks: impl Iterator<Item = B>,
+    act: &[u8],
+    n_blocks: usize,
+) -> f32 {
+    let mut sum = 0.0f32;
+    for (wb, ab) in blocks.zip(q8_0::blocks(act)).take(n_blocks) {
+        let (mut sumi, mut suma) = (0i32, 0i32);
+        for (j, &aj) in ab.qs().iter().enumerate() {
+            sumi += wb.q(j) * aj as i8 as i32;
+            suma += aj as i8 as i32;
+        }
+        sum = min_block_sum(sum, sumi, wb.d(), suma, wb.m(), ab.d());
+    }
+    sum
+}
+
 /// Unpacks the 12-byte scale field shared by Q4_K and Q5_K into eight 6-bit scales and
 /// eight 6-bit mins.
 ///

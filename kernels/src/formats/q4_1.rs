@@ -98,27 +98,25 @@ pub fn quantize(src: &[f32], dst: &mut [u8]) {
 
 /// `x = d·q + m`.
 pub fn dequantize(src: &[u8], dst: &mut [f32]) {
-    for (block, out) in blocks(src).zip(dst.chunks_exact_mut(BLOCK_LEN)) {
-        let (d, m) = (block.d(), block.m());
-        for (j, y) in out.iter_mut().enumerate() {
-            *y = block.q(j) as f32 * d + m;
-        }
-    }
+    super::dequantize_min_blocks(blocks(src), dst);
 }
 
 /// Reference Q4_1·Q8_0 dot: per block the exact `i32` sums `Σ q·a` and `Σ a`, then
 /// `sum = fma(Σ q·a, d_w·d_a, sum)` and `sum = fma(Σ a, m_w·d_a, sum)`, block after block.
 pub fn vec_dot(n: usize, w: &[u8], act: &[u8]) -> f32 {
-    let mut sum = 0.0f32;
-    for (wb, ab) in blocks(w).zip(super::q8_0::blocks(act)).take(n / BLOCK_LEN) {
-        let (mut sumi, mut suma) = (0i32, 0i32);
-        for (j, &aj) in ab.qs().iter().enumerate() {
-            sumi += wb.q(j) * aj as i8 as i32;
-            suma += aj as i8 as i32;
-        }
-        sum = super::min_block_sum(sum, sumi, wb.d(), suma, wb.m(), ab.d());
+    super::vec_dot_min_blocks(blocks(w), act, n / BLOCK_LEN)
+}
+
+impl super::MinBlock for BlockQ4_1<'_> {
+    fn d(self) -> f32 {
+        BlockQ4_1::d(self)
     }
-    sum
+    fn m(self) -> f32 {
+        BlockQ4_1::m(self)
+    }
+    fn q(self, j: usize) -> i32 {
+        BlockQ4_1::q(self, j)
+    }
 }
 
 #[cfg(test)]

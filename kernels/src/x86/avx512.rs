@@ -85,7 +85,8 @@ impl<'a> Panel<'a> {
 /// Where the blocks of a panel are read from.
 #[derive(Clone, Copy)]
 pub enum PanelSrc<'a> {
-    /// Sixteen rows in the file's layout (blocks of `dtype`, `block_bytes` each), transposed as they are read.
+    /// Sixteen rows in the file's layout (blocks of `dtype`, `block_bytes` each: the inner loops read the size,
+    /// and looking it up from the type there kept the transposes from being inlined), transposed as they are read.
     File { panel: &'a Panel<'a>, dtype: DType, block_bytes: usize },
     /// A panel stored by [`prepack_panel`]: its bytes, already transposed.
     Prepacked { bytes: &'a [u8], layout: Layout },
@@ -991,11 +992,18 @@ pub fn interleave_q8_k(
     }
 }
 
-/// Multiplies a packed Q4_K/Q5_K panel with `T` Q8_K activation rows. Each sub-block's eight
-/// weight vectors are loaded once and used for all `T` rows.
+/// Multiplies a packed Q4_K/Q5_K or IQ4_XS panel (eight 32-value sub-blocks) with `T` Q8_K activation rows.
+/// Each sub-block's eight weight vectors are loaded once and used for all `T` rows. The pair vectors meet
+/// the sub-block sums: Q4_K/Q5_K's mins, scaled by `dmin`; IQ4_XS's `128·scale`, the `+128` of its levels,
+/// which comes off the integer sum before the one float multiply (`iq4_xs`), as in the scalar references.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn compute_k4<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KTile) -> [__m512; T] {
+fn compute_k4<const T: usize>(
+    iq4_xs: bool,
+    packed: &[__m512i],
+    n_blocks: usize,
+    tile: &Q8KTile,
+) -> [__m512; T] {
     tile.check(n_blocks, T);
     let mut acc = [_mm512_setzero_ps(); T];
     for (sb, w) in packed.chunks_exact(K4_VECS).take(n_blocks).enumerate() {
@@ -1020,14 +1028,19 @@ fn compute_k4<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KTil
             for j in 0..4 {
                 summ = _mm512_dpwssd_epi32(summ, w[72 + j], _mm512_set1_epi32(sub_pairs[4 * t + j]));
             }
-            // sum += (d_w·d_a)·sumi − (dmin_w·d_a)·summ
             let da = _mm512_set1_ps(d[t]);
             let d = _mm512_mul_ps(as_float(w[76]), da);
-            let dmin = _mm512_mul_ps(as_float(w[77]), da);
-            let block = _mm512_sub_ps(
-                _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi[t])),
-                _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(summ)),
-            );
+            let block = if iq4_xs {
+                // sum += (d_w·d_a)·(sumi − summ)
+                _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(sumi[t], summ)))
+            } else {
+                // sum += (d_w·d_a)·sumi − (dmin_w·d_a)·summ
+                let dmin = _mm512_mul_ps(as_float(w[77]), da);
+                _mm512_sub_ps(
+                    _mm512_mul_ps(d, _mm512_cvtepi32_ps(sumi[t])),
+                    _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(summ)),
+                )
+            };
             acc[t] = _mm512_add_ps(acc[t], block);
         });
     }
@@ -1109,44 +1122,6 @@ fn compute_k16<const T: usize>(
     acc
 }
 
-/// Multiplies a packed IQ4_XS panel with `T` Q8_K activation rows: as Q4_K, but the `+128` of the levels
-/// comes off the integer sum (`Σ sc·(p − 128·s)`) before the one float multiply, as in the scalar reference.
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn compute_iq4_xs<const T: usize>(packed: &[__m512i], n_blocks: usize, tile: &Q8KTile) -> [__m512; T] {
-    tile.check(n_blocks, T);
-    let mut acc = [_mm512_setzero_ps(); T];
-    for (sb, w) in packed.chunks_exact(K4_VECS).take(n_blocks).enumerate() {
-        let w: &[__m512i; K4_VECS] = w.try_into().expect("block vectors");
-        let (blocks, d, sub_pairs) = tile.block(sb, T);
-        let a: [&[u8; q8_k::BLOCK_BYTES]; T] =
-            std::array::from_fn(|t| array_at(blocks, t * q8_k::BLOCK_BYTES));
-        let mut sumi = [_mm512_setzero_si512(); T];
-        for sub in 0..8 {
-            let ws: [__m512i; 8] = std::array::from_fn(|g| w[8 * sub + g]);
-            for_each_token!(T, |t| {
-                let at = q8_k::QS + 32 * sub;
-                let mut p = _mm512_setzero_si512();
-                for (g, wg) in ws.iter().enumerate() {
-                    p = _mm512_dpbusd_epi32(p, *wg, _mm512_set1_epi32(act_dword(a[t], at + 4 * g)));
-                }
-                sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(p, w[64 + sub]));
-            });
-        }
-        for_each_token!(T, |t| {
-            let mut off = _mm512_setzero_si512();
-            for j in 0..4 {
-                off = _mm512_dpwssd_epi32(off, w[72 + j], _mm512_set1_epi32(sub_pairs[4 * t + j]));
-            }
-            // sum += (d_w·d_a)·sumi
-            let d = _mm512_mul_ps(as_float(w[76]), _mm512_set1_ps(d[t]));
-            acc[t] =
-                _mm512_add_ps(acc[t], _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_sub_epi32(sumi[t], off))));
-        });
-    }
-    acc
-}
-
 /// Multiplies a packed Q2_K/Q3_K/Q4_K/Q5_K/Q6_K/IQ4_XS panel (see [`pack_panel`]) with a tile of `T` activation rows: lane
 /// `i` of result `t` is the dot product of panel row `i` with token `t`, bit-identical to the scalar
 /// reference.
@@ -1175,11 +1150,11 @@ fn compute_k<const T: usize>(
     tile: &Q8KTile,
 ) -> [__m512; T] {
     match dtype {
-        DType::Q4_K | DType::Q5_K => compute_k4::<T>(packed, n_blocks, tile),
+        DType::Q4_K | DType::Q5_K => compute_k4::<T>(false, packed, n_blocks, tile),
         DType::Q6_K => compute_k16::<T>(K16::Q6, packed, n_blocks, tile),
         DType::Q3_K => compute_k16::<T>(K16::Q3, packed, n_blocks, tile),
         DType::Q2_K => compute_k16::<T>(K16::Q2, packed, n_blocks, tile),
-        DType::IQ4_XS => compute_iq4_xs::<T>(packed, n_blocks, tile),
+        DType::IQ4_XS => compute_k4::<T>(true, packed, n_blocks, tile),
         _ => unreachable!("no K-quant panel kernel for {dtype}"),
     }
 }

@@ -97,6 +97,21 @@ pub fn random_values(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
 }
 
 /// `n` random bytes.
+/// Where a quantized block keeps its f16 scale, and its f16 minimum or min scale if it has one (so tests
+/// can make raw random bytes into blocks with known scales).
+pub fn scale_offsets(dtype: DType) -> (usize, Option<usize>) {
+    use quire_kernels::formats;
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 | DType::Q5_0 | DType::IQ4_NL => (0, None),
+        DType::Q4_K | DType::Q5_K | DType::Q4_1 | DType::Q5_1 => (0, Some(2)),
+        DType::Q6_K => (formats::q6_k::D, None),
+        DType::Q2_K => (formats::q2_k::D, Some(formats::q2_k::D + 2)),
+        DType::Q3_K => (formats::q3_k::D, None),
+        DType::IQ4_XS => (0, None),
+        _ => unreachable!("{dtype} has no block scale"),
+    }
+}
+
 pub fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
     (0..n).map(|_| rng.random()).collect()
 }
