@@ -10,7 +10,7 @@ mod common;
 
 use quire_kernels::dispatch::{self, Isa, IsaKind};
 use quire_kernels::matmul::{gemm_with, has_panel_kernel};
-use quire_kernels::{formats, vec_dot_scalar, DType, QuantizedActs};
+use quire_kernels::{vec_dot_scalar, DType, QuantizedActs};
 use rand::rngs::StdRng;
 use rand::Rng;
 

@@ -11,7 +11,7 @@
 mod common;
 
 use quire_kernels::dispatch;
-use quire_kernels::{formats, vec_dot, vec_dot_scalar, DType};
+use quire_kernels::{vec_dot, vec_dot_scalar, DType};
 use rand::rngs::StdRng;
 use rand::Rng;
 
