@@ -14,6 +14,7 @@ use crate::grammar::{Constraint, Grammars};
 use crate::kv_cache::{KvCache, KvType};
 use crate::model::{LoadOptions, Logits, Model, RunState};
 use crate::sampler::{Sampler, SamplerConfig, StopMatcher, TokenLogprob};
+use crate::speculate::{self, Acceptance, CostModel, Lookup, Offer, SpecConfig, SpecCounts};
 use crate::tokenizer::{StreamDecoder, Tokenizer, VocabSpec};
 
 /// Tokens fed to the model per forward call while prefilling a prompt.
@@ -27,6 +28,8 @@ pub struct Engine {
     /// Element type of every KV cache this engine allocates (sessions, scheduler slots, perplexity):
     /// f16 unless set (`--kv-type`).
     pub kv_type: KvType,
+    /// Speculative decoding in sessions and schedulers of this engine (prompt lookup unless set: `--spec`).
+    pub spec: SpecConfig,
     /// The grammar compiler for this vocabulary, built on first use ([`Engine::grammars`]).
     grammars: OnceLock<std::result::Result<Grammars, String>>,
 }
@@ -58,7 +61,14 @@ impl Engine {
                 model.config.vocab_size
             );
         }
-        Ok(Engine { model, tokenizer, template, kv_type: KvType::default(), grammars: OnceLock::new() })
+        Ok(Engine {
+            model,
+            tokenizer,
+            template,
+            kv_type: KvType::default(),
+            spec: SpecConfig::default(),
+            grammars: OnceLock::new(),
+        })
     }
 
     /// The grammar compiler for constrained decoding, built on first use (its token trie costs a few hundred
@@ -149,6 +159,9 @@ pub struct GenerateParams {
     /// Apply `constraint` only after a trigger token, until the grammar is complete; the rest of the reply
     /// is free (`tool_choice: "auto"`: a call's body after `<tool_call>`).
     pub constraint_after: Option<Trigger>,
+    /// What the caller expects the reply to be, mostly (OpenAI's Predicted Outputs: the file being edited),
+    /// tokenized: drafts for speculative decoding. It changes how fast the reply comes, never what it is.
+    pub prediction: Vec<u32>,
 }
 
 /// When a lazy constraint starts: after `token` outside a reasoning block, afresh each time (`repeat`) or
@@ -178,6 +191,7 @@ impl Default for GenerateParams {
             constraint: None,
             thinking: None,
             constraint_after: None,
+            prediction: Vec::new(),
         }
     }
 }
@@ -205,6 +219,8 @@ pub struct GenerationStats {
     pub finish: FinishReason,
     /// The generated token ids (including a final end-of-generation token, if any).
     pub tokens: Vec<u32>,
+    /// Speculative decoding's drafted and accepted tokens.
+    pub spec: SpecCounts,
 }
 
 impl GenerationStats {
@@ -224,12 +240,27 @@ pub struct Session<'e> {
     /// Tokens whose keys and values are in `kv`, in order.
     tokens: Vec<u32>,
     n_batch: usize,
+    /// Measured pass times, for how much to draft ([`speculate::plan`]).
+    cost: CostModel,
 }
 
 impl<'e> Session<'e> {
     pub fn new(engine: &'e Engine, n_ctx: usize) -> Result<Session<'e>> {
         let kv = KvCache::with_type(&engine.model.config, n_ctx, engine.kv_type)?;
-        Ok(Session { engine, kv, state: RunState::new(), tokens: Vec::new(), n_batch: DEFAULT_BATCH })
+        Ok(Session {
+            engine,
+            kv,
+            state: RunState::new(),
+            tokens: Vec::new(),
+            n_batch: DEFAULT_BATCH,
+            cost: CostModel::default(),
+        })
+    }
+
+    /// Tokens whose keys and values are in the cache.
+    pub fn n_cached(&self) -> usize {
+        debug_assert_eq!(self.tokens.len(), self.kv.len());
+        self.kv.len()
     }
 
     /// The context size in tokens.
@@ -280,7 +311,8 @@ impl<'e> Session<'e> {
 
     /// Prefill `prompt`, then sample until an end-of-generation token, a stop string, `max_tokens` or a full
     /// context. `on_text` receives each new piece of text (whole UTF-8 characters, stop strings withheld);
-    /// returning `ControlFlow::Break` cancels.
+    /// returning `ControlFlow::Break` cancels. With speculation on ([`Engine::spec`]) a step may feed drafted
+    /// tokens too ([`speculate`]); the text is the same.
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -293,17 +325,35 @@ impl<'e> Session<'e> {
         let prompt_secs = t0.elapsed().as_secs_f64();
 
         let t1 = Instant::now();
+        let cap = self.kv.capacity();
+        let vocab = self.engine.model.config.vocab_size;
         let mut gen = Generation::new(&self.engine.tokenizer, params);
-        loop {
-            let step = gen.accept(&mut logits, &self.tokens, self.kv.capacity() - self.tokens.len())?;
-            if !step.text.is_empty() && on_text(&step.text).is_break() {
-                gen.cancel();
+        let mut spec = Speculation::new(params);
+        let mut steps = vec![gen.accept(&mut logits, &self.tokens, cap - self.tokens.len())?];
+        'outer: loop {
+            for step in &steps {
+                if !step.text.is_empty() && on_text(&step.text).is_break() {
+                    gen.cancel();
+                    break 'outer;
+                }
+            }
+            let last = steps.last().expect("every step draws a token");
+            if last.done {
                 break;
             }
-            if step.done {
-                break;
-            }
-            logits = self.step(step.token)?.to_vec();
+            let next = last.token;
+            let limit = self.engine.spec.limit().min(gen.remaining() - 1).min(cap - self.tokens.len() - 1);
+            let fed = spec.draft(&mut self.tokens, next, limit, &self.engine.spec, &self.cost);
+            let t = Instant::now();
+            let want = if fed.len() > 1 { Logits::All } else { Logits::Last };
+            let base = self.tokens.len();
+            let mut rows =
+                self.engine.model.forward(&mut self.state, &mut self.kv, &fed, base, want)?.to_vec();
+            self.cost.record(fed.len(), t.elapsed());
+            let v = speculate::verify(&mut gen, &mut rows, vocab, &fed, &mut self.tokens, cap)?;
+            self.kv.truncate(self.tokens.len());
+            spec.verified(&fed, &v);
+            steps = v.steps;
         }
         Ok(GenerationStats {
             prompt_tokens: prompt.len(),
@@ -313,7 +363,77 @@ impl<'e> Session<'e> {
             gen_secs: t1.elapsed().as_secs_f64(),
             finish: gen.finish.unwrap_or(FinishReason::Length),
             tokens: gen.tokens,
+            spec: spec.counts,
         })
+    }
+}
+
+/// One request's speculation: where its drafts come from, how often they were right, what they saved.
+pub struct Speculation {
+    lookup: Lookup,
+    acceptance: Acceptance,
+    /// The last draft on offer and its kind (see [`speculate::Draft`]), to learn from once it is verified.
+    offered: speculate::Draft,
+    pub counts: SpecCounts,
+}
+
+impl Speculation {
+    pub fn new(params: &GenerateParams) -> Speculation {
+        Speculation {
+            lookup: Lookup::new(params.prediction.clone()),
+            acceptance: Acceptance::default(),
+            offered: Default::default(),
+            counts: SpecCounts::default(),
+        }
+    }
+
+    /// The draft on offer after `context` (the tokens in the cache) and `next` (about to be fed), at most
+    /// `limit` tokens, and what a plan for this request alone would feed: `next`, then the drafted tokens
+    /// worth verifying by `cost`.
+    fn draft(
+        &mut self,
+        context: &mut Vec<u32>,
+        next: u32,
+        limit: usize,
+        cfg: &SpecConfig,
+        cost: &CostModel,
+    ) -> Vec<u32> {
+        let offer = self.offer(context, next, limit);
+        let k = speculate::choose(cfg, &[offer], cost, &CostModel::default())[0];
+        self.fed(next, k)
+    }
+
+    /// Proposes up to `limit` tokens to follow `context` and `next` and says what they are worth.
+    pub fn offer(&mut self, context: &mut Vec<u32>, next: u32, limit: usize) -> Offer {
+        context.push(next);
+        self.offered = self.lookup.propose(context, limit);
+        context.pop();
+        Offer { rate: self.acceptance.rate(self.offered.kind), max: self.offered.tokens.len(), model: false }
+    }
+
+    /// What to feed: `next`, then the first `k` drafted tokens on offer.
+    pub fn fed(&self, next: u32, k: usize) -> Vec<u32> {
+        let mut fed = Vec::with_capacity(k + 1);
+        fed.push(next);
+        fed.extend_from_slice(&self.offered.tokens[..k]);
+        fed
+    }
+
+    /// Learns from a verified step: `fed` was fed, and `v` is what verification found.
+    pub fn verified(&mut self, fed: &[u32], v: &speculate::Verified) {
+        let (k, kind, accepted) = (fed.len() - 1, self.offered.kind, v.accepted);
+        self.acceptance.observe(kind, accepted, k);
+        self.counts.add(SpecCounts { drafted: k, accepted });
+        self.lookup.accepted(accepted);
+        // When every fed draft was accepted, the token drawn after them tells, for free, whether the next
+        // token on offer was right: the rate stays measured where the plan drafted less than was offered
+        // (or nothing at all).
+        let last = v.steps.last().expect("a verified step draws a token");
+        if accepted == k && !last.done {
+            if let Some(&d) = self.offered.tokens.get(k) {
+                self.acceptance.observe(kind, usize::from(last.token == d), 1);
+            }
+        }
     }
 }
 
@@ -500,6 +620,11 @@ impl<'t> Generation<'t> {
             }
         }
         Ok(())
+    }
+
+    /// Tokens still to draw before `max_tokens` (at least 1 while generation goes on).
+    pub fn remaining(&self) -> usize {
+        self.max_tokens.saturating_sub(self.tokens.len()).max(1)
     }
 
     /// End early because the consumer went away.

@@ -16,6 +16,7 @@ pub mod prepack;
 pub mod reasoning;
 pub mod sampler;
 pub mod scheduler;
+pub mod speculate;
 pub mod threads;
 pub mod tokenizer;
 pub mod tools;

@@ -28,11 +28,13 @@ use anyhow::Result;
 
 use crate::generate::{
     check_prompt, reusable_prefix, Engine, FinishReason, GenerateParams, Generation, PromptError,
+    Speculation, Step,
 };
 use crate::kv_cache::KvCache;
 use crate::memory::MemoryPlan;
 use crate::model::{Logits, RunState, SeqBatch};
 use crate::sampler::TokenLogprob;
+use crate::speculate::{self, CostModel, SpecCounts};
 
 /// How many conversations run at once and how much each may hold.
 #[derive(Clone, Debug)]
@@ -104,6 +106,8 @@ pub struct Usage {
     pub finish: FinishReason,
     pub prompt_secs: f64,
     pub gen_secs: f64,
+    /// Speculative decoding's drafted and accepted tokens.
+    pub spec: SpecCounts,
 }
 
 /// Why a request was not accepted.
@@ -139,6 +143,9 @@ pub struct SchedulerStats {
     pub kv_capacity_tokens: usize,
     pub prompt_tokens_total: u64,
     pub generated_tokens_total: u64,
+    /// Speculative decoding: drafted tokens verified, and those accepted.
+    pub drafted_tokens_total: u64,
+    pub accepted_tokens_total: u64,
     /// Prompt tokens per second over the most recent step that prefilled.
     pub prefill_tps: f64,
     /// Generated tokens per second (all slots together) over the most recent decode step.
@@ -196,7 +203,14 @@ impl Scheduler {
         let (worker_shared, engine_ref) = (shared.clone(), engine.clone());
         let worker = std::thread::Builder::new().name("quire-scheduler".into()).spawn(move || {
             let slots = caches.into_iter().map(Slot::new).collect();
-            Worker { engine: &engine, shared: &worker_shared, slots, paused: VecDeque::new() }.run()
+            Worker {
+                engine: &engine,
+                shared: &worker_shared,
+                slots,
+                paused: VecDeque::new(),
+                cost: CostModel::default(),
+            }
+            .run()
         })?;
         Ok(Scheduler { shared, worker: Mutex::new(Some(worker)), engine: engine_ref })
     }
@@ -286,6 +300,7 @@ struct Active<'e> {
     started: Instant,
     prompt_secs: f64,
     first_token_at: Option<Instant>,
+    spec: Speculation,
 }
 
 struct Worker<'e> {
@@ -294,6 +309,8 @@ struct Worker<'e> {
     slots: Vec<Slot<'e>>,
     /// Batch requests that gave their slot to an interactive one, oldest first.
     paused: VecDeque<Active<'e>>,
+    /// Measured pass times, for how much to draft ([`speculate::plan`]).
+    cost: CostModel,
 }
 
 impl Active<'_> {
@@ -399,6 +416,7 @@ impl<'e> Worker<'e> {
         let gen = Generation::new(&self.engine.tokenizer, &req.params);
         slot.active = Some(Active {
             gen,
+            spec: Speculation::new(&req.params),
             refill: Vec::new(),
             refilled: 0,
             prompt_done: reuse,
@@ -510,9 +528,36 @@ impl<'e> Worker<'e> {
     /// One forward pass over every active slot, then sampling and events.
     fn step(&mut self, state: &mut RunState) {
         let n_batch = self.shared.cfg.n_batch;
-        let decoding = self.slots.iter().filter(|s| s.active.as_ref().is_some_and(|a| a.decoding())).count();
-        let mut budget = n_batch.saturating_sub(decoding);
         let t0 = Instant::now();
+
+        // The decoding slots' tokens first: each feeds its sampled token and the drafted tokens the plan
+        // says are worth verifying ([`speculate::plan`]), within the batch.
+        let decoding: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].active.as_ref().is_some_and(|a| a.decoding()))
+            .collect();
+        let limit = self.engine.spec.limit();
+        let offers: Vec<_> = decoding
+            .iter()
+            .map(|&i| {
+                let slot = &mut self.slots[i];
+                let a = slot.active.as_mut().expect("decoding slots are active");
+                let room = slot.kv.capacity() - slot.kv.len() - 1;
+                let max = limit.min(a.gen.remaining() - 1).min(room);
+                a.spec.offer(&mut slot.tokens, a.next.expect("a decoding slot has a token to feed"), max)
+            })
+            .collect();
+        let mut ks = speculate::choose(&self.engine.spec, &offers, &self.cost, &CostModel::default());
+        while decoding.len() + ks.iter().sum::<usize>() > n_batch {
+            let widest = (0..ks.len()).max_by_key(|&j| ks[j]).expect("some slot drafts");
+            ks[widest] -= 1;
+        }
+        let mut fed_of = vec![None; self.slots.len()];
+        for (&i, &k) in decoding.iter().zip(&ks) {
+            let a = self.slots[i].active.as_ref().expect("decoding slots are active");
+            fed_of[i] = Some(a.spec.fed(a.next.expect("a decoding slot has a token to feed"), k));
+        }
+        let n_decode: usize = fed_of.iter().flatten().map(Vec::len).sum();
+        let mut budget = n_batch.saturating_sub(n_decode);
 
         // What each slot feeds this step (never nothing: the caller only steps with an active slot, and an
         // active slot decodes or has prompt or a refill left, and the budget covers at least n_slots tokens).
@@ -528,8 +573,9 @@ impl<'e> Worker<'e> {
                     n_prefill += chunk.len();
                     plan.push((i, chunk, Logits::None));
                 }
-            } else if let Some(t) = a.next {
-                plan.push((i, vec![t], Logits::Last));
+            } else if let Some(fed) = fed_of[i].take() {
+                let want = if fed.len() > 1 { Logits::All } else { Logits::Last };
+                plan.push((i, fed, want));
             } else if budget > 0 {
                 let end = (a.prompt_done + budget).min(a.req.prompt.len());
                 let chunk = a.req.prompt[a.prompt_done..end].to_vec();
@@ -577,49 +623,76 @@ impl<'e> Worker<'e> {
                 return;
             }
         };
-        let secs = t0.elapsed().as_secs_f64();
+        let took = t0.elapsed();
+        self.cost.record(plan.iter().map(|(_, t, _)| t.len()).sum(), took);
+        let secs = took.as_secs_f64();
         let vocab = self.engine.model.config.vocab_size;
-        let mut rows = logits.chunks(vocab);
-        let mut generated = 0u64;
+        let mut offset = 0;
+        let (mut generated, mut decoded) = (0u64, 0u64);
+        let mut spec_step = SpecCounts::default();
         let mut finished = Vec::new();
         let mut broken = Vec::new();
         for (i, tokens, want) in plan {
+            let n_rows = match want {
+                Logits::None => 0,
+                Logits::Last => 1,
+                Logits::All => tokens.len(),
+            };
+            let mut rows = logits[offset..offset + n_rows * vocab].to_vec();
+            offset += n_rows * vocab;
             let slot = &mut self.slots[i];
-            slot.tokens.extend_from_slice(&tokens);
             let a = slot.active.as_mut().expect("planned slots are active");
             if a.refilling() {
+                slot.tokens.extend_from_slice(&tokens);
                 a.refilled += tokens.len();
                 if !a.refilling() {
                     (a.refill, a.refilled) = (Vec::new(), 0);
                 }
                 continue;
             }
-            if a.next.is_none() {
+            let cap = slot.kv.capacity();
+            let steps: Result<Vec<Step>> = if a.next.is_some() {
+                // decoding: the sampled token and its drafts, verified
+                speculate::verify(&mut a.gen, &mut rows, vocab, &tokens, &mut slot.tokens, cap).map(|v| {
+                    slot.kv.truncate(slot.tokens.len());
+                    a.spec.verified(&tokens, &v);
+                    spec_step.add(SpecCounts { drafted: tokens.len() - 1, accepted: v.accepted });
+                    decoded += v.steps.len() as u64;
+                    v.steps
+                })
+            } else {
+                slot.tokens.extend_from_slice(&tokens);
                 a.prompt_done += tokens.len();
                 if a.prompt_done == a.req.prompt.len() {
                     a.prompt_secs = a.started.elapsed().as_secs_f64();
                 }
-            }
-            if want != Logits::Last {
-                continue;
-            }
-            let mut row = rows.next().expect("one logits row per wanted sequence").to_vec();
-            let room = slot.kv.capacity() - slot.kv.len();
-            let step = match a.gen.accept(&mut row, &slot.tokens, room) {
-                Ok(step) => step,
+                if want != Logits::Last {
+                    continue;
+                }
+                let room = cap - slot.kv.len();
+                a.gen.accept(&mut rows, &slot.tokens, room).map(|s| vec![s])
+            };
+            let steps = match steps {
+                Ok(steps) => steps,
                 Err(e) => {
                     broken.push((i, e));
                     continue;
                 }
             };
             a.first_token_at.get_or_insert_with(Instant::now);
-            generated += 1;
-            a.next = Some(step.token);
-            let mut done = step.done;
-            let left = step.logprob.is_some_and(|lp| (a.req.on_event)(Event::Logprob(lp)).is_break());
-            if left || (!step.text.is_empty() && (a.req.on_event)(Event::Text(step.text)).is_break()) {
-                a.gen.cancel();
-                done = true;
+            let mut done = false;
+            for step in steps {
+                generated += 1;
+                a.next = Some(step.token);
+                done = step.done;
+                let left = step.logprob.is_some_and(|lp| (a.req.on_event)(Event::Logprob(lp)).is_break());
+                if left || (!step.text.is_empty() && (a.req.on_event)(Event::Text(step.text)).is_break()) {
+                    a.gen.cancel();
+                    done = true;
+                }
+                if done {
+                    break;
+                }
             }
             if done {
                 let a = slot.active.take().unwrap();
@@ -630,6 +703,7 @@ impl<'e> Worker<'e> {
                     finish: a.gen.finish.unwrap_or(FinishReason::Length),
                     prompt_secs: a.prompt_secs,
                     gen_secs: a.first_token_at.map_or(0.0, |t| t.elapsed().as_secs_f64()),
+                    spec: a.spec.counts,
                 };
                 finished.push((a, usage));
             }
@@ -641,11 +715,13 @@ impl<'e> Worker<'e> {
             let mut stats = self.shared.stats.lock().unwrap();
             stats.generated_tokens_total += generated;
             stats.prompt_tokens_total += n_prefill as u64;
+            stats.drafted_tokens_total += spec_step.drafted as u64;
+            stats.accepted_tokens_total += spec_step.accepted as u64;
             if n_prefill > 0 {
                 stats.prefill_tps = n_prefill as f64 / secs;
             }
-            if decoding > 0 {
-                stats.decode_tps = decoding as f64 / secs;
+            if decoded > 0 {
+                stats.decode_tps = decoded as f64 / secs;
             }
         }
         // Done goes out only after the stats count the request as finished, so a client that reads the

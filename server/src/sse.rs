@@ -477,6 +477,7 @@ mod tests {
             finish: FinishReason::Stop,
             prompt_secs: 0.0,
             gen_secs: 0.0,
+            spec: Default::default(),
         };
         out.extend(f.done(&usage));
         let d = deltas(&out);

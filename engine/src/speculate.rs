@@ -1,0 +1,477 @@
+//! Speculative decoding that changes no output.
+//!
+//! Each decode step may feed, after the token just sampled, a few *drafted* tokens guessed for the positions
+//! that follow: taken from the prompt and the text so far (prompt lookup), from the text the caller expects
+//! (OpenAI's Predicted Outputs), or from a small draft model ([`crate::draft`]). The model scores them all in
+//! one pass (its weights are read once, as for one token). Then [`verify`] samples position by position,
+//! exactly as plain decoding would (the same logits, because the forward pass is batch-invariant, and the
+//! same sampler, RNG stream and grammar), and keeps a drafted token only while it equals the token drawn.
+//! The first difference, or the token after the last draft, is the next token; the cache drops the rest.
+//! So the output is the same bits as without speculation, for every sampler setting and seed.
+//!
+//! How many tokens to draft is a bet: a verify pass over more tokens costs more, and the drafts are worth
+//! only what is accepted. [`plan`] decides per step from measured pass times ([`CostModel`]) and each
+//! request's measured acceptance ([`Acceptance`]), so speculation runs only where it is expected to pay.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::generate::{Generation, Step};
+
+/// Most drafted tokens per step and request (`--spec-max` is capped here).
+pub const MAX_DRAFT: usize = 16;
+
+/// Longest n-gram prompt lookup matches (it tries this many last tokens first, then fewer, down to 1).
+pub const LOOKUP_NGRAM: usize = 4;
+
+/// Where drafts come from (`--spec`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpecMode {
+    /// No speculation: one token per step.
+    Off,
+    /// Prompt lookup (and, where given, the request's predicted output); a draft model when one is loaded.
+    Lookup,
+}
+
+impl SpecMode {
+    pub fn parse(s: &str) -> Result<SpecMode> {
+        match s {
+            "off" => Ok(SpecMode::Off),
+            "lookup" | "on" => Ok(SpecMode::Lookup),
+            other => anyhow::bail!("unknown speculation mode '{other}' (expected off or lookup)"),
+        }
+    }
+}
+
+/// Speculation settings of an engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecConfig {
+    pub mode: SpecMode,
+    /// Most tokens drafted per step and request, 0 to [`MAX_DRAFT`].
+    pub max_draft: usize,
+    /// Verify every drafted token on offer, whatever [`plan`] would choose: for tests of verification (the
+    /// cost model of a tiny model may never let it draft) and for measuring it.
+    pub always: bool,
+}
+
+impl Default for SpecConfig {
+    fn default() -> Self {
+        SpecConfig { mode: SpecMode::Lookup, max_draft: 8, always: false }
+    }
+}
+
+impl SpecConfig {
+    pub fn off() -> SpecConfig {
+        SpecConfig { mode: SpecMode::Off, max_draft: 0, always: false }
+    }
+
+    /// Drafted tokens allowed per step (0 when off).
+    pub fn limit(&self) -> usize {
+        match self.mode {
+            SpecMode::Off => 0,
+            SpecMode::Lookup => self.max_draft.min(MAX_DRAFT),
+        }
+    }
+}
+
+/// Drafted and accepted token counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpecCounts {
+    /// Drafted tokens the model scored.
+    pub drafted: usize,
+    /// Of those, the ones equal to the token drawn (each one a step saved).
+    pub accepted: usize,
+}
+
+impl SpecCounts {
+    pub fn rejected(&self) -> usize {
+        self.drafted - self.accepted
+    }
+
+    pub fn add(&mut self, other: SpecCounts) {
+        self.drafted += other.drafted;
+        self.accepted += other.accepted;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Drafting from text: prompt lookup and predicted outputs
+
+/// A match of the context's last tokens in a source: where the tokens that follow it start, and its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Match {
+    next: usize,
+    len: usize,
+}
+
+/// The longest match (`LOOKUP_NGRAM` down to 1 tokens) of the end of `tail` in `source` that has tokens after
+/// it, excluding the end of `source` itself. Among equally long matches: the one continuing at `cursor` (the
+/// position after the tokens this source drafted and got accepted last time: a copy in progress stays
+/// aligned), else the latest (recent text predicts best).
+fn find_match(source: &[u32], tail: &[u32], cursor: Option<usize>) -> Option<Match> {
+    for len in (1..=LOOKUP_NGRAM.min(tail.len())).rev() {
+        let key = &tail[tail.len() - len..];
+        if let Some(c) = cursor.filter(|&c| c >= len && c < source.len() && &source[c - len..c] == key) {
+            return Some(Match { next: c, len });
+        }
+        let found = (0..source.len().saturating_sub(len)).rev().find(|&p| &source[p..p + len] == key);
+        if let Some(p) = found {
+            return Some(Match { next: p + len, len });
+        }
+    }
+    None
+}
+
+/// Drafts from text already known: the request's context (prompt and reply so far) and, with Predicted
+/// Outputs, the text the caller expects. Cheap enough to run every step (a scan of the context).
+#[derive(Clone, Debug, Default)]
+pub struct Lookup {
+    /// The predicted output's tokens (empty without one).
+    prediction: Vec<u32>,
+    /// Per source (0: prediction, 1: context), where its last accepted draft ended.
+    cursor: [Option<usize>; 2],
+    /// The source and position of the draft proposed last, to move that source's cursor by what was accepted.
+    last: Option<(usize, usize)>,
+}
+
+/// A draft and how long the match it came from is (longer matches are accepted more often: [`Acceptance`]
+/// keeps a rate per length).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Draft {
+    pub tokens: Vec<u32>,
+    /// The matched n-gram's length (1 to [`LOOKUP_NGRAM`]), or 0 for a draft model's tokens.
+    pub kind: usize,
+}
+
+impl Lookup {
+    pub fn new(prediction: Vec<u32>) -> Lookup {
+        Lookup { prediction, ..Default::default() }
+    }
+
+    /// Up to `max` tokens to follow `context` (the tokens in the cache, then the token about to be fed).
+    pub fn propose(&mut self, context: &[u32], max: usize) -> Draft {
+        self.last = None;
+        if max == 0 || context.is_empty() {
+            return Draft::default();
+        }
+        let sources: [&[u32]; 2] = [&self.prediction, context];
+        let mut best: Option<(usize, Match)> = None;
+        for (s, source) in sources.iter().enumerate() {
+            if let Some(m) = find_match(source, context, self.cursor[s]) {
+                // the prediction wins ties: it is the text the caller says is coming
+                if best.is_none_or(|(_, b)| m.len > b.len) {
+                    best = Some((s, m));
+                }
+            }
+        }
+        let Some((s, m)) = best else { return Draft::default() };
+        let source = sources[s];
+        let end = (m.next + max).min(source.len());
+        self.last = Some((s, m.next));
+        Draft { tokens: source[m.next..end].to_vec(), kind: m.len }
+    }
+
+    /// After verification: `accepted` of the last proposal's tokens were right.
+    pub fn accepted(&mut self, accepted: usize) {
+        if let Some((s, start)) = self.last.take() {
+            // the token after the accepted ones was drawn too: if it equals the source's next one, the next
+            // proposal's match ends there and its draft starts at the cursor
+            self.cursor[s] = Some(start + accepted + 1);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Verification
+
+/// What [`verify`] found.
+pub struct Verified {
+    /// The steps drawn, in order (their text, logprobs, and whether generation ended).
+    pub steps: Vec<Step>,
+    /// Fed tokens whose keys and values stay in the cache: the token fed first plus the accepted drafts.
+    pub kept: usize,
+    /// Drafted tokens accepted.
+    pub accepted: usize,
+}
+
+/// Samples from `rows` (`vocab` logits after each of `fed`: the token sampled last, then the drafts) in
+/// order, as plain decoding would, and stops at the first draft that differs from the token drawn (or when
+/// generation ends). `context` holds the tokens in the cache before `fed`; the kept fed tokens are appended
+/// to it (the caller truncates the cache to match). `capacity` is the cache's size, for the room left.
+pub fn verify(
+    gen: &mut Generation,
+    rows: &mut [f32],
+    vocab: usize,
+    fed: &[u32],
+    context: &mut Vec<u32>,
+    capacity: usize,
+) -> Result<Verified> {
+    debug_assert_eq!(rows.len(), fed.len() * vocab);
+    let mut steps = Vec::new();
+    let mut kept = 0;
+    for (i, row) in rows.chunks_mut(vocab).enumerate() {
+        context.push(fed[i]);
+        kept = i + 1;
+        let step = gen.accept(row, context, capacity - context.len())?;
+        let go_on = !step.done && fed.get(i + 1) == Some(&step.token);
+        steps.push(step);
+        if !go_on {
+            break;
+        }
+    }
+    Ok(Verified { steps, kept, accepted: kept - 1 })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// When to speculate
+
+/// Acceptance of one request's drafts: per kind of draft (match length for lookup, 0 for a draft model), the
+/// rate at which a drafted token is accepted given that the ones before it were.
+#[derive(Clone, Debug)]
+pub struct Acceptance {
+    /// (accepted, tried) per kind, with a prior of one try.
+    counts: [(f64, f64); LOOKUP_NGRAM + 1],
+}
+
+/// Acceptance rates assumed before any is measured (per kind: draft model, then match lengths 1 to 4): only a
+/// starting point, replaced by measurement within a few steps; optimistic enough that speculation is tried.
+const PRIOR: [f64; LOOKUP_NGRAM + 1] = [0.6, 0.3, 0.4, 0.5, 0.6];
+
+/// Weight of old observations per new one (an exponential window of about 16 tries).
+const DECAY: f64 = 15.0 / 16.0;
+
+impl Default for Acceptance {
+    fn default() -> Self {
+        Acceptance { counts: PRIOR.map(|p| (p, 1.0)) }
+    }
+}
+
+impl Acceptance {
+    /// The probability that a drafted token of `kind` is accepted, given the previous ones were.
+    pub fn rate(&self, kind: usize) -> f64 {
+        let (a, n) = self.counts[kind.min(LOOKUP_NGRAM)];
+        a / n
+    }
+
+    /// `accepted` of `tried` drafted tokens of `kind` were accepted; a rejection ends a draft, so the tries
+    /// are the accepted tokens plus one if one was rejected.
+    pub fn observe(&mut self, kind: usize, accepted: usize, drafted: usize) {
+        let tries = (accepted + usize::from(accepted < drafted)) as f64;
+        if tries == 0.0 {
+            return;
+        }
+        let (a, n) = &mut self.counts[kind.min(LOOKUP_NGRAM)];
+        let keep = DECAY.powf(tries);
+        *a = *a * keep + accepted as f64;
+        *n = *n * keep + tries;
+    }
+}
+
+/// Measured seconds of a forward pass by its number of tokens, for the passes decoding runs (1 to
+/// [`CostModel::MAX`] tokens); sizes not measured yet are estimated from those that are.
+#[derive(Clone, Debug)]
+pub struct CostModel {
+    /// Exponential average of pass seconds per token count (index = tokens), 0 where never measured.
+    secs: Vec<f64>,
+}
+
+impl Default for CostModel {
+    fn default() -> Self {
+        CostModel { secs: vec![0.0; CostModel::MAX + 1] }
+    }
+}
+
+impl CostModel {
+    /// Largest pass tracked; bigger ones (prefill) are not decode steps.
+    pub const MAX: usize = 128;
+
+    /// A pass of `n` tokens took `took`.
+    pub fn record(&mut self, n: usize, took: Duration) {
+        let Some(s) = self.secs.get_mut(n) else { return };
+        let t = took.as_secs_f64();
+        *s = if *s == 0.0 { t } else { 0.75 * *s + 0.25 * t };
+    }
+
+    /// Expected seconds of a pass of `n` tokens: measured, else interpolated between the nearest measured
+    /// sizes, else extrapolated from them with the slope of the two nearest (never decreasing with `n`);
+    /// `None` when no size is measured yet.
+    pub fn secs(&self, n: usize) -> Option<f64> {
+        let n = n.min(CostModel::MAX);
+        if self.secs[n] > 0.0 {
+            return Some(self.secs[n]);
+        }
+        let measured = |mut r: Box<dyn Iterator<Item = usize>>| r.find(|&i| self.secs[i] > 0.0);
+        let below = measured(Box::new((1..n).rev()));
+        let above = measured(Box::new(n + 1..=CostModel::MAX));
+        let at = |i: usize| (i as f64, self.secs[i]);
+        let line = |(x0, y0): (f64, f64), (x1, y1): (f64, f64)| {
+            let slope = ((y1 - y0) / (x1 - x0)).max(0.0);
+            (y0 + slope * (n as f64 - x0)).max(y0.min(y1))
+        };
+        match (below, above) {
+            (Some(b), Some(a)) => Some(line(at(b), at(a))),
+            (Some(b), None) => match measured(Box::new((1..b).rev())) {
+                Some(b2) => Some(line(at(b2), at(b))),
+                None => Some(self.secs[b]),
+            },
+            (None, Some(a)) => Some(self.secs[a]),
+            (None, None) => None,
+        }
+    }
+}
+
+/// One decoding request's options for this step: its acceptance rate for the draft on offer, and how many
+/// drafted tokens it may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Offer {
+    pub rate: f64,
+    pub max: usize,
+    /// Drafting costs a draft-model pass per token (lookup drafts are free).
+    pub model: bool,
+}
+
+/// How many drafted tokens each decoding request feeds this step: [`plan`]'s choice, or all on offer with
+/// [`SpecConfig::always`].
+pub fn choose(cfg: &SpecConfig, offers: &[Offer], target: &CostModel, draft: &CostModel) -> Vec<usize> {
+    if cfg.always {
+        offers.iter().map(|o| o.max).collect()
+    } else {
+        plan(offers, target, draft)
+    }
+}
+
+/// Chooses how many drafted tokens each decoding request feeds this step: the numbers that maximise the
+/// expected tokens per second, `E[tokens] / cost(pass)`. A request drafting `k` tokens at acceptance rate `p`
+/// yields `1 + p + … + p^k` tokens on average; the pass costs what [`CostModel`] measured for its size, plus
+/// the draft model's passes if it drafts. Adding tokens greedily by their expected gain `p^(j+1)` is optimal
+/// here because the gains of each request fall with `j`.
+pub fn plan(offers: &[Offer], target: &CostModel, draft: &CostModel) -> Vec<usize> {
+    let mut ks = vec![0usize; offers.len()];
+    let n = offers.len();
+    let Some(base) = target.secs(n) else {
+        // nothing measured yet: one plain step measures a pass of this size
+        return ks;
+    };
+    let mut tokens = n as f64;
+    let mut cost = base;
+    let draft_cost = |ks: &[usize]| -> f64 {
+        // one draft pass per drafted position, over the requests still drafting at that position
+        let rounds = offers.iter().zip(ks).filter(|(o, _)| o.model).map(|(_, &k)| k).max().unwrap_or(0);
+        (0..rounds)
+            .map(|r| {
+                let m = offers.iter().zip(ks).filter(|(o, &k)| o.model && k > r).count();
+                draft.secs(m).unwrap_or(f64::INFINITY)
+            })
+            .sum()
+    };
+    let mut total = n;
+    loop {
+        let best = (0..n)
+            .filter(|&i| ks[i] < offers[i].max)
+            .map(|i| (i, offers[i].rate.powi(ks[i] as i32 + 1)))
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let Some((i, gain)) = best else { break };
+        ks[i] += 1;
+        let Some(pass) = target.secs(total + 1) else { break };
+        let new_cost = pass + draft_cost(&ks);
+        if (tokens + gain) / new_cost <= tokens / cost {
+            ks[i] -= 1;
+            break;
+        }
+        (tokens, cost, total) = (tokens + gain, new_cost, total + 1);
+    }
+    ks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookup_copies_what_followed_the_longest_match() {
+        // "a b c d X" earlier, context ends in "b c d": propose X and what follows
+        let context = [1, 2, 3, 4, 9, 8, 7, 5, 2, 3, 4];
+        let mut l = Lookup::new(Vec::new());
+        let d = l.propose(&context, 3);
+        assert_eq!(d, Draft { tokens: vec![9, 8, 7], kind: 3 });
+        // no match: nothing
+        assert_eq!(l.propose(&[1, 2, 3, 6], 3).tokens, Vec::<u32>::new());
+        // the end of the context itself is no match
+        assert_eq!(l.propose(&[5, 6, 7], 3).tokens, Vec::<u32>::new());
+        // capped by max and by the source's end
+        assert_eq!(l.propose(&context, 1).tokens, vec![9]);
+        assert_eq!(l.propose(&[4, 9, 8, 7, 4], 8).tokens, vec![9, 8, 7, 4]);
+        assert_eq!(l.propose(&context, 0).tokens, Vec::<u32>::new());
+    }
+
+    #[test]
+    fn the_prediction_wins_ties_and_the_cursor_keeps_a_copy_aligned() {
+        let mut l = Lookup::new(vec![7, 1, 2, 1, 3, 1, 4]);
+        // context ends in 1: the prediction has 1 three times; without a cursor the latest (before 4)
+        let d = l.propose(&[5, 1], 1);
+        assert_eq!(d.tokens, vec![4]);
+        // a first token sampled as 7 drafts the prediction from there
+        let d = l.propose(&[5, 7], 2);
+        assert_eq!(d.tokens, vec![1, 2]);
+        l.accepted(2);
+        // a copy in progress: after the accepted "1 2" the cursor is past the prediction's second "1"; a match
+        // of one token ending there beats the latest one (before 4)
+        let d = l.propose(&[5, 7, 1, 2, 8, 1], 2);
+        assert_eq!(d.tokens, vec![3, 1]);
+    }
+
+    #[test]
+    fn acceptance_follows_what_is_observed() {
+        let mut a = Acceptance::default();
+        for _ in 0..64 {
+            a.observe(4, 3, 4); // 3 of 4 accepted, then one rejected: 3/4
+        }
+        assert!((a.rate(4) - 0.75).abs() < 0.02, "{}", a.rate(4));
+        for _ in 0..64 {
+            a.observe(1, 0, 2);
+        }
+        assert!(a.rate(1) < 0.02);
+        assert!((a.rate(0) - PRIOR[0]).abs() < 1e-12, "other kinds keep their prior");
+    }
+
+    #[test]
+    fn cost_model_interpolates_and_extrapolates_upwards() {
+        let mut c = CostModel::default();
+        assert_eq!(c.secs(3), None);
+        c.record(1, Duration::from_millis(100));
+        assert_eq!(c.secs(5), Some(0.1));
+        c.record(5, Duration::from_millis(140));
+        assert!((c.secs(3).unwrap() - 0.12).abs() < 1e-9);
+        assert!((c.secs(9).unwrap() - 0.18).abs() < 1e-9);
+        // a faster bigger pass (noise) never makes more tokens look cheaper than the smaller pass
+        c.record(9, Duration::from_millis(90));
+        assert!(c.secs(7).unwrap() >= 0.09);
+    }
+
+    #[test]
+    fn plan_speculates_only_where_it_pays() {
+        let mut flat = CostModel::default(); // memory-bound: 8 tokens cost what 1 does, plus 5 %
+        flat.record(1, Duration::from_millis(100));
+        flat.record(9, Duration::from_millis(105));
+        let none = CostModel::default();
+        let good = Offer { rate: 0.9, max: 8, model: false };
+        let poor = Offer { rate: 0.004, max: 8, model: false };
+        assert_eq!(plan(&[good], &flat, &none), vec![8]);
+        assert_eq!(plan(&[poor], &flat, &none), vec![0]);
+        assert_eq!(plan(&[Offer { max: 3, ..good }], &flat, &none), vec![3]);
+        // compute-bound: every token costs as much as the first, so nothing drafted pays
+        let mut linear = CostModel::default();
+        linear.record(1, Duration::from_millis(100));
+        linear.record(9, Duration::from_millis(900));
+        assert_eq!(plan(&[good], &linear, &none), vec![0]);
+        // nothing measured: a plain step first
+        assert_eq!(plan(&[good], &none, &none), vec![0]);
+        // a draft model whose passes cost as much as the target's never pays
+        let model = Offer { rate: 0.7, max: 8, model: true };
+        assert_eq!(plan(&[model], &flat, &flat), vec![0]);
+        let mut cheap = CostModel::default();
+        cheap.record(1, Duration::from_millis(5));
+        assert!(plan(&[model], &flat, &cheap)[0] >= 3);
+    }
+}

@@ -1,0 +1,185 @@
+//! Speculative decoding changes no output: prompt lookup and predicted outputs give the same tokens as plain
+//! decoding, greedy and sampled at a fixed seed, alone (sessions) and with concurrent streams (scheduler),
+//! and the cache holds exactly the kept tokens after rejections.
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use common::fixture;
+use quire_engine::generate::{Engine, GenerateParams, GenerationStats};
+use quire_engine::sampler::SamplerConfig;
+use quire_engine::scheduler::{Event, Priority, Request, Scheduler, SchedulerConfig, Usage};
+use quire_engine::speculate::SpecConfig;
+
+fn engine(ty: &str, spec: SpecConfig) -> Engine {
+    let mut e = Engine::load(fixture(&format!("tiny-qwen3-{ty}.gguf"))).unwrap();
+    e.spec = spec;
+    e
+}
+
+/// Drafting on every step, whatever the cost model says, so verification is exercised.
+fn always() -> SpecConfig {
+    SpecConfig { always: true, ..SpecConfig::default() }
+}
+
+/// A prompt that repeats itself, so lookup finds matches.
+fn prompt(i: u32) -> Vec<u32> {
+    let unit: Vec<u32> = (0..12).map(|k| (k * 31 + i * 7) % 900 + 10).collect();
+    unit.iter().cycle().take(60).copied().collect()
+}
+
+fn params(sampled: bool, seed: u64, max_tokens: usize) -> GenerateParams {
+    let sampler = if sampled {
+        SamplerConfig { temperature: 0.8, top_k: 40, top_p: 0.95, seed: Some(seed), ..Default::default() }
+    } else {
+        SamplerConfig { temperature: 0.0, ..Default::default() }
+    };
+    GenerateParams { max_tokens, sampler, ignore_eos: true, ..Default::default() }
+}
+
+fn run(e: &Engine, n_ctx: usize, prompt: &[u32], p: &GenerateParams) -> (String, GenerationStats, usize) {
+    let mut s = e.session(n_ctx).unwrap();
+    let mut text = String::new();
+    let stats = s
+        .generate(prompt, p, |t| {
+            text.push_str(t);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    (text, stats, s.n_cached())
+}
+
+#[test]
+fn sessions_give_the_same_tokens_with_and_without_speculation() {
+    let mut drafted = 0;
+    for ty in ["q4_0", "q8_0", "q4_k_m", "q5_0"] {
+        let (off, on) = (engine(ty, SpecConfig::off()), engine(ty, always()));
+        for (i, sampled) in [(0, false), (1, true), (2, false), (3, true)] {
+            let p = params(sampled, 7 + i as u64, 40);
+            let (text, plain, cached) = run(&off, 512, &prompt(i), &p);
+            assert_eq!(plain.spec.drafted, 0, "off drafts nothing");
+            // prompt lookup
+            let (t, s, c) = run(&on, 512, &prompt(i), &p);
+            assert_eq!((&t, &s.tokens), (&text, &plain.tokens), "{ty} #{i}: lookup changed the output");
+            assert_eq!(c, cached, "{ty} #{i}: the cache holds what plain decoding holds");
+            drafted += s.spec.drafted;
+            // a prediction equal to the output: nearly every drafted token is accepted
+            let good = GenerateParams { prediction: plain.tokens.clone(), ..p.clone() };
+            let (t, s, c) = run(&on, 512, &prompt(i), &good);
+            assert_eq!((&t, &s.tokens, c), (&text, &plain.tokens, cached), "{ty} #{i}: prediction");
+            assert!(s.spec.accepted * 2 >= plain.tokens.len(), "{ty} #{i}: {:?}", s.spec);
+            // a wrong prediction: rejected, same output
+            let bad = GenerateParams { prediction: (0..40).map(|k| k * 3 + 1).collect(), ..p.clone() };
+            let (t, s, c) = run(&on, 512, &prompt(i), &bad);
+            assert_eq!((&t, &s.tokens, c), (&text, &plain.tokens, cached), "{ty} #{i}: wrong prediction");
+        }
+    }
+    assert!(drafted > 0, "lookup drafted nothing: the test tested nothing");
+}
+
+#[test]
+fn drafts_stop_at_the_context_max_tokens_and_stop_strings() {
+    let (off, on) = (engine("q4_0", SpecConfig::off()), engine("q4_0", always()));
+    let pr = prompt(5);
+    // the full reply as a prediction, longer than what may be generated
+    let long = run(&off, 512, &pr, &params(false, 0, 80)).1.tokens;
+    for (n_ctx, max_tokens) in [(70, 80), (512, 9), (512, 1)] {
+        let p = GenerateParams { prediction: long.clone(), ..params(false, 0, max_tokens) };
+        let plain = run(&off, n_ctx, &pr, &p);
+        let spec = run(&on, n_ctx, &pr, &p);
+        assert_eq!(spec.1.tokens, plain.1.tokens, "n_ctx {n_ctx}, max_tokens {max_tokens}");
+        assert_eq!((spec.1.finish, spec.2), (plain.1.finish, plain.2));
+        assert!(spec.1.tokens.len() <= max_tokens && spec.2 <= n_ctx);
+    }
+    // a stop string inside the predicted text: the reply ends where plain decoding ends it
+    let full = run(&off, 512, &pr, &params(false, 0, 80)).0;
+    let chars: Vec<char> = full.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 3].iter().collect();
+    let p = GenerateParams { prediction: long, stop: vec![stop.clone()], ..params(false, 0, 80) };
+    let plain = run(&off, 512, &pr, &p);
+    let spec = run(&on, 512, &pr, &p);
+    assert_eq!((&spec.0, &spec.1.tokens, spec.1.finish), (&plain.0, &plain.1.tokens, plain.1.finish));
+    assert!(!spec.0.contains(&stop) && spec.0.len() < full.len(), "stopped at {stop:?}");
+}
+
+#[test]
+fn a_drafted_end_of_generation_token_is_verified_like_any_other() {
+    let (off, on) = (engine("q4_0", SpecConfig::off()), engine("q4_0", always()));
+    let pr = prompt(6);
+    let plain = run(&off, 512, &pr, &params(false, 0, 30)).1.tokens;
+    // the prediction follows the reply for 9 tokens, then ends generation, then goes on
+    let eog = off.tokenizer.eog_ids()[0];
+    let mut prediction = plain[..9].to_vec();
+    prediction.extend([eog, 5, 6, 7]);
+    for ignore_eos in [false, true] {
+        let p = GenerateParams { prediction: prediction.clone(), ignore_eos, ..params(false, 0, 30) };
+        let a = run(&off, 512, &pr, &p);
+        let b = run(&on, 512, &pr, &p);
+        assert_eq!((&b.1.tokens, b.1.finish, b.2), (&a.1.tokens, a.1.finish, a.2), "ignore_eos {ignore_eos}");
+        assert!(b.1.spec.accepted >= 8, "{:?}", b.1.spec);
+    }
+}
+
+fn stream(s: &Scheduler, prompt: Vec<u32>, params: GenerateParams) -> mpsc::Receiver<Event> {
+    let (tx, rx) = mpsc::channel();
+    let on_event =
+        Box::new(
+            move |e| {
+                if tx.send(e).is_ok() {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                }
+            },
+        );
+    s.submit(Request { prompt, params, deadline: None, priority: Priority::Interactive, on_event }).unwrap();
+    rx
+}
+
+fn collect(rx: mpsc::Receiver<Event>) -> (String, Usage) {
+    let mut text = String::new();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(120)).expect("scheduler answers") {
+            Event::Text(t) => text.push_str(&t),
+            Event::Logprob(_) => {}
+            Event::Done(u) => return (text, u),
+            Event::Failed(e) => panic!("request failed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn four_concurrent_streams_give_the_same_text_with_and_without_speculation() {
+    for spec in [SpecConfig::off(), SpecConfig::default(), always()] {
+        let e = engine("q4_k_m", SpecConfig::off());
+        let solo: Vec<String> =
+            (0..4).map(|i| run(&e, 512, &prompt(i), &params(i % 2 == 1, i as u64, 32)).0).collect();
+        let s = Scheduler::new(
+            Arc::new(engine("q4_k_m", spec)),
+            SchedulerConfig { n_slots: 4, n_ctx: 512, queue_capacity: 8, n_batch: 256 },
+        )
+        .unwrap();
+        let rxs: Vec<_> = (0..4u32)
+            .map(|i| {
+                let mut p = params(i % 2 == 1, i as u64, 32);
+                if i == 2 {
+                    p.prediction = prompt(i)[..30].to_vec();
+                }
+                stream(&s, prompt(i), p)
+            })
+            .collect();
+        let got: Vec<(String, Usage)> = rxs.into_iter().map(collect).collect();
+        for (i, (text, usage)) in got.iter().enumerate() {
+            assert_eq!(text, &solo[i], "{spec:?}: stream {i}");
+            assert!(usage.spec.accepted <= usage.spec.drafted);
+        }
+        if spec.always {
+            assert!(got.iter().map(|g| g.1.spec.drafted).sum::<usize>() > 0, "nothing drafted");
+            let st = s.stats();
+            assert!(st.drafted_tokens_total > 0 && st.accepted_tokens_total <= st.drafted_tokens_total);
+        }
+    }
+}
