@@ -342,10 +342,9 @@ impl<'e> Session<'e> {
                 break;
             }
             let next = last.token;
-            let limit = self.engine.spec.limit().min(gen.remaining() - 1).min(cap - self.tokens.len() - 1);
-            let fed = spec.draft(&mut self.tokens, next, limit, &self.engine.spec, &self.cost);
+            let fed = spec.draft(&mut self.tokens, next, &gen, cap, &self.engine.spec, &self.cost);
             let t = Instant::now();
-            let want = if fed.len() > 1 { Logits::All } else { Logits::Last };
+            let want = speculate::logits_wanted(&fed);
             let base = self.tokens.len();
             let mut rows =
                 self.engine.model.forward(&mut self.state, &mut self.kv, &fed, base, want)?.to_vec();
@@ -387,24 +386,34 @@ impl Speculation {
         }
     }
 
-    /// The draft on offer after `context` (the tokens in the cache) and `next` (about to be fed), at most
-    /// `limit` tokens, and what a plan for this request alone would feed: `next`, then the drafted tokens
-    /// worth verifying by `cost`.
+    /// What a plan for this request alone would feed after `context` (the tokens in a cache of `capacity`):
+    /// `next`, then the drafted tokens on offer ([`Speculation::offer`]) worth verifying by `cost`.
     fn draft(
         &mut self,
         context: &mut Vec<u32>,
         next: u32,
-        limit: usize,
+        gen: &Generation,
+        capacity: usize,
         cfg: &SpecConfig,
         cost: &CostModel,
     ) -> Vec<u32> {
-        let offer = self.offer(context, next, limit);
+        let offer = self.offer(context, next, cfg, gen, capacity);
         let k = speculate::choose(cfg, &[offer], cost, &CostModel::default())[0];
         self.fed(next, k)
     }
 
-    /// Proposes up to `limit` tokens to follow `context` and `next` and says what they are worth.
-    pub fn offer(&mut self, context: &mut Vec<u32>, next: u32, limit: usize) -> Offer {
+    /// Proposes tokens to follow `context` (the tokens in a cache of `capacity`) and `next`, and says what
+    /// they are worth: at most `cfg`'s limit, and no more than `gen` may still draw after `next` or the
+    /// cache has room for after it.
+    pub fn offer(
+        &mut self,
+        context: &mut Vec<u32>,
+        next: u32,
+        cfg: &SpecConfig,
+        gen: &Generation,
+        capacity: usize,
+    ) -> Offer {
+        let limit = cfg.limit().min(gen.remaining() - 1).min(capacity - context.len() - 1);
         context.push(next);
         self.offered = self.lookup.propose(context, limit);
         context.pop();

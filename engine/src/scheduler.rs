@@ -535,15 +535,13 @@ impl<'e> Worker<'e> {
         let decoding: Vec<usize> = (0..self.slots.len())
             .filter(|&i| self.slots[i].active.as_ref().is_some_and(|a| a.decoding()))
             .collect();
-        let limit = self.engine.spec.limit();
         let offers: Vec<_> = decoding
             .iter()
             .map(|&i| {
                 let slot = &mut self.slots[i];
                 let a = slot.active.as_mut().expect("decoding slots are active");
-                let room = slot.kv.capacity() - slot.kv.len() - 1;
-                let max = limit.min(a.gen.remaining() - 1).min(room);
-                a.spec.offer(&mut slot.tokens, a.next.expect("a decoding slot has a token to feed"), max)
+                let next = a.next.expect("a decoding slot has a token to feed");
+                a.spec.offer(&mut slot.tokens, next, &self.engine.spec, &a.gen, slot.kv.capacity())
             })
             .collect();
         let mut ks = speculate::choose(&self.engine.spec, &offers, &self.cost, &CostModel::default());
@@ -574,7 +572,7 @@ impl<'e> Worker<'e> {
                     plan.push((i, chunk, Logits::None));
                 }
             } else if let Some(fed) = fed_of[i].take() {
-                let want = if fed.len() > 1 { Logits::All } else { Logits::Last };
+                let want = speculate::logits_wanted(&fed);
                 plan.push((i, fed, want));
             } else if budget > 0 {
                 let end = (a.prompt_done + budget).min(a.req.prompt.len());

@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::generate::{Generation, Step};
+use crate::model::Logits;
 
 /// Most drafted tokens per step and request (`--spec-max` is capped here).
 pub const MAX_DRAFT: usize = 16;
@@ -195,6 +196,16 @@ pub struct Verified {
     pub accepted: usize,
 }
 
+/// The logits a decode step needs for what it feeds (the token sampled last, then any drafts): one row per
+/// fed token when it drafts, to verify each, else the last row only.
+pub fn logits_wanted(fed: &[u32]) -> Logits {
+    if fed.len() > 1 {
+        Logits::All
+    } else {
+        Logits::Last
+    }
+}
+
 /// Samples from `rows` (`vocab` logits after each of `fed`: the token sampled last, then the drafts) in
 /// order, as plain decoding would, and stops at the first draft that differs from the token drawn (or when
 /// generation ends). `context` holds the tokens in the cache before `fed`; the kept fed tokens are appended
@@ -301,9 +312,9 @@ impl CostModel {
         if self.secs[n] > 0.0 {
             return Some(self.secs[n]);
         }
-        let measured = |mut r: Box<dyn Iterator<Item = usize>>| r.find(|&i| self.secs[i] > 0.0);
-        let below = measured(Box::new((1..n).rev()));
-        let above = measured(Box::new(n + 1..=CostModel::MAX));
+        let measured = |i: &usize| self.secs[*i] > 0.0;
+        let below = (1..n).rev().find(measured);
+        let above = (n + 1..=CostModel::MAX).find(measured);
         let at = |i: usize| (i as f64, self.secs[i]);
         let line = |(x0, y0): (f64, f64), (x1, y1): (f64, f64)| {
             let slope = ((y1 - y0) / (x1 - x0)).max(0.0);
@@ -311,7 +322,7 @@ impl CostModel {
         };
         match (below, above) {
             (Some(b), Some(a)) => Some(line(at(b), at(a))),
-            (Some(b), None) => match measured(Box::new((1..b).rev())) {
+            (Some(b), None) => match (1..b).rev().find(measured) {
                 Some(b2) => Some(line(at(b2), at(b))),
                 None => Some(self.secs[b]),
             },

@@ -5,8 +5,7 @@
 
 mod common;
 
-use std::ops::ControlFlow;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -14,7 +13,7 @@ use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{Engine, FinishReason, GenerateParams};
 use quire_engine::grammar::GrammarSpec;
 use quire_engine::sampler::SamplerConfig;
-use quire_engine::scheduler::{Event, Request, Scheduler, SchedulerConfig};
+use quire_engine::scheduler::{Scheduler, SchedulerConfig};
 use serde_json::Value;
 
 #[test]
@@ -46,34 +45,14 @@ fn content_schemas_give_valid_json() {
                 constraint: Some(engine.grammars().unwrap().compile(&spec).unwrap()),
                 ..Default::default()
             };
-            let (tx, rx) = mpsc::channel();
-            let on_event =
-                Box::new(
-                    move |e| {
-                        if tx.send(e).is_ok() {
-                            ControlFlow::Continue(())
-                        } else {
-                            ControlFlow::Break(())
-                        }
-                    },
-                );
-            sched
-                .submit(Request { prompt, params, deadline: None, priority: Default::default(), on_event })
-                .unwrap();
+            let (req, rx) = channel_request(prompt, params, None, Default::default());
+            sched.submit(req).unwrap();
             rx
         })
         .collect();
     for (case, rx) in cases.iter().zip(rxs) {
         let name = case["name"].as_str().unwrap();
-        let mut text = String::new();
-        let usage = loop {
-            match rx.recv_timeout(Duration::from_secs(600)).expect("the scheduler answers") {
-                Event::Text(t) => text.push_str(&t),
-                Event::Logprob(_) => {}
-                Event::Done(u) => break u,
-                Event::Failed(f) => panic!("{name}: {f}"),
-            }
-        };
+        let (text, usage) = collect_events(rx, Duration::from_secs(600), name);
         eprintln!("{name} ({} tokens): {text}", usage.completion_tokens);
         assert_eq!(usage.finish, FinishReason::Stop, "{name}: did not finish: {text}");
         let value: Value =

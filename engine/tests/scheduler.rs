@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::fixture;
+use common::{channel_request, collect_events, fixture};
 use quire_engine::generate::{Engine, FinishReason, GenerateParams, PromptError};
 use quire_engine::sampler::SamplerConfig;
 use quire_engine::scheduler::{
@@ -31,12 +31,7 @@ fn request(
     params: GenerateParams,
     deadline: Option<Instant>,
 ) -> (Request, mpsc::Receiver<Event>) {
-    let (tx, rx) = mpsc::channel();
-    let on_event =
-        Box::new(
-            move |e| if tx.send(e).is_ok() { ControlFlow::Continue(()) } else { ControlFlow::Break(()) },
-        );
-    (Request { prompt, params, deadline, priority: Priority::Interactive, on_event }, rx)
+    channel_request(prompt, params, deadline, Priority::Interactive)
 }
 
 /// Submit; collect (text, usage) from the channel.
@@ -47,15 +42,7 @@ fn submit(s: &Scheduler, prompt: Vec<u32>, p: GenerateParams) -> mpsc::Receiver<
 }
 
 fn collect(rx: mpsc::Receiver<Event>) -> (String, Usage) {
-    let mut text = String::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)).expect("scheduler answers") {
-            Event::Text(t) => text.push_str(&t),
-            Event::Logprob(_) => {}
-            Event::Done(u) => return (text, u),
-            Event::Failed(e) => panic!("request failed: {e}"),
-        }
-    }
+    collect_events(rx, Duration::from_secs(60), "request")
 }
 
 fn prompt(i: u32) -> Vec<u32> {

@@ -8,10 +8,10 @@ use std::ops::ControlFlow;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::fixture;
+use common::{channel_request, collect_events, fixture};
 use quire_engine::generate::{Engine, GenerateParams, GenerationStats};
 use quire_engine::sampler::SamplerConfig;
-use quire_engine::scheduler::{Event, Priority, Request, Scheduler, SchedulerConfig, Usage};
+use quire_engine::scheduler::{Event, Priority, Scheduler, SchedulerConfig, Usage};
 use quire_engine::speculate::SpecConfig;
 
 fn engine(ty: &str, spec: SpecConfig) -> Engine {
@@ -124,31 +124,9 @@ fn a_drafted_end_of_generation_token_is_verified_like_any_other() {
 }
 
 fn stream(s: &Scheduler, prompt: Vec<u32>, params: GenerateParams) -> mpsc::Receiver<Event> {
-    let (tx, rx) = mpsc::channel();
-    let on_event =
-        Box::new(
-            move |e| {
-                if tx.send(e).is_ok() {
-                    ControlFlow::Continue(())
-                } else {
-                    ControlFlow::Break(())
-                }
-            },
-        );
-    s.submit(Request { prompt, params, deadline: None, priority: Priority::Interactive, on_event }).unwrap();
+    let (req, rx) = channel_request(prompt, params, None, Priority::Interactive);
+    s.submit(req).unwrap();
     rx
-}
-
-fn collect(rx: mpsc::Receiver<Event>) -> (String, Usage) {
-    let mut text = String::new();
-    loop {
-        match rx.recv_timeout(Duration::from_secs(120)).expect("scheduler answers") {
-            Event::Text(t) => text.push_str(&t),
-            Event::Logprob(_) => {}
-            Event::Done(u) => return (text, u),
-            Event::Failed(e) => panic!("request failed: {e}"),
-        }
-    }
 }
 
 #[test]
@@ -171,7 +149,8 @@ fn four_concurrent_streams_give_the_same_text_with_and_without_speculation() {
                 stream(&s, prompt(i), p)
             })
             .collect();
-        let got: Vec<(String, Usage)> = rxs.into_iter().map(collect).collect();
+        let got: Vec<(String, Usage)> =
+            rxs.into_iter().map(|rx| collect_events(rx, Duration::from_secs(120), "stream")).collect();
         for (i, (text, usage)) in got.iter().enumerate() {
             assert_eq!(text, &solo[i], "{spec:?}: stream {i}");
             assert!(usage.spec.accepted <= usage.spec.drafted);

@@ -1,7 +1,13 @@
 //! Where the test data lives: the shared fixtures and the real model.
 #![allow(dead_code)]
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use quire_engine::generate::GenerateParams;
+use quire_engine::scheduler::{Event, Priority, Request, Usage};
 
 /// `$QUIRE_FIXTURES`, else `../shared/fixtures` beside the repository. Every test reaches its data through
 /// here, so this also fixes the kernels' instruction set first ([`init_isa`]).
@@ -88,4 +94,36 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// A scheduler request whose events go to the returned channel (dropping the receiver cancels the request).
+pub fn channel_request(
+    prompt: Vec<u32>,
+    params: GenerateParams,
+    deadline: Option<Instant>,
+    priority: Priority,
+) -> (Request, mpsc::Receiver<Event>) {
+    let (tx, rx) = mpsc::channel();
+    let on_event =
+        Box::new(
+            move |e| if tx.send(e).is_ok() { ControlFlow::Continue(()) } else { ControlFlow::Break(()) },
+        );
+    (Request { prompt, params, deadline, priority, on_event }, rx)
+}
+
+/// The text and usage a request's events carry; panics, naming `what`, if it fails or nothing comes for
+/// `timeout`.
+pub fn collect_events(rx: mpsc::Receiver<Event>, timeout: Duration, what: &str) -> (String, Usage) {
+    let mut text = String::new();
+    loop {
+        match rx
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("{what}: the scheduler does not answer: {e}"))
+        {
+            Event::Text(t) => text.push_str(&t),
+            Event::Logprob(_) => {}
+            Event::Done(u) => return (text, u),
+            Event::Failed(e) => panic!("{what}: request failed: {e}"),
+        }
+    }
 }
