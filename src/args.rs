@@ -7,6 +7,7 @@ use clap::Args;
 use quire_engine::grammar::GrammarSpec;
 use quire_engine::kv_cache::KvType;
 use quire_engine::sampler::SamplerOptions;
+use quire_engine::speculate::{SpecConfig, SpecMode, MAX_DRAFT};
 
 /// Where the compute threads run.
 #[derive(Args, Clone, Debug, Default)]
@@ -49,6 +50,31 @@ pub struct CacheArgs {
     /// KV cache element type: f16 (default), q8_0 (half the memory of f16) or f32 (exact).
     #[arg(long = "kv-type", value_enum, ignore_case = true, default_value_t = KvType::F16)]
     pub kv_type: KvType,
+}
+
+/// Speculative decoding: how fast tokens come, never which (the output is the same with any of these).
+#[derive(Args, Clone, Debug)]
+pub struct SpecArgs {
+    /// Draft tokens by prompt lookup, verified in one pass (`lookup`, the default), or not (`off`).
+    #[arg(long = "spec", value_enum, ignore_case = true, default_value_t = SpecMode::Lookup)]
+    pub mode: SpecMode,
+    /// Most tokens drafted per step and request (0 to 16).
+    #[arg(long = "spec-max", default_value_t = SpecConfig::default().max_draft, value_parser = draft_len)]
+    pub max_draft: usize,
+}
+
+impl SpecArgs {
+    pub fn config(&self) -> SpecConfig {
+        SpecConfig { mode: self.mode, max_draft: self.max_draft, ..SpecConfig::default() }
+    }
+}
+
+fn draft_len(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n <= MAX_DRAFT => Ok(n),
+        Ok(_) => Err(format!("must be at most {MAX_DRAFT}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Sampling and stopping options shared by `run` and `chat`.

@@ -14,12 +14,14 @@ use quire_server::routes::BatchEndpoint;
 use quire_server::templates::Library;
 use quire_server::ServerConfig;
 
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, SpecArgs};
 
 #[derive(Args, Clone, Debug)]
 pub struct BatchArgs {
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// The requests: one JSON object per line, `{"custom_id", "method": "POST", "url", "body"}`.
     #[arg(required_unless_present = "template", conflicts_with_all = ["template", "data"])]
     pub input: Option<PathBuf>,
@@ -94,6 +96,7 @@ pub fn run(args: &BatchArgs, prepack: bool) -> Result<()> {
     cfg.n_slots = args.parallel;
     cfg.ctx = args.model.cache.ctx;
     cfg.kv_type = args.model.cache.kv_type;
+    cfg.spec = args.spec.config();
     cfg.prepack = prepack;
     cfg.timeout = None;
     cfg.queue_capacity = args.parallel;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args;
 use quire_server::config::{self, ServerConfig};
 
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, SpecArgs};
 
 /// `quire serve`: flags and their defaults.
 #[derive(Args, Clone, Debug)]
@@ -13,6 +13,8 @@ pub struct ServeArgs {
     /// The model, threads, context per slot and KV cache type.
     #[command(flatten)]
     pub model: ModelArgs,
+    #[command(flatten)]
+    pub spec: SpecArgs,
     /// Address to listen on (use 0.0.0.0 to accept connections from other machines).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -63,6 +65,7 @@ impl ServeArgs {
         cfg.queue_capacity = self.queue;
         cfg.ctx = self.model.cache.ctx;
         cfg.kv_type = self.model.cache.kv_type;
+        cfg.spec = self.spec.config();
         cfg.prepack = prepack;
         // clap read QUIRE_API_KEY into `api_key` when the flag is absent; an empty value means "no key".
         cfg.api_key = self.api_key.clone().filter(|k| !k.is_empty());
@@ -125,16 +128,24 @@ mod tests {
             "0",
             "--kv-type",
             "q8_0",
+            "--spec",
+            "off",
         ]);
         let c = cli.serve.to_config(false);
         assert_eq!((c.host.as_str(), c.port, c.n_slots, c.queue_capacity), ("127.0.0.1", 9000, 4, 8));
         assert_eq!((c.ctx, c.api_key.as_deref(), c.cors.as_deref()), (Some(2048), Some("k"), Some("*")));
         assert_eq!((c.max_body_bytes, c.timeout, c.prepack), (2048, None, false));
         assert_eq!(c.kv_type, quire_engine::kv_cache::KvType::Q8_0);
+        assert_eq!(c.spec.limit(), 0, "--spec off drafts nothing");
         assert_eq!(c.model_name, "Qwen3-4B-Q4_0");
         let d = Cli::parse_from(["quire", "-m", "m.gguf"]).serve.to_config(true);
         assert_eq!((d.port, d.n_slots, d.queue_capacity, d.max_body_bytes), (8080, 2, 16, 1 << 20));
         assert_eq!(d.timeout, Some(Duration::from_secs(600)));
+        assert_eq!(d.spec, quire_engine::speculate::SpecConfig::default(), "prompt lookup is on by default");
+        let m = Cli::parse_from(["quire", "-m", "m.gguf", "--spec-max", "16"]).serve.to_config(true);
+        assert_eq!(m.spec.limit(), 16);
+        assert!(Cli::try_parse_from(["quire", "-m", "m.gguf", "--spec-max", "17"]).is_err());
+        assert!(Cli::try_parse_from(["quire", "-m", "m.gguf", "--spec", "maybe"]).is_err());
         assert!(d.prepack);
     }
 }

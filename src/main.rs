@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use args::{ModelArgs, SamplingArgs};
+use args::{ModelArgs, SamplingArgs, SpecArgs};
 use clap::{Args, Parser, Subcommand};
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{Engine, GenerateParams, GenerationStats, Session, DEFAULT_BATCH};
@@ -22,6 +22,7 @@ use quire_engine::grammar::GrammarSpec;
 use quire_engine::memory::{human_bytes, MemoryPlan};
 use quire_engine::model::LoadOptions;
 use quire_engine::reasoning::ReasoningSplit;
+use quire_engine::speculate::{self, SpecConfig};
 use quire_kernels::dispatch::{self, IsaKind};
 
 #[derive(Parser)]
@@ -79,7 +80,13 @@ struct RunArgs {
     #[command(flatten)]
     model: ModelArgs,
     #[command(flatten)]
+    spec: SpecArgs,
+    #[command(flatten)]
     sampling: SamplingArgs,
+    /// The text the reply is expected to resemble (e.g. the file being edited): drafts for speculative
+    /// decoding, as OpenAI's Predicted Outputs; only the speed changes.
+    #[arg(long, value_name = "FILE")]
+    prediction: Option<PathBuf>,
     /// The prompt text.
     #[arg(short = 'p', long = "prompt", conflicts_with = "file")]
     prompt: Option<String>,
@@ -95,6 +102,8 @@ struct RunArgs {
 struct ChatArgs {
     #[command(flatten)]
     model: ModelArgs,
+    #[command(flatten)]
+    spec: SpecArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
 }
@@ -167,14 +176,16 @@ fn main() {
 
 /// Start the worker pool, load the model, print how long it took, and check the memory it will need at this
 /// context size.
-fn load(args: &ModelArgs, opts: &LoadOptions) -> Result<(Engine, usize)> {
+fn load(args: &ModelArgs, spec: SpecConfig, opts: &LoadOptions) -> Result<(Engine, usize)> {
     args.threads.init()?;
     let t0 = Instant::now();
     let mut engine = Engine::load_with(&args.model, opts)?;
     engine.kv_type = args.cache.kv_type;
+    engine.spec = spec;
     let c = &engine.model.config;
     let n_ctx = args.cache.ctx.unwrap_or_else(|| c.default_ctx());
-    let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH, engine.kv_type);
+    let rows = speculate::logit_rows(&engine.spec, 1, DEFAULT_BATCH);
+    let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH, rows, engine.kv_type);
     plan.check_available()?;
     eprintln!(
         "loaded {} ({}, {} layers, {} params in {}) in {:.2} s; context {n_ctx} tokens, KV cache {} ({}), {} threads",
@@ -244,7 +255,8 @@ fn stream_reply(
 
 fn print_stats(s: &GenerationStats) {
     eprintln!(
-        "prompt: {} tokens ({} cached) in {:.2} s = {:.2} t/s | generation: {} tokens in {:.2} s = {:.2} t/s | finish: {:?}",
+        "prompt: {} tokens ({} cached) in {:.2} s = {:.2} t/s | generation: {} tokens in {:.2} s = {:.2} t/s \
+         | speculation: {} drafted, {} accepted | finish: {:?}",
         s.prompt_tokens,
         s.cached_tokens,
         s.prompt_secs,
@@ -252,6 +264,8 @@ fn print_stats(s: &GenerationStats) {
         s.generated_tokens,
         s.gen_secs,
         s.gen_tps(),
+        s.spec.drafted,
+        s.spec.accepted,
         s.finish
     );
 }
@@ -283,8 +297,11 @@ fn cmd_run(a: RunArgs, opts: &LoadOptions) -> Result<()> {
     };
     let p = params(&a.sampling)?;
     let spec = a.sampling.grammar()?;
-    let (engine, n_ctx) = load(&a.model, opts)?;
-    let p = constrain(&engine, spec, p)?;
+    let (engine, n_ctx) = load(&a.model, a.spec.config(), opts)?;
+    let mut p = constrain(&engine, spec, p)?;
+    if let Some(f) = &a.prediction {
+        p.prediction = engine.tokenizer.encode(&read_text(f)?)?;
+    }
     let prompt = if a.raw {
         engine.tokenizer.encode(&prompt_text)?
     } else {
@@ -305,7 +322,7 @@ fn cmd_run(a: RunArgs, opts: &LoadOptions) -> Result<()> {
 fn cmd_chat(a: ChatArgs, opts: &LoadOptions) -> Result<()> {
     let p = params(&a.sampling)?;
     let spec = a.sampling.grammar()?;
-    let (engine, n_ctx) = load(&a.model, opts)?;
+    let (engine, n_ctx) = load(&a.model, a.spec.config(), opts)?;
     let p = constrain(&engine, spec, p)?;
     let mut session = engine.session(n_ctx)?;
     let mut history: Vec<Message> = Vec::new();
@@ -408,7 +425,7 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         c.ctx_train
     );
     let n_ctx = a.cache.ctx.unwrap_or_else(|| c.default_ctx());
-    let plan = MemoryPlan::new(&model, n_ctx, DEFAULT_BATCH, a.cache.kv_type);
+    let plan = MemoryPlan::new(&model, n_ctx, DEFAULT_BATCH, 1, a.cache.kv_type);
     println!(
         "memory at context {}: weights {} (memory-mapped) + KV cache {} ({}) + scratch {} = {}",
         n_ctx,
@@ -425,7 +442,7 @@ fn cmd_perplexity(a: PerplexityArgs, opts: &LoadOptions) -> Result<()> {
     let text = read_text(&a.file)?;
     let mut model = a.model.clone();
     model.cache.ctx.get_or_insert(512);
-    let (engine, n_ctx) = load(&model, opts)?;
+    let (engine, n_ctx) = load(&model, SpecConfig::off(), opts)?;
     let tokens = engine.tokenizer.encode(&text)?;
     eprintln!("{} tokens, {} windows of {n_ctx}", tokens.len(), tokens.len() / n_ctx);
     let t0 = Instant::now();

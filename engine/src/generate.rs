@@ -328,12 +328,12 @@ impl<'e> Session<'e> {
         let cap = self.kv.capacity();
         let vocab = self.engine.model.config.vocab_size;
         let mut gen = Generation::new(&self.engine.tokenizer, params);
-        let mut spec = Speculation::new(params);
+        let mut spec = Speculation::new(params, vocab);
         let mut steps = vec![gen.accept(&mut logits, &self.tokens, cap - self.tokens.len())?];
         'outer: loop {
-            for step in &steps {
+            for (j, step) in steps.iter().enumerate() {
                 if !step.text.is_empty() && on_text(&step.text).is_break() {
-                    gen.cancel();
+                    gen.cancel(steps.len() - j - 1);
                     break 'outer;
                 }
             }
@@ -349,8 +349,10 @@ impl<'e> Session<'e> {
             let mut rows =
                 self.engine.model.forward(&mut self.state, &mut self.kv, &fed, base, want)?.to_vec();
             self.cost.record(fed.len(), t.elapsed());
-            let v = speculate::verify(&mut gen, &mut rows, vocab, &fed, &mut self.tokens, cap)?;
+            let v = speculate::verify(&mut gen, &mut rows, vocab, &fed, &mut self.tokens, cap);
+            // the cache keeps what verification kept, also when it failed part way
             self.kv.truncate(self.tokens.len());
+            let v = v?;
             spec.verified(&fed, &v);
             steps = v.steps;
         }
@@ -377,9 +379,12 @@ pub struct Speculation {
 }
 
 impl Speculation {
-    pub fn new(params: &GenerateParams) -> Speculation {
+    /// For a request with `params`, in a model of `vocab` tokens (a predicted output's ids outside it, which
+    /// only an engine caller can pass, are dropped: a draft must be a token the model can be fed).
+    pub fn new(params: &GenerateParams, vocab: usize) -> Speculation {
+        let prediction = params.prediction.iter().copied().filter(|&t| (t as usize) < vocab).collect();
         Speculation {
-            lookup: Lookup::new(params.prediction.clone()),
+            lookup: Lookup::new(prediction),
             acceptance: Acceptance::default(),
             offered: Default::default(),
             counts: SpecCounts::default(),
@@ -431,13 +436,15 @@ impl Speculation {
     /// Learns from a verified step: `fed` was fed, and `v` is what verification found.
     pub fn verified(&mut self, fed: &[u32], v: &speculate::Verified) {
         let (k, kind, accepted) = (fed.len() - 1, self.offered.kind, v.accepted);
-        self.acceptance.observe(kind, accepted, k);
+        let last = v.steps.last().expect("a verified step draws a token");
+        // A draft equal to a token that ended generation (a stop, max_tokens) was right, though unused.
+        let right = accepted + usize::from(last.done && fed.get(v.kept) == Some(&last.token));
+        self.acceptance.observe(kind, right, k);
         self.counts.add(SpecCounts { drafted: k, accepted });
         self.lookup.accepted(accepted);
         // When every fed draft was accepted, the token drawn after them tells, for free, whether the next
         // token on offer was right: the rate stays measured where the plan drafted less than was offered
         // (or nothing at all).
-        let last = v.steps.last().expect("a verified step draws a token");
         if accepted == k && !last.done {
             if let Some(&d) = self.offered.tokens.get(k) {
                 self.acceptance.observe(kind, usize::from(last.token == d), 1);
@@ -636,8 +643,10 @@ impl<'t> Generation<'t> {
         self.max_tokens.saturating_sub(self.tokens.len()).max(1)
     }
 
-    /// End early because the consumer went away.
-    pub fn cancel(&mut self) {
+    /// End early because the consumer went away, after the last `undelivered` tokens drawn (a verified
+    /// step draws several) were drawn but never shown: they are not part of the reply.
+    pub fn cancel(&mut self, undelivered: usize) {
+        self.tokens.truncate(self.tokens.len().saturating_sub(undelivered));
         self.finish = Some(FinishReason::Cancelled);
     }
 

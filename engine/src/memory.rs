@@ -18,11 +18,19 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    pub fn new(model: &Model, n_ctx: usize, n_batch: usize, kv_type: KvType) -> MemoryPlan {
+    /// For caches of `n_ctx` tokens in all, prefill batches of `n_batch` and decode passes returning up to
+    /// `logit_rows` rows of logits ([`crate::speculate::logit_rows`]).
+    pub fn new(
+        model: &Model,
+        n_ctx: usize,
+        n_batch: usize,
+        logit_rows: usize,
+        kv_type: KvType,
+    ) -> MemoryPlan {
         MemoryPlan {
             weights_mapped: model.file.file_len(),
             kv_cache: KvCache::bytes_needed_for(&model.config, n_ctx, kv_type),
-            scratch: model.scratch_bytes(n_batch, n_ctx),
+            scratch: model.scratch_bytes(n_batch, n_ctx, logit_rows),
         }
     }
 

@@ -414,10 +414,11 @@ impl Model {
 
     /// Bytes of scratch a `RunState` for batches of `n_batch` tokens takes (logits for one position), with the
     /// attention scratch of every worker thread at a context of `n_ctx` positions.
-    pub fn scratch_bytes(&self, n_batch: usize, n_ctx: usize) -> usize {
+    pub fn scratch_bytes(&self, n_batch: usize, n_ctx: usize, logit_rows: usize) -> usize {
         let threads = rayon::current_num_threads().max(1);
+        // logits: the pass's rows, and the caller's copy it samples from (speculation edits them in place)
         RunState::floats_for(&self.config, n_batch) * 4
-            + self.config.vocab_size * 4
+            + 2 * logit_rows.max(1) * self.config.vocab_size * 4
             + threads * crate::attention::task_scratch_bytes(&self.config, n_ctx)
     }
 }

@@ -182,7 +182,8 @@ impl Scheduler {
         anyhow::ensure!(cfg.n_slots >= 1, "at least one slot is needed");
         anyhow::ensure!(cfg.n_ctx >= 1, "the context must hold at least one token");
         let cfg = SchedulerConfig { n_batch: cfg.n_batch.max(cfg.n_slots), ..cfg };
-        MemoryPlan::new(&engine.model, cfg.n_ctx * cfg.n_slots, cfg.n_batch, engine.kv_type)
+        let rows = speculate::logit_rows(&engine.spec, cfg.n_slots, cfg.n_batch);
+        MemoryPlan::new(&engine.model, cfg.n_ctx * cfg.n_slots, cfg.n_batch, rows, engine.kv_type)
             .check_available()?;
         let caches = (0..cfg.n_slots)
             .map(|_| KvCache::with_type(&engine.model.config, cfg.n_ctx, engine.kv_type))
@@ -416,7 +417,7 @@ impl<'e> Worker<'e> {
         let gen = Generation::new(&self.engine.tokenizer, &req.params);
         slot.active = Some(Active {
             gen,
-            spec: Speculation::new(&req.params),
+            spec: Speculation::new(&req.params, self.engine.model.config.vocab_size),
             refill: Vec::new(),
             refilled: 0,
             prompt_done: reuse,
@@ -545,7 +546,10 @@ impl<'e> Worker<'e> {
             })
             .collect();
         let mut ks = speculate::choose(&self.engine.spec, &offers, &self.cost, &CostModel::default());
-        while decoding.len() + ks.iter().sum::<usize>() > n_batch {
+        // Drafts fit in the batch beside at least one token of every slot prefilling or refilling (n_batch
+        // is at least n_slots), so speculation never starves a prompt.
+        let waiting = self.slots.iter().filter(|s| s.active.as_ref().is_some_and(|a| !a.decoding())).count();
+        while decoding.len() + waiting + ks.iter().sum::<usize>() > n_batch {
             let widest = (0..ks.len()).max_by_key(|&j| ks[j]).expect("some slot drafts");
             ks[widest] -= 1;
         }
@@ -599,6 +603,7 @@ impl<'e> Worker<'e> {
         if plan.is_empty() {
             return;
         }
+        let t_pass = Instant::now();
         let result = {
             let mut seqs: Vec<SeqBatch> = Vec::with_capacity(plan.len());
             let mut planned = plan.iter().peekable();
@@ -621,9 +626,11 @@ impl<'e> Worker<'e> {
                 return;
             }
         };
-        let took = t0.elapsed();
-        self.cost.record(plan.iter().map(|(_, t, _)| t.len()).sum(), took);
-        let secs = took.as_secs_f64();
+        if n_prefill == 0 {
+            // decode passes only: the cost model prices decode steps
+            self.cost.record(plan.iter().map(|(_, t, _)| t.len()).sum(), t_pass.elapsed());
+        }
+        let secs = t0.elapsed().as_secs_f64();
         let vocab = self.engine.model.config.vocab_size;
         let mut offset = 0;
         let (mut generated, mut decoded) = (0u64, 0u64);
@@ -679,13 +686,14 @@ impl<'e> Worker<'e> {
             };
             a.first_token_at.get_or_insert_with(Instant::now);
             let mut done = false;
-            for step in steps {
+            let n_steps = steps.len();
+            for (j, step) in steps.into_iter().enumerate() {
                 generated += 1;
                 a.next = Some(step.token);
                 done = step.done;
                 let left = step.logprob.is_some_and(|lp| (a.req.on_event)(Event::Logprob(lp)).is_break());
                 if left || (!step.text.is_empty() && (a.req.on_event)(Event::Text(step.text)).is_break()) {
-                    a.gen.cancel();
+                    a.gen.cancel(n_steps - j - 1);
                     done = true;
                 }
                 if done {

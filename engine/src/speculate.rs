@@ -28,10 +28,12 @@ pub const LOOKUP_NGRAM: usize = 4;
 
 /// Where drafts come from (`--spec`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum SpecMode {
     /// No speculation: one token per step.
     Off,
     /// Prompt lookup (and, where given, the request's predicted output); a draft model when one is loaded.
+    #[cfg_attr(feature = "clap", value(alias = "on"))]
     Lookup,
 }
 
@@ -74,6 +76,12 @@ impl SpecConfig {
             SpecMode::Lookup => self.max_draft.min(MAX_DRAFT),
         }
     }
+}
+
+/// Most rows of logits a decode pass of `n_slots` requests returns with `cfg` (one per fed token when it
+/// drafts), within a batch of `n_batch` tokens: for the memory plan.
+pub fn logit_rows(cfg: &SpecConfig, n_slots: usize, n_batch: usize) -> usize {
+    (n_slots * (1 + cfg.limit())).min(n_batch.max(n_slots)).max(1)
 }
 
 /// Drafted and accepted token counts.

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use common::{channel_request, collect_events, fixture};
 use quire_engine::generate::{Engine, GenerateParams, GenerationStats};
-use quire_engine::sampler::SamplerConfig;
-use quire_engine::scheduler::{Event, Priority, Scheduler, SchedulerConfig, Usage};
+use quire_engine::grammar::GrammarSpec;
+use quire_engine::sampler::{SamplerConfig, TokenLogprob};
+use quire_engine::scheduler::{Event, Priority, Request, Scheduler, SchedulerConfig, Usage};
 use quire_engine::speculate::SpecConfig;
 
 fn engine(ty: &str, spec: SpecConfig) -> Engine {
@@ -160,5 +161,160 @@ fn four_concurrent_streams_give_the_same_text_with_and_without_speculation() {
             let st = s.stats();
             assert!(st.drafted_tokens_total > 0 && st.accepted_tokens_total <= st.drafted_tokens_total);
         }
+    }
+}
+
+/// Everything a scheduler request's events carry: its text, each token's log-probabilities, its usage.
+fn events(rx: mpsc::Receiver<Event>) -> (String, Vec<TokenLogprob>, Usage) {
+    let (mut text, mut lps) = (String::new(), Vec::new());
+    loop {
+        match rx.recv_timeout(Duration::from_secs(120)).expect("the scheduler answers") {
+            Event::Text(t) => text.push_str(&t),
+            Event::Logprob(lp) => lps.push(lp),
+            Event::Done(u) => return (text, lps, u),
+            Event::Failed(e) => panic!("request failed: {e}"),
+        }
+    }
+}
+
+fn scheduler(spec: SpecConfig, n_slots: usize, n_batch: usize) -> Scheduler {
+    let cfg = SchedulerConfig { n_slots, n_ctx: 512, queue_capacity: 8, n_batch };
+    Scheduler::new(Arc::new(engine("q8_0", spec)), cfg).unwrap()
+}
+
+/// A grammar and logprobs see every verified position as plain decoding does: the mask advances token by
+/// token through accepted drafts, and each token's logprobs are those of its own position.
+#[test]
+fn grammar_and_logprobs_are_the_same_with_speculation() {
+    let e = engine("q8_0", SpecConfig::off());
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"name": {"type": "string", "minLength": 12}, "n": {"type": "integer"}},
+        "required": ["name", "n"],
+    });
+    let grammars = [GrammarSpec::Regex("[a-z ]{8,60}".into()), GrammarSpec::JsonSchema(schema)];
+    for (i, spec) in grammars.iter().enumerate() {
+        let mut p = params(i == 1, 3, 40);
+        p.ignore_eos = false;
+        p.constraint = Some(e.grammars().unwrap().compile(spec).unwrap());
+        p.logprobs = Some(3);
+        let plain = events(stream(&scheduler(SpecConfig::off(), 1, 64), prompt(i as u32), p.clone()));
+        assert!(!plain.1.is_empty());
+        // the reply itself as the prediction: long accepted runs through the grammar
+        let tokens = run(&e, 512, &prompt(i as u32), &p).1.tokens;
+        let p = GenerateParams { prediction: tokens, ..p };
+        let fast = events(stream(&scheduler(always(), 1, 64), prompt(i as u32), p));
+        assert_eq!((&fast.0, &fast.1), (&plain.0, &plain.1), "{spec:?}");
+        assert_eq!((fast.2.completion_tokens, fast.2.finish), (plain.2.completion_tokens, plain.2.finish));
+        assert!(fast.2.spec.accepted > 0, "{spec:?}: {:?} for {:?}", fast.2.spec, plain.0);
+    }
+}
+
+/// A batch of 4 tokens for 2 slots: drafts are cut to fit beside the other slot's prefill (which still
+/// moves on every step), and batch requests paused for interactive ones and refilled go on unchanged.
+#[test]
+fn small_batches_and_paused_requests_keep_the_output() {
+    let e = engine("q8_0", SpecConfig::off());
+    let long = |i: u32| -> Vec<u32> { prompt(i).into_iter().cycle().take(200).collect() };
+    let solo = |pr: &[u32], seed: u64, n: usize| run(&e, 512, pr, &params(seed % 2 == 1, seed, n));
+    let s = scheduler(always(), 2, 4);
+    let batch: Vec<_> = (0..2u32)
+        .map(|i| {
+            let mut p = params(i % 2 == 1, 10 + i as u64, 300);
+            p.prediction = solo(&long(i), 10 + i as u64, 300).1.tokens;
+            let (req, rx) = channel_request(long(i), p, None, Priority::Batch);
+            s.submit(req).unwrap();
+            rx
+        })
+        .collect();
+    // once both decode (past their 200-token prompts at 4 tokens a step), people arrive
+    let mut first: Vec<String> = Vec::new();
+    for rx in &batch {
+        loop {
+            if let Event::Text(t) = rx.recv_timeout(Duration::from_secs(120)).unwrap() {
+                first.push(t);
+                break;
+            }
+        }
+    }
+    let people: Vec<_> = (0..2u32).map(|i| stream(&s, prompt(i + 4), params(false, 0, 12))).collect();
+    for (i, rx) in people.into_iter().enumerate() {
+        let (text, usage) = collect_events(rx, Duration::from_secs(120), "interactive");
+        assert_eq!(text, solo(&prompt(i as u32 + 4), 0, 12).0, "interactive {i}");
+        assert!(usage.spec.drafted <= usage.completion_tokens * 16);
+    }
+    for (i, rx) in batch.into_iter().enumerate() {
+        let (rest, usage) = collect_events(rx, Duration::from_secs(120), "batch");
+        assert_eq!(first[i].clone() + &rest, solo(&long(i as u32), 10 + i as u64, 300).0, "batch {i}");
+        assert!(usage.spec.accepted > 0, "batch {i}: {:?}", usage.spec);
+    }
+    // (a batch request may finish before the people come; one paused is the case tested)
+    assert!(s.stats().preemptions_total >= 1, "{:?}", s.stats());
+}
+
+/// A consumer that leaves in the middle of a verified step (several tokens drawn at once) gets a reply, and
+/// a count, that end where it left, as without speculation.
+#[test]
+fn a_cancel_inside_a_verified_step_keeps_only_what_was_delivered() {
+    let (off, on) = (engine("q4_0", SpecConfig::off()), engine("q4_0", always()));
+    let pr = prompt(7);
+    let reply = run(&off, 512, &pr, &params(false, 0, 60)).1.tokens;
+    let p = GenerateParams { prediction: reply, ..params(false, 0, 60) };
+    for leave_after in [1, 5, 17] {
+        let cancelled = |e: &Engine| {
+            let mut s = e.session(512).unwrap();
+            let (mut pieces, mut text) = (0, String::new());
+            let stats = s
+                .generate(&pr, &p, |t| {
+                    text.push_str(t);
+                    pieces += 1;
+                    if pieces == leave_after {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .unwrap();
+            (text, stats)
+        };
+        let (a, b) = (cancelled(&off), cancelled(&on));
+        assert_eq!(b.1.finish, quire_engine::generate::FinishReason::Cancelled);
+        assert_eq!((&b.0, &b.1.tokens, b.1.generated_tokens), (&a.0, &a.1.tokens, a.1.generated_tokens));
+        assert!(b.1.spec.accepted > 0 || leave_after == 1, "{:?}", b.1.spec);
+
+        // the same through the scheduler: the usage counts what the consumer got
+        let texts = Arc::new(std::sync::Mutex::new(0usize));
+        let (tx, rx) = mpsc::channel();
+        let seen = texts.clone();
+        let on_event = Box::new(move |ev: Event| {
+            let stop = matches!(ev, Event::Text(_)) && {
+                let mut n = seen.lock().unwrap();
+                *n += 1;
+                *n == leave_after
+            };
+            let _ = tx.send(ev);
+            if stop {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        let cfg = SchedulerConfig { n_slots: 1, n_ctx: 512, queue_capacity: 8, n_batch: 64 };
+        let s = Scheduler::new(Arc::new(engine("q4_0", always())), cfg).unwrap();
+        let req = Request {
+            prompt: pr.clone(),
+            params: p.clone(),
+            deadline: None,
+            priority: Priority::Interactive,
+            on_event,
+        };
+        s.submit(req).unwrap();
+        let (text, _, usage) = events(rx);
+        assert_eq!(
+            (text, usage.completion_tokens),
+            (a.0.clone(), a.1.generated_tokens),
+            "scheduler, {leave_after}"
+        );
+        assert_eq!(usage.finish, quire_engine::generate::FinishReason::Cancelled);
     }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quire_engine::kv_cache::KvType;
+use quire_engine::speculate::SpecConfig;
 
 /// Everything the server needs to start. Build it with [`ServerConfig::new`] and override fields.
 #[derive(Clone, Debug)]
@@ -32,6 +33,8 @@ pub struct ServerConfig {
     pub ctx: Option<usize>,
     /// Element type of the slots' KV caches (`--kv-type`).
     pub kv_type: KvType,
+    /// Speculative decoding (`--spec`, `--spec-max`): prompt lookup and predicted outputs by default.
+    pub spec: SpecConfig,
     /// Prepack the weights in the background after load (`--prepack`).
     pub prepack: bool,
     /// How long in-flight requests may run after SIGINT/SIGTERM before the server exits anyway.
@@ -84,6 +87,7 @@ impl ServerConfig {
             queue_capacity: DEFAULT_QUEUE,
             ctx: None,
             kv_type: KvType::default(),
+            spec: SpecConfig::default(),
             prepack: true,
             shutdown_grace: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),

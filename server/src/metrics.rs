@@ -128,7 +128,7 @@ impl Metrics {
         let _ = writeln!(out, "quire_queue_capacity {}", snap.queue_capacity);
 
         let s = snap.scheduler.clone().unwrap_or_default();
-        let gauges: [(&str, &str, &str, String); 13] = [
+        let gauges: [(&str, &str, &str, String); 15] = [
             (
                 "quire_prompt_tokens_total",
                 "counter",
@@ -140,6 +140,18 @@ impl Metrics {
                 "counter",
                 "tokens generated",
                 s.generated_tokens_total.to_string(),
+            ),
+            (
+                "quire_spec_drafted_tokens_total",
+                "counter",
+                "speculative decoding: drafted tokens verified (prompt lookup, predicted outputs)",
+                s.drafted_tokens_total.to_string(),
+            ),
+            (
+                "quire_spec_accepted_tokens_total",
+                "counter",
+                "speculative decoding: drafted tokens accepted (each one a decode step saved)",
+                s.accepted_tokens_total.to_string(),
             ),
             (
                 "quire_prefill_tokens_per_second",

@@ -14,6 +14,7 @@ use quire_engine::generate::{FinishReason, GenerateParams};
 use quire_engine::gguf::json_kind;
 use quire_engine::grammar::GrammarSpec;
 use quire_engine::sampler::{Logprob, SamplerOptions, TokenLogprob};
+use quire_engine::speculate::SpecCounts;
 use quire_engine::tools::{call_grammar, CallGrammar, Function, ParsedCall};
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -81,6 +82,9 @@ pub struct ChatRequest {
     pub render: RenderOptions,
     /// Tool calling: what the model may call and how (`None`: no tools, or `tool_choice: "none"`).
     pub tools: Option<ToolUse>,
+    /// Predicted Outputs: the text the reply is expected to resemble (`prediction.content`), drafts for
+    /// speculative decoding; it changes how fast the reply comes, never what it is.
+    pub prediction: Option<String>,
 }
 
 /// `tools` with `tool_choice` and `parallel_tool_calls`.
@@ -199,6 +203,53 @@ struct ChatBody {
     parallel_tool_calls: Option<bool>,
     logprobs: Option<bool>,
     top_logprobs: Option<Integer>,
+    prediction: Option<Prediction>,
+}
+
+/// `prediction`: `{"type": "content", "content": "…" | [{"type": "text", "text": "…"}, …]}`.
+#[derive(Deserialize)]
+struct Prediction {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    content: Option<PredictionContent>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PredictionContent {
+    Text(String),
+    Parts(Vec<TextPart>),
+}
+
+#[derive(Deserialize)]
+struct TextPart {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    text: Option<String>,
+}
+
+impl Prediction {
+    /// The predicted text (the parts joined), or a 400 naming the field that is wrong.
+    fn text(self) -> ApiResult<String> {
+        let kind = self.kind.ok_or_else(|| required("prediction.type"))?;
+        reject_if(kind != "content", "prediction.type", "the only prediction type is 'content'")?;
+        match self.content.ok_or_else(|| required("prediction.content"))? {
+            PredictionContent::Text(t) => Ok(t),
+            PredictionContent::Parts(parts) => {
+                let mut text = String::new();
+                for (i, p) in parts.into_iter().enumerate() {
+                    let param = format!("prediction.content[{i}]");
+                    reject_if(
+                        p.kind.as_deref() != Some("text"),
+                        &param,
+                        "content parts must be of type 'text'",
+                    )?;
+                    text += &p.text.ok_or_else(|| required(&format!("{param}.text")))?;
+                }
+                Ok(text)
+            }
+        }
+    }
 }
 
 /// One entry of `tools`: `{"type": "function", "function": {"name", "description", "parameters"}}`. Kept
@@ -636,6 +687,7 @@ pub fn parse_chat(map: &Map<String, Value>) -> ApiResult<ChatRequest> {
         max_tokens(&[("max_tokens", s.max_tokens), ("max_completion_tokens", b.max_completion_tokens)])?;
     let enable_thinking = b.chat_template_kwargs.and_then(|k| k.enable_thinking).or(b.enable_thinking);
     let (tool_use, rendered_tools) = tool_use(b.tools, b.tool_choice, b.parallel_tool_calls)?;
+    let prediction = b.prediction.map(Prediction::text).transpose()?;
     let sampling = SamplingRequest {
         logprobs: logprobs.then_some(top_logprobs.unwrap_or(0) as usize),
         ..s.check(max_tokens)?
@@ -655,6 +707,7 @@ pub fn parse_chat(map: &Map<String, Value>) -> ApiResult<ChatRequest> {
         sampling,
         render: RenderOptions { add_generation_prompt: true, enable_thinking, tools: rendered_tools },
         tools: tool_use,
+        prediction,
     })
 }
 
@@ -826,15 +879,23 @@ pub struct UsageCounts {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub cached_tokens: usize,
+    /// Speculative decoding: drafted tokens verified, and the ones accepted.
+    pub spec: SpecCounts,
 }
 
 impl UsageCounts {
+    /// OpenAI's shape; the Predicted Outputs counts are every draft's (prompt lookup's too): tokens drafted
+    /// and kept, and drafted and thrown away (scored, not part of the reply nor of `completion_tokens`).
     pub fn to_json(&self) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "prompt_tokens_details": { "cached_tokens": self.cached_tokens },
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": self.spec.accepted,
+                "rejected_prediction_tokens": self.spec.rejected(),
+            },
         })
     }
 }
@@ -1118,6 +1179,36 @@ mod tests {
     }
 
     #[test]
+    fn prediction_forms() {
+        let chat = |extra: &str| {
+            parse_chat(&obj(&format!(r#"{{"messages":[{{"role":"user","content":"x"}}]{extra}}}"#)))
+                .map(|r| r.prediction)
+        };
+        assert_eq!(chat("").unwrap(), None);
+        assert_eq!(chat(r#","prediction":null"#).unwrap(), None);
+        let text = chat(r#","prediction":{"type":"content","content":"fn main() {}"}"#).unwrap();
+        assert_eq!(text.as_deref(), Some("fn main() {}"));
+        let parts = r#","prediction":{"type":"content","content":[{"type":"text","text":"a "},{"type":"text","text":"b"}]}"#;
+        assert_eq!(chat(parts).unwrap().as_deref(), Some("a b"));
+        assert_eq!(
+            err_param(chat(r#","prediction":{"type":"file","content":"x"}"#)).as_deref(),
+            Some("prediction.type")
+        );
+        assert_eq!(err_param(chat(r#","prediction":{"content":"x"}"#)).as_deref(), Some("prediction.type"));
+        assert_eq!(
+            err_param(chat(r#","prediction":{"type":"content"}"#)).as_deref(),
+            Some("prediction.content")
+        );
+        assert_eq!(
+            err_param(chat(r#","prediction":{"type":"content","content":7}"#)).as_deref(),
+            Some("prediction.content")
+        );
+        let bad_part = r#","prediction":{"type":"content","content":[{"type":"image_url","text":"x"}]}"#;
+        assert_eq!(err_param(chat(bad_part)).as_deref(), Some("prediction.content[0]"));
+        assert_eq!(err_param(chat(r#","prediction":"x""#)).as_deref(), Some("prediction"));
+    }
+
+    #[test]
     fn simple_request_and_query() {
         let r = parse_simple(&obj(r#"{"prompt":"hello","max_new_tokens":5,"temperature":0}"#)).unwrap();
         assert_eq!(r.sampling.max_tokens, Some(5));
@@ -1143,7 +1234,12 @@ mod tests {
     #[test]
     fn response_shapes() {
         let meta = ResponseMeta { id: "chatcmpl-1".into(), created: 5, model: "m".into() };
-        let u = UsageCounts { prompt_tokens: 3, completion_tokens: 4, cached_tokens: 2 };
+        let u = UsageCounts {
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            cached_tokens: 2,
+            spec: SpecCounts { drafted: 5, accepted: 3 },
+        };
         let answer = |text, finish, logprobs| Answer {
             text,
             finish,
@@ -1157,6 +1253,11 @@ mod tests {
         assert_eq!(c["choices"][0]["logprobs"], Value::Null);
         assert_eq!(c["usage"]["total_tokens"], 7);
         assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
+        let details = &c["usage"]["completion_tokens_details"];
+        assert_eq!(
+            (&details["accepted_prediction_tokens"], &details["rejected_prediction_tokens"]),
+            (&json!(3), &json!(2))
+        );
         assert!(c["choices"][0]["message"].get("reasoning_content").is_none());
         let r = chat_completion(&meta, &Answer { reasoning: Some("plan"), ..answer("{}", "stop", None) });
         assert_eq!(r["choices"][0]["message"]["reasoning_content"], "plan");

@@ -704,7 +704,10 @@ async fn chat(
             after = trigger.filter(|_| lazy).map(|token| Trigger { token, repeat: tools.parallel });
         }
     }
-    let params = engine_params(&ready, &sampling, &prompt, may_think, after).await?;
+    let mut params = engine_params(&ready, &sampling, &prompt, may_think, after).await?;
+    if let Some(text) = req.prediction.clone() {
+        params.prediction = text_prompt(&ready, text).await?;
+    }
     let thinking = params.thinking;
     let rx = submit(state, &ready, prompt, params, "messages", log, priority)?;
     let meta = ResponseMeta {

@@ -74,6 +74,7 @@ impl From<&Usage> for UsageCounts {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             cached_tokens: u.cached_tokens,
+            spec: u.spec,
         }
     }
 }

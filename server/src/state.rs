@@ -138,6 +138,7 @@ pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
     let mut engine = Engine::load_with(&cfg.model_path, &opts)
         .with_context(|| format!("cannot load {}", cfg.model_path.display()))?;
     engine.kv_type = cfg.kv_type;
+    engine.spec = cfg.spec;
     let c = &engine.model.config;
     let n_ctx = cfg.ctx.unwrap_or_else(|| c.default_ctx());
     if n_ctx > c.ctx_train {
@@ -147,7 +148,8 @@ pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
         );
     }
     // For the log line only: the scheduler itself refuses (with numbers) when the slots' caches do not fit.
-    let plan = MemoryPlan::new(&engine.model, n_ctx * cfg.n_slots, DEFAULT_BATCH, engine.kv_type);
+    let rows = quire_engine::speculate::logit_rows(&engine.spec, cfg.n_slots, DEFAULT_BATCH);
+    let plan = MemoryPlan::new(&engine.model, n_ctx * cfg.n_slots, DEFAULT_BATCH, rows, engine.kv_type);
     let engine = Arc::new(engine);
     // Build the grammar compiler's token trie now, beside the first requests, so the first request with a
     // `response_format` does not wait for it (it waits only if it comes within that time).

@@ -131,6 +131,8 @@ async fn info_endpoints() {
         "quire_decode_tokens_per_second",
         "quire_prefill_tokens_per_second",
         "quire_weights_prepacking",
+        "quire_spec_drafted_tokens_total",
+        "quire_spec_accepted_tokens_total",
     ] {
         assert!(m.contains(needle), "metrics lack {needle:?}:\n{m}");
     }

@@ -3,8 +3,8 @@
 Usage: python openai_client.py PORT [MODEL_NAME]
 Streams a chat completion and a completion (with usage), checks that each streamed text equals the
 non-streamed greedy text, lists the models, checks that a bad request raises BadRequestError, and reads
-logprobs (whole and streamed) through the client's own types, and parses structured output into a pydantic
-model with `chat.completions.parse`, and calls tools (every tool_choice, streamed, a second turn), and runs
+logprobs (whole and streamed) through the client's own types, sends Predicted Outputs (the same text, with
+accepted_prediction_tokens counted), and parses structured output into a pydantic model with `chat.completions.parse`, and calls tools (every tool_choice, streamed, a second turn), and runs
 batch jobs through files.create / batches.create / retrieve / list / cancel / files.content / files.delete,
 and a template batch (a CSV uploaded as user_data, `template` through extra_body) reviewed and exported.
 Prints a closing 'N passed, N failed' line; exits non-zero on any failure.
@@ -126,6 +126,55 @@ def chat_logprobs():
         assert e.body and e.body.get("param") == "top_logprobs", e.body
         return
     raise AssertionError("top_logprobs=21 was accepted")
+
+
+CODE = """def total(items):
+    s = 0
+    for item in items:
+        s += item.price * item.quantity
+    return s
+"""
+
+
+def metric(name):
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if os.environ.get("QUIRE_API_KEY"):
+        req.add_header("Authorization", f"Bearer {os.environ['QUIRE_API_KEY']}")
+    text = urllib.request.urlopen(req, timeout=30).read().decode()
+    return float(next(l.split()[-1] for l in text.splitlines() if l.startswith(name + " ")))
+
+
+def predicted_outputs():
+    # An edit of a given text: the reply is the same with and without the prediction (speculation never
+    # changes it); with the prediction, most of it comes from accepted drafts.
+    edit = [{"role": "user", "content": "Rename the variable s to result in this Python code. "
+             "Reply with the code only, in a fenced block.\n\n```python\n" + CODE + "```"}]
+    drafted0, accepted0 = metric("quire_spec_drafted_tokens_total"), metric("quire_spec_accepted_tokens_total")
+    plain = client.chat.completions.create(model=model, messages=edit, max_tokens=96, temperature=0)
+    pred = {"type": "content", "content": "```python\n" + CODE.replace(" s ", " result ") + "```"}
+    fast = client.chat.completions.create(model=model, messages=edit, max_tokens=96, temperature=0, prediction=pred)
+    assert fast.choices[0].message.content == plain.choices[0].message.content, (fast, plain)
+    assert fast.usage.completion_tokens == plain.usage.completion_tokens, (fast.usage, plain.usage)
+    d = fast.usage.completion_tokens_details
+    assert d.accepted_prediction_tokens > fast.usage.completion_tokens // 3, fast.usage
+    assert d.rejected_prediction_tokens >= 0, fast.usage
+    # seeded sampling too, and streamed, with the prediction given as text parts
+    seeded = dict(model=model, messages=edit, max_tokens=64, temperature=0.8, seed=7)
+    a = client.chat.completions.create(**seeded).choices[0].message.content
+    parts = {"type": "content", "content": [{"type": "text", "text": pred["content"][:40]},
+                                            {"type": "text", "text": pred["content"][40:]}]}
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       client.chat.completions.create(**seeded, prediction=parts, stream=True) if c.choices)
+    assert streamed == a, (streamed, a)
+    assert metric("quire_spec_drafted_tokens_total") > drafted0
+    assert metric("quire_spec_accepted_tokens_total") >= accepted0 + d.accepted_prediction_tokens
+    try:
+        client.chat.completions.create(model=model, messages=edit, prediction={"type": "file", "content": "x"})
+    except openai.BadRequestError as e:
+        assert e.body and e.body.get("param") == "prediction.type", e.body
+        return
+    raise AssertionError("prediction type 'file' was accepted")
 
 
 class Product(pydantic.BaseModel):
@@ -359,6 +408,7 @@ check("chat.completions stream == non-stream", chat_stream)
 check("completions stream == non-stream", completion_stream)
 check("bad request -> BadRequestError", bad_request)
 check("chat logprobs, whole and streamed", chat_logprobs)
+check("predicted outputs: same text, accepted_prediction_tokens, /metrics, seeded + streamed, bad type", predicted_outputs)
 check("structured output: parse() with a pydantic model, json_object streamed, bad schema", structured_parse)
 check("tool calls: required, named, none, auto, streamed, second turn, bad tool_choice", tool_calls)
 check("batches: files.create, batches.create/retrieve/list/cancel, files.content/delete", batches)

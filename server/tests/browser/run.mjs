@@ -302,6 +302,9 @@ test("conversations: reload keeps them; new, rename, delete, continue with conte
   await renamed.locator(".conv-delete").click();
   await page.waitForSelector("#confirm-dialog[open]");
   await page.click("#confirm-ok");
+  // The dialog's close event (which deletes and saves) is a queued task: a reload sent at once can
+  // beat it, as a person cannot. Wait for the list to change first.
+  await renamed.waitFor({ state: "detached" });
   await page.reload();
   await page.waitForSelector(".conv-item");
   const titles = await page.$$eval(".conv-item .conv-title", (e) => e.map((x) => x.textContent));
