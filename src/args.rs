@@ -61,6 +61,10 @@ pub struct SpecArgs {
     /// Most tokens drafted per step and request (0 to 16).
     #[arg(long = "spec-max", default_value_t = SpecConfig::default().max_draft, value_parser = draft_len)]
     pub max_draft: usize,
+    /// A small model with the same vocabulary that drafts tokens too (e.g. Qwen2.5-Coder-0.5B for the 1.5B,
+    /// Qwen3-0.6B for Qwen3-4B); refused at load if its vocabulary differs.
+    #[arg(long = "draft", value_name = "MODEL.gguf")]
+    pub draft: Option<PathBuf>,
 }
 
 impl SpecArgs {

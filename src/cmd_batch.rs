@@ -97,6 +97,7 @@ pub fn run(args: &BatchArgs, prepack: bool) -> Result<()> {
     cfg.ctx = args.model.cache.ctx;
     cfg.kv_type = args.model.cache.kv_type;
     cfg.spec = args.spec.config();
+    cfg.draft_model = args.spec.draft.clone();
     cfg.prepack = prepack;
     cfg.timeout = None;
     cfg.queue_capacity = args.parallel;

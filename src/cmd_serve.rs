@@ -66,6 +66,7 @@ impl ServeArgs {
         cfg.ctx = self.model.cache.ctx;
         cfg.kv_type = self.model.cache.kv_type;
         cfg.spec = self.spec.config();
+        cfg.draft_model = self.spec.draft.clone();
         cfg.prepack = prepack;
         // clap read QUIRE_API_KEY into `api_key` when the flag is absent; an empty value means "no key".
         cfg.api_key = self.api_key.clone().filter(|k| !k.is_empty());

@@ -176,16 +176,30 @@ fn main() {
 
 /// Start the worker pool, load the model, print how long it took, and check the memory it will need at this
 /// context size.
-fn load(args: &ModelArgs, spec: SpecConfig, opts: &LoadOptions) -> Result<(Engine, usize)> {
+fn load(
+    args: &ModelArgs,
+    spec: SpecConfig,
+    draft: Option<&Path>,
+    opts: &LoadOptions,
+) -> Result<(Engine, usize)> {
     args.threads.init()?;
     let t0 = Instant::now();
     let mut engine = Engine::load_with(&args.model, opts)?;
     engine.kv_type = args.cache.kv_type;
     engine.spec = spec;
+    if let Some(d) = draft {
+        engine.load_draft(d, opts)?;
+        eprintln!("draft model {} (speculative decoding; the output is the same without it)", d.display());
+    }
     let c = &engine.model.config;
     let n_ctx = args.cache.ctx.unwrap_or_else(|| c.default_ctx());
     let rows = speculate::logit_rows(&engine.spec, 1, DEFAULT_BATCH);
-    let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH, rows, engine.kv_type);
+    let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH, rows, engine.kv_type).with_draft(
+        engine.draft.as_ref(),
+        n_ctx,
+        1,
+        engine.kv_type,
+    );
     plan.check_available()?;
     eprintln!(
         "loaded {} ({}, {} layers, {} params in {}) in {:.2} s; context {n_ctx} tokens, KV cache {} ({}), {} threads",
@@ -297,7 +311,7 @@ fn cmd_run(a: RunArgs, opts: &LoadOptions) -> Result<()> {
     };
     let p = params(&a.sampling)?;
     let spec = a.sampling.grammar()?;
-    let (engine, n_ctx) = load(&a.model, a.spec.config(), opts)?;
+    let (engine, n_ctx) = load(&a.model, a.spec.config(), a.spec.draft.as_deref(), opts)?;
     let mut p = constrain(&engine, spec, p)?;
     if let Some(f) = &a.prediction {
         p.prediction = engine.tokenizer.encode(&read_text(f)?)?;
@@ -322,7 +336,7 @@ fn cmd_run(a: RunArgs, opts: &LoadOptions) -> Result<()> {
 fn cmd_chat(a: ChatArgs, opts: &LoadOptions) -> Result<()> {
     let p = params(&a.sampling)?;
     let spec = a.sampling.grammar()?;
-    let (engine, n_ctx) = load(&a.model, a.spec.config(), opts)?;
+    let (engine, n_ctx) = load(&a.model, a.spec.config(), a.spec.draft.as_deref(), opts)?;
     let p = constrain(&engine, spec, p)?;
     let mut session = engine.session(n_ctx)?;
     let mut history: Vec<Message> = Vec::new();
@@ -442,7 +456,7 @@ fn cmd_perplexity(a: PerplexityArgs, opts: &LoadOptions) -> Result<()> {
     let text = read_text(&a.file)?;
     let mut model = a.model.clone();
     model.cache.ctx.get_or_insert(512);
-    let (engine, n_ctx) = load(&model, SpecConfig::off(), opts)?;
+    let (engine, n_ctx) = load(&model, SpecConfig::off(), None, opts)?;
     let tokens = engine.tokenizer.encode(&text)?;
     eprintln!("{} tokens, {} windows of {n_ctx}", tokens.len(), tokens.len() / n_ctx);
     let t0 = Instant::now();

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::chat::{ChatTemplate, Message, RenderOptions};
+use crate::draft::{self, DraftCache, DraftJob, DraftModel};
 use crate::gguf::GgufFile;
 use crate::grammar::{Constraint, Grammars};
 use crate::kv_cache::{KvCache, KvType};
@@ -30,6 +31,8 @@ pub struct Engine {
     pub kv_type: KvType,
     /// Speculative decoding in sessions and schedulers of this engine (prompt lookup unless set: `--spec`).
     pub spec: SpecConfig,
+    /// A small model that drafts tokens too (`--draft`; [`Engine::load_draft`]).
+    pub draft: Option<DraftModel>,
     /// The grammar compiler for this vocabulary, built on first use ([`Engine::grammars`]).
     grammars: OnceLock<std::result::Result<Grammars, String>>,
 }
@@ -67,8 +70,32 @@ impl Engine {
             template,
             kv_type: KvType::default(),
             spec: SpecConfig::default(),
+            draft: None,
             grammars: OnceLock::new(),
         })
+    }
+
+    /// Load a draft model for speculative decoding (refused unless its vocabulary is this model's).
+    pub fn load_draft(&mut self, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<()> {
+        self.draft = Some(DraftModel::load(path.as_ref(), &self.tokenizer, opts)?);
+        Ok(())
+    }
+
+    /// The draft model's cost model, before any measurement: its passes priced by the file sizes' ratio.
+    pub fn draft_cost(&self) -> CostModel {
+        match &self.draft {
+            Some(d) => CostModel::relative(d.file_len() as f64 / self.model.file.file_len().max(1) as f64),
+            None => CostModel::default(),
+        }
+    }
+
+    /// A draft model's cache for one request with room for `n_ctx` tokens, when there is a draft model and
+    /// speculation is on.
+    pub fn draft_cache(&self, n_ctx: usize) -> Result<Option<DraftCache>> {
+        match &self.draft {
+            Some(d) if self.spec.limit() > 0 => Ok(Some(DraftCache::new(d, n_ctx, self.kv_type)?)),
+            _ => Ok(None),
+        }
     }
 
     /// The grammar compiler for constrained decoding, built on first use (its token trie costs a few hundred
@@ -242,11 +269,25 @@ pub struct Session<'e> {
     n_batch: usize,
     /// Measured pass times, for how much to draft ([`speculate::plan`]).
     cost: CostModel,
+    /// With a draft model: its cache, scratch and measured pass times.
+    drafter: Option<Drafter>,
+}
+
+/// A session's draft model state.
+struct Drafter {
+    cache: DraftCache,
+    state: RunState,
+    cost: CostModel,
 }
 
 impl<'e> Session<'e> {
     pub fn new(engine: &'e Engine, n_ctx: usize) -> Result<Session<'e>> {
         let kv = KvCache::with_type(&engine.model.config, n_ctx, engine.kv_type)?;
+        let drafter = engine.draft_cache(n_ctx)?.map(|cache| Drafter {
+            cache,
+            state: RunState::new(),
+            cost: engine.draft_cost(),
+        });
         Ok(Session {
             engine,
             kv,
@@ -254,6 +295,7 @@ impl<'e> Session<'e> {
             tokens: Vec::new(),
             n_batch: DEFAULT_BATCH,
             cost: CostModel::default(),
+            drafter,
         })
     }
 
@@ -342,7 +384,8 @@ impl<'e> Session<'e> {
                 break;
             }
             let next = last.token;
-            let fed = spec.draft(&mut self.tokens, next, &gen, cap, &self.engine.spec, &self.cost);
+            let fed =
+                spec.draft(&mut self.tokens, next, &gen, cap, self.engine, &self.cost, self.drafter.as_mut());
             let t = Instant::now();
             let want = speculate::logits_wanted(&fed);
             let base = self.tokens.len();
@@ -373,8 +416,10 @@ impl<'e> Session<'e> {
 pub struct Speculation {
     lookup: Lookup,
     acceptance: Acceptance,
-    /// The last draft on offer and its kind (see [`speculate::Draft`]), to learn from once it is verified.
+    /// The last draft on offer and its kind (see [`speculate::Draft`]; 0: the draft model's, whose tokens
+    /// come once the plan says how many), to learn from once it is verified.
     offered: speculate::Draft,
+    vocab: usize,
     pub counts: SpecCounts,
 }
 
@@ -387,29 +432,42 @@ impl Speculation {
             lookup: Lookup::new(prediction),
             acceptance: Acceptance::default(),
             offered: Default::default(),
+            vocab,
             counts: SpecCounts::default(),
         }
     }
 
     /// What a plan for this request alone would feed after `context` (the tokens in a cache of `capacity`):
-    /// `next`, then the drafted tokens on offer ([`Speculation::offer`]) worth verifying by `cost`.
+    /// `next`, then the drafted tokens on offer ([`Speculation::offer`]) worth verifying by `cost`, drafted
+    /// by the draft model when its offer wins.
+    #[allow(clippy::too_many_arguments)]
     fn draft(
         &mut self,
         context: &mut Vec<u32>,
         next: u32,
         gen: &Generation,
         capacity: usize,
-        cfg: &SpecConfig,
+        engine: &Engine,
         cost: &CostModel,
+        drafter: Option<&mut Drafter>,
     ) -> Vec<u32> {
-        let offer = self.offer(context, next, cfg, gen, capacity);
-        let k = speculate::choose(cfg, &[offer], cost, &CostModel::default())[0];
+        let cfg = &engine.spec;
+        let offer = self.offer(context, next, cfg, gen, capacity, drafter.is_some());
+        let none = CostModel::default();
+        let k = speculate::choose(cfg, &[offer], cost, drafter.as_ref().map_or(&none, |d| &d.cost))[0];
+        if let (true, Some(model), Some(d)) = (offer.model && k > 0, &engine.draft, drafter) {
+            let mut jobs = [DraftJob { cache: &mut d.cache, context, next, k }];
+            let tokens = draft::draft(model, &mut d.state, &mut jobs, &mut d.cost);
+            self.set_model_draft(tokens.into_iter().next().unwrap_or_default());
+        }
         self.fed(next, k)
     }
 
     /// Proposes tokens to follow `context` (the tokens in a cache of `capacity`) and `next`, and says what
     /// they are worth: at most `cfg`'s limit, and no more than `gen` may still draw after `next` or the
-    /// cache has room for after it.
+    /// cache has room for after it. With a draft model (`model`), its offer replaces lookup's when lookup
+    /// has nothing or its drafts of this kind were accepted less often than the model's; the model's
+    /// tokens then come from [`Speculation::set_model_draft`].
     pub fn offer(
         &mut self,
         context: &mut Vec<u32>,
@@ -417,16 +475,38 @@ impl Speculation {
         cfg: &SpecConfig,
         gen: &Generation,
         capacity: usize,
+        model: bool,
     ) -> Offer {
         let limit = cfg.limit().min(gen.remaining() - 1).min(capacity - context.len() - 1);
         context.push(next);
         self.offered = self.lookup.propose(context, limit);
         context.pop();
-        Offer { rate: self.acceptance.rate(self.offered.kind), max: self.offered.tokens.len(), model: false }
+        let lookup = Offer {
+            rate: self.acceptance.rate(self.offered.kind),
+            max: self.offered.tokens.len(),
+            model: false,
+        };
+        let model_rate = self.acceptance.rate(0);
+        if model && limit > 0 && (lookup.max == 0 || lookup.rate < model_rate) {
+            self.lookup.forget();
+            self.offered = speculate::Draft { tokens: Vec::new(), kind: 0 };
+            return Offer { rate: model_rate, max: limit, model: true };
+        }
+        lookup
     }
 
-    /// What to feed: `next`, then the first `k` drafted tokens on offer.
+    /// The draft model's tokens for the offer it made (cut before any id the serving model lacks).
+    pub fn set_model_draft(&mut self, mut tokens: Vec<u32>) {
+        if let Some(bad) = tokens.iter().position(|&t| t as usize >= self.vocab) {
+            tokens.truncate(bad);
+        }
+        self.offered.tokens = tokens;
+    }
+
+    /// What to feed: `next`, then the first `k` drafted tokens on offer (fewer if the draft model drew
+    /// fewer).
     pub fn fed(&self, next: u32, k: usize) -> Vec<u32> {
+        let k = k.min(self.offered.tokens.len());
         let mut fed = Vec::with_capacity(k + 1);
         fed.push(next);
         fed.extend_from_slice(&self.offered.tokens[..k]);
@@ -441,7 +521,9 @@ impl Speculation {
         let right = accepted + usize::from(last.done && fed.get(v.kept) == Some(&last.token));
         self.acceptance.observe(kind, right, k);
         self.counts.add(SpecCounts { drafted: k, accepted });
-        self.lookup.accepted(accepted);
+        if kind > 0 {
+            self.lookup.accepted(accepted);
+        }
         // When every fed draft was accepted, the token drawn after them tells, for free, whether the next
         // token on offer was right: the rate stays measured where the plan drafted less than was offered
         // (or nothing at all).

@@ -4,6 +4,7 @@
 pub mod attention;
 pub mod chat;
 pub mod config;
+pub mod draft;
 pub mod generate;
 pub mod gguf;
 pub mod grammar;

@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 
+use crate::draft::DraftModel;
 use crate::kv_cache::{KvCache, KvType};
 use crate::model::Model;
 
@@ -32,6 +33,23 @@ impl MemoryPlan {
             kv_cache: KvCache::bytes_needed_for(&model.config, n_ctx, kv_type),
             scratch: model.scratch_bytes(n_batch, n_ctx, logit_rows),
         }
+    }
+
+    /// Plus a draft model beside it ([`crate::draft`]): its mapped file, its caches of `n_ctx` tokens in
+    /// all, and its scratch for drafting rounds of up to `n_slots` requests.
+    pub fn with_draft(
+        mut self,
+        draft: Option<&DraftModel>,
+        n_ctx: usize,
+        n_slots: usize,
+        kv_type: KvType,
+    ) -> MemoryPlan {
+        if let Some(d) = draft {
+            self.weights_mapped += d.file_len();
+            self.kv_cache += KvCache::bytes_needed_for(&d.model.config, n_ctx, kv_type);
+            self.scratch += d.model.scratch_bytes(crate::draft::CATCH_UP_CHUNK * n_slots, n_ctx, n_slots);
+        }
+        self
     }
 
     /// Everything resident while generating at full speed.

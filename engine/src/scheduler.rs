@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
+use crate::draft::{self, DraftCache, DraftJob};
 use crate::generate::{
     check_prompt, reusable_prefix, Engine, FinishReason, GenerateParams, Generation, PromptError,
     Speculation, Step,
@@ -183,10 +184,15 @@ impl Scheduler {
         anyhow::ensure!(cfg.n_ctx >= 1, "the context must hold at least one token");
         let cfg = SchedulerConfig { n_batch: cfg.n_batch.max(cfg.n_slots), ..cfg };
         let rows = speculate::logit_rows(&engine.spec, cfg.n_slots, cfg.n_batch);
-        MemoryPlan::new(&engine.model, cfg.n_ctx * cfg.n_slots, cfg.n_batch, rows, engine.kv_type)
+        let n_ctx_total = cfg.n_ctx * cfg.n_slots;
+        MemoryPlan::new(&engine.model, n_ctx_total, cfg.n_batch, rows, engine.kv_type)
+            .with_draft(engine.draft.as_ref(), n_ctx_total, cfg.n_slots, engine.kv_type)
             .check_available()?;
         let caches = (0..cfg.n_slots)
-            .map(|_| KvCache::with_type(&engine.model.config, cfg.n_ctx, engine.kv_type))
+            .map(|_| {
+                let kv = KvCache::with_type(&engine.model.config, cfg.n_ctx, engine.kv_type)?;
+                Ok((kv, engine.draft_cache(cfg.n_ctx)?))
+            })
             .collect::<Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
             stats: Mutex::new(SchedulerStats {
@@ -203,13 +209,15 @@ impl Scheduler {
         });
         let (worker_shared, engine_ref) = (shared.clone(), engine.clone());
         let worker = std::thread::Builder::new().name("quire-scheduler".into()).spawn(move || {
-            let slots = caches.into_iter().map(Slot::new).collect();
+            let slots = caches.into_iter().map(|(kv, draft)| Slot::new(kv, draft)).collect();
             Worker {
                 engine: &engine,
                 shared: &worker_shared,
                 slots,
                 paused: VecDeque::new(),
                 cost: CostModel::default(),
+                draft_cost: engine.draft_cost(),
+                draft_state: RunState::new(),
             }
             .run()
         })?;
@@ -276,11 +284,13 @@ struct Slot<'e> {
     /// Tokens whose keys and values are in `kv`.
     tokens: Vec<u32>,
     active: Option<Active<'e>>,
+    /// The draft model's cache for this slot's context (with a draft model).
+    draft: Option<DraftCache>,
 }
 
 impl Slot<'_> {
-    fn new(kv: KvCache) -> Self {
-        Slot { kv, tokens: Vec::new(), active: None }
+    fn new(kv: KvCache, draft: Option<DraftCache>) -> Self {
+        Slot { kv, tokens: Vec::new(), active: None, draft }
     }
 }
 
@@ -310,8 +320,10 @@ struct Worker<'e> {
     slots: Vec<Slot<'e>>,
     /// Batch requests that gave their slot to an interactive one, oldest first.
     paused: VecDeque<Active<'e>>,
-    /// Measured pass times, for how much to draft ([`speculate::plan`]).
+    /// Measured pass times, for how much to draft ([`speculate::plan`]): the model's and the draft model's.
     cost: CostModel,
+    draft_cost: CostModel,
+    draft_state: RunState,
 }
 
 impl Active<'_> {
@@ -542,16 +554,46 @@ impl<'e> Worker<'e> {
                 let slot = &mut self.slots[i];
                 let a = slot.active.as_mut().expect("decoding slots are active");
                 let next = a.next.expect("a decoding slot has a token to feed");
-                a.spec.offer(&mut slot.tokens, next, &self.engine.spec, &a.gen, slot.kv.capacity())
+                let model = slot.draft.is_some();
+                a.spec.offer(&mut slot.tokens, next, &self.engine.spec, &a.gen, slot.kv.capacity(), model)
             })
             .collect();
-        let mut ks = speculate::choose(&self.engine.spec, &offers, &self.cost, &CostModel::default());
+        let mut ks = speculate::choose(&self.engine.spec, &offers, &self.cost, &self.draft_cost);
         // Drafts fit in the batch beside at least one token of every slot prefilling or refilling (n_batch
         // is at least n_slots), so speculation never starves a prompt.
         let waiting = self.slots.iter().filter(|s| s.active.as_ref().is_some_and(|a| !a.decoding())).count();
         while decoding.len() + waiting + ks.iter().sum::<usize>() > n_batch {
             let widest = (0..ks.len()).max_by_key(|&j| ks[j]).expect("some slot drafts");
             ks[widest] -= 1;
+        }
+        if let Some(model) = &self.engine.draft {
+            // the draft model's offers that the plan took: drafted now, all slots in one pass per position
+            let mut k_of = vec![0; self.slots.len()];
+            for ((&i, o), &k) in decoding.iter().zip(&offers).zip(&ks) {
+                k_of[i] = if o.model { k } else { 0 };
+            }
+            let mut jobs = Vec::new();
+            let mut whose = Vec::new();
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                let k = k_of[i];
+                let (true, Some(cache), Some(a)) = (k > 0, slot.draft.as_mut(), slot.active.as_ref()) else {
+                    continue;
+                };
+                let next = a.next.expect("a decoding slot has a token to feed");
+                jobs.push(DraftJob { cache, context: &slot.tokens, next, k });
+                whose.push(i);
+            }
+            if !jobs.is_empty() {
+                let drafts = draft::draft(model, &mut self.draft_state, &mut jobs, &mut self.draft_cost);
+                for (i, tokens) in whose.into_iter().zip(drafts) {
+                    self.slots[i]
+                        .active
+                        .as_mut()
+                        .expect("decoding slots are active")
+                        .spec
+                        .set_model_draft(tokens);
+                }
+            }
         }
         let mut fed_of = vec![None; self.slots.len()];
         for (&i, &k) in decoding.iter().zip(&ks) {

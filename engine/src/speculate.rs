@@ -181,6 +181,11 @@ impl Lookup {
         Draft { tokens: source[m.next..end].to_vec(), kind: m.len }
     }
 
+    /// The last proposal was not used (a draft model's was).
+    pub fn forget(&mut self) {
+        self.last = None;
+    }
+
     /// After verification: `accepted` of the last proposal's tokens were right.
     pub fn accepted(&mut self, accepted: usize) {
         if let Some((s, start)) = self.last.take() {
@@ -293,17 +298,31 @@ impl Acceptance {
 pub struct CostModel {
     /// Exponential average of pass seconds per token count (index = tokens), 0 where never measured.
     secs: Vec<f64>,
+    /// A draft model's: until its passes are measured, they are taken to cost this fraction of the serving
+    /// model's (their file sizes' ratio: decoding reads every weight once).
+    relative: Option<f64>,
 }
 
 impl Default for CostModel {
     fn default() -> Self {
-        CostModel { secs: vec![0.0; CostModel::MAX + 1] }
+        CostModel { secs: vec![0.0; CostModel::MAX + 1], relative: None }
     }
 }
 
 impl CostModel {
     /// Largest pass tracked; bigger ones (prefill) are not decode steps.
     pub const MAX: usize = 128;
+
+    /// A draft model's cost model, its passes first estimated at `ratio` times the serving model's.
+    pub fn relative(ratio: f64) -> CostModel {
+        CostModel { relative: Some(ratio), ..CostModel::default() }
+    }
+
+    /// Expected seconds of a draft pass over `n` requests: measured, else estimated from `target`'s.
+    fn draft_secs(&self, n: usize, target: &CostModel) -> f64 {
+        let estimate = || Some(target.secs(n)? * self.relative?);
+        self.secs(n).or_else(estimate).unwrap_or(f64::INFINITY)
+    }
 
     /// A pass of `n` tokens took `took`.
     pub fn record(&mut self, n: usize, took: Duration) {
@@ -380,7 +399,7 @@ pub fn plan(offers: &[Offer], target: &CostModel, draft: &CostModel) -> Vec<usiz
         (0..rounds)
             .map(|r| {
                 let m = offers.iter().zip(ks).filter(|(o, &k)| o.model && k > r).count();
-                draft.secs(m).unwrap_or(f64::INFINITY)
+                draft.draft_secs(m, target)
             })
             .sum()
     };
@@ -492,5 +511,8 @@ mod tests {
         let mut cheap = CostModel::default();
         cheap.record(1, Duration::from_millis(5));
         assert!(plan(&[model], &flat, &cheap)[0] >= 3);
+        // before a draft pass is measured: estimated from the serving model's by their size ratio
+        assert!(plan(&[model], &flat, &CostModel::relative(0.05))[0] >= 3);
+        assert_eq!(plan(&[model], &flat, &CostModel::relative(1.0)), vec![0]);
     }
 }

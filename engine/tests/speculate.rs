@@ -318,3 +318,87 @@ fn a_cancel_inside_a_verified_step_keeps_only_what_was_delivered() {
         assert_eq!(usage.finish, quire_engine::generate::FinishReason::Cancelled);
     }
 }
+
+/// The tiny q8_0 model drafted for by the tiny q4_0 one (the same checkpoint quantized coarser, so most
+/// drafts are right).
+fn with_draft(spec: SpecConfig) -> Engine {
+    let mut e = engine("q8_0", spec);
+    e.load_draft(fixture("tiny-qwen3-q4_0.gguf"), &Default::default()).unwrap();
+    e
+}
+
+#[test]
+fn a_draft_model_changes_no_output() {
+    let off = engine("q8_0", SpecConfig::off());
+    let (forced, adaptive) = (with_draft(always()), with_draft(SpecConfig::default()));
+    let mut accepted = 0;
+    for (i, sampled) in [(0, false), (1, true), (2, false), (3, true)] {
+        let p = params(sampled, 30 + i as u64, 40);
+        // a prompt with nothing to look up: the drafts are the draft model's
+        let pr: Vec<u32> = (0..40).map(|k| (k * 37 + i * 11) % 500 + 3).collect();
+        let (text, plain, cached) = run(&off, 512, &pr, &p);
+        for e in [&forced, &adaptive] {
+            let (t, s, c) = run(e, 512, &pr, &p);
+            assert_eq!(
+                (&t, &s.tokens, c),
+                (&text, &plain.tokens, cached),
+                "#{i}: the draft model changed the output"
+            );
+            assert!(s.spec.accepted <= s.spec.drafted);
+        }
+        accepted += run(&forced, 512, &pr, &p).1.spec.accepted;
+        // a second turn in the same session: the draft cache follows the conversation's prefix
+        let mut s = forced.session(512).unwrap();
+        let mut t = off.session(512).unwrap();
+        for turn in [pr.clone(), [pr.clone(), plain.tokens.clone(), vec![7, 8, 9]].concat()] {
+            let a = s.generate(&turn, &p, |_| ControlFlow::Continue(())).unwrap();
+            let b = t.generate(&turn, &p, |_| ControlFlow::Continue(())).unwrap();
+            assert_eq!((a.tokens, a.cached_tokens), (b.tokens, b.cached_tokens), "#{i}: second turn");
+        }
+    }
+    assert!(
+        accepted > 20,
+        "the draft model's drafts were hardly ever accepted ({accepted}): nothing was tested"
+    );
+
+    // four streams in one scheduler, each slot with its own draft cache
+    let solo: Vec<String> =
+        (0..4).map(|i| run(&off, 512, &prompt(i + 8), &params(i % 2 == 1, i as u64, 32)).0).collect();
+    for spec in [always(), SpecConfig::default()] {
+        let cfg = SchedulerConfig { n_slots: 4, n_ctx: 512, queue_capacity: 8, n_batch: 64 };
+        let s = Scheduler::new(Arc::new(with_draft(spec)), cfg).unwrap();
+        let rxs: Vec<_> =
+            (0..4u32).map(|i| stream(&s, prompt(i + 8), params(i % 2 == 1, i as u64, 32))).collect();
+        for (i, rx) in rxs.into_iter().enumerate() {
+            let (text, usage) = collect_events(rx, Duration::from_secs(120), "stream");
+            assert_eq!(text, solo[i], "{spec:?}: stream {i}");
+            assert!(!spec.always || usage.spec.drafted > 0, "stream {i} drafted nothing");
+        }
+    }
+}
+
+/// A draft model whose tokens differ from the model's is refused at load, saying where.
+#[test]
+fn a_draft_model_of_another_vocabulary_is_refused() {
+    let mut bytes = std::fs::read(fixture("tiny-qwen3-q4_0.gguf")).unwrap();
+    // token 300 of `tokenizer.ggml.tokens` (an array of u64-length-prefixed strings) becomes DEL characters
+    let key = b"tokenizer.ggml.tokens";
+    let mut at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4 + 4 + 8;
+    for _ in 0..300 {
+        at += 8 + u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    }
+    let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+    bytes[at + 8..at + 8 + len].fill(0x7f);
+    let path = std::env::temp_dir().join(format!("quire-draft-vocab-{}.gguf", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let mut e = engine("q8_0", SpecConfig::default());
+    let err = format!("{:#}", e.load_draft(&path, &Default::default()).unwrap_err());
+    std::fs::remove_file(&path).unwrap();
+    assert!(err.contains("vocabulary differs") && err.contains("token 300"), "{err}");
+    assert!(e.draft.is_none());
+    // a model of another family (another tokenizer size)
+    if let Some(real) = common::real_draft_model() {
+        let err = format!("{:#}", e.load_draft(&real, &Default::default()).unwrap_err());
+        assert!(err.contains("vocabulary differs") && err.contains("tokens"), "{err}");
+    }
+}

@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub kv_type: KvType,
     /// Speculative decoding (`--spec`, `--spec-max`): prompt lookup and predicted outputs by default.
     pub spec: SpecConfig,
+    /// A draft model of the same vocabulary for speculative decoding (`--draft`).
+    pub draft_model: Option<PathBuf>,
     /// Prepack the weights in the background after load (`--prepack`).
     pub prepack: bool,
     /// How long in-flight requests may run after SIGINT/SIGTERM before the server exits anyway.
@@ -88,6 +90,7 @@ impl ServerConfig {
             ctx: None,
             kv_type: KvType::default(),
             spec: SpecConfig::default(),
+            draft_model: None,
             prepack: true,
             shutdown_grace: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(10),

@@ -771,3 +771,46 @@ async fn tool_calls_in_openai_shape() {
         post_json(a, "/v1/chat/completions", &greedy_chat(extra)).await.assert_error(400, Some(param));
     }
 }
+
+/// `--draft` and `prediction`: the replies are those of a server without speculation, usage reports the
+/// drafted tokens, and a draft model of another vocabulary stops the load with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speculation_changes_no_reply() {
+    let mut off = test_config();
+    off.spec = quire_engine::speculate::SpecConfig::off();
+    let plain = TestServer::start(off).await;
+    let mut cfg = test_config();
+    cfg.spec = quire_engine::speculate::SpecConfig { always: true, ..Default::default() };
+    cfg.draft_model = Some(fixtures().join("tiny-qwen3-q4_0.gguf"));
+    let fast = TestServer::start(cfg).await;
+    for (i, extra) in [
+        json!({}),
+        json!({"seed": 3, "temperature": 0.9}),
+        json!({"prediction": {"type": "content", "content": "CPUs hum"}}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let body = greedy_chat(extra);
+        let a = post_json(plain.addr, "/v1/chat/completions", &body).await.json();
+        let b = post_json(fast.addr, "/v1/chat/completions", &body).await.json();
+        assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"], "request {i}");
+        assert_eq!(a["usage"]["completion_tokens"], b["usage"]["completion_tokens"]);
+        let details = &b["usage"]["completion_tokens_details"];
+        assert!(details["accepted_prediction_tokens"].as_u64().unwrap() > 0, "request {i}: {details}");
+        assert_eq!(a["usage"]["completion_tokens_details"]["accepted_prediction_tokens"], 0);
+    }
+    let m = get(fast.addr, "/metrics").await.text();
+    let drafted = m.lines().find_map(|l| l.strip_prefix("quire_spec_drafted_tokens_total ")).unwrap();
+    assert!(drafted.parse::<u64>().unwrap() > 0, "{m}");
+    plain.stop().await.unwrap();
+    fast.stop().await.unwrap();
+
+    let mut cfg = test_config();
+    let real = std::env::var_os("QUIRE_REAL_DRAFT_MODEL").map(std::path::PathBuf::from);
+    let Some(other) = real.filter(|p| p.exists()) else { return };
+    cfg.draft_model = Some(other);
+    let s = TestServer::start_loading(cfg).await;
+    let err = s.join().await.unwrap_err();
+    assert!(format!("{err:#}").contains("vocabulary differs"), "{err:#}");
+}
