@@ -11,16 +11,19 @@
 # AVX-512 machines) and reports decode's weight bytes per second against the better of the two: the
 # bandwidth limit of decoding.
 #
-# `scripts/bench-vs-llamacpp.sh --build-only` just builds llama-bench.
+# `scripts/bench-vs-llamacpp.sh --build-only` just builds llama-bench (and llama-speculative, llama-lookup).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CACHE="${QUIRE_LLAMA_CACHE:-$HOME/.cache/quire/llama.cpp}"
 LLAMA_PY_VERSION=0.3.36
 LLAMA_BENCH="$CACHE/build/bin/llama-bench"
+# llama.cpp's speculative decoding examples, the peers of benches/speculation.rs (scripts/bench-spec.sh)
+LLAMA_SPECULATIVE="$CACHE/build/bin/llama-speculative"
+LLAMA_LOOKUP="$CACHE/build/bin/llama-lookup"
 
 build_llama() {
-    if [[ -x "$LLAMA_BENCH" ]]; then return; fi
+    if [[ -x "$LLAMA_BENCH" && -x "$LLAMA_SPECULATIVE" && -x "$LLAMA_LOOKUP" ]]; then return; fi
     command -v cmake >/dev/null || { echo "cmake is needed (apt-get install cmake)" >&2; exit 1; }
     mkdir -p "$CACHE"
     local sdist
@@ -41,9 +44,9 @@ build_llama() {
         -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
         -DGGML_AVX512=$avx512 -DGGML_AVX512_VNNI=$avx512 -DGGML_AVX512_VBMI=$avx512 -DGGML_AVX512_BF16=$avx512 \
         -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DGGML_OPENMP=ON \
-        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON \
+        -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON \
         -DLLAMA_BUILD_SERVER=OFF >&2
-    cmake --build "$CACHE/build" --target llama-bench -j "$(nproc)" >&2
+    cmake --build "$CACHE/build" --target llama-bench llama-speculative llama-lookup -j "$(nproc)" >&2
 }
 
 if [[ "${1:-}" == "--build-only" ]]; then

@@ -452,9 +452,11 @@ impl Speculation {
         drafter: Option<&mut Drafter>,
     ) -> Vec<u32> {
         let cfg = &engine.spec;
-        let offer = self.offer(context, next, cfg, gen, capacity, drafter.is_some());
         let none = CostModel::default();
-        let k = speculate::choose(cfg, &[offer], cost, drafter.as_ref().map_or(&none, |d| &d.cost))[0];
+        let draft_cost = drafter.as_ref().map_or(&none, |d| &d.cost);
+        let model = drafter.is_some().then_some((cost, draft_cost));
+        let offer = self.offer(context, next, cfg, gen, capacity, model);
+        let k = speculate::choose(cfg, &[offer], cost, draft_cost)[0];
         if let (true, Some(model), Some(d)) = (offer.model && k > 0, &engine.draft, drafter) {
             let mut jobs = [DraftJob { cache: &mut d.cache, context, next, k }];
             let tokens = draft::draft(model, &mut d.state, &mut jobs, &mut d.cost);
@@ -465,9 +467,11 @@ impl Speculation {
 
     /// Proposes tokens to follow `context` (the tokens in a cache of `capacity`) and `next`, and says what
     /// they are worth: at most `cfg`'s limit, and no more than `gen` may still draw after `next` or the
-    /// cache has room for after it. With a draft model (`model`), its offer replaces lookup's when lookup
-    /// has nothing or its drafts of this kind were accepted less often than the model's; the model's
-    /// tokens then come from [`Speculation::set_model_draft`].
+    /// cache has room for after it. With a draft model (`model`: the serving and the draft model's cost
+    /// models), its offer replaces lookup's when lookup has nothing, or only a one-token match expected to
+    /// yield fewer tokens per second (lookup drafts are free, the model's cost a pass each); the model's
+    /// tokens then come from
+    /// [`Speculation::set_model_draft`].
     pub fn offer(
         &mut self,
         context: &mut Vec<u32>,
@@ -475,7 +479,7 @@ impl Speculation {
         cfg: &SpecConfig,
         gen: &Generation,
         capacity: usize,
-        model: bool,
+        model: Option<(&CostModel, &CostModel)>,
     ) -> Offer {
         let limit = cfg.limit().min(gen.remaining() - 1).min(capacity - context.len() - 1);
         context.push(next);
@@ -486,11 +490,23 @@ impl Speculation {
             max: self.offered.tokens.len(),
             model: false,
         };
-        let model_rate = self.acceptance.rate(0);
-        if model && limit > 0 && (lookup.max == 0 || lookup.rate < model_rate) {
+        let Some((target, draft)) = model.filter(|_| limit > 0) else { return lookup };
+        let by_model = Offer { rate: self.acceptance.rate(0), max: limit, model: true };
+        // A match of two tokens or more is a copy in progress: free, and the draft model would first have
+        // to catch up with the tokens lookup drafted (which its measured pass times do not include).
+        let better = match (
+            speculate::expected_rate(lookup, target, draft),
+            speculate::expected_rate(by_model, target, draft),
+        ) {
+            _ if lookup.max == 0 => true,
+            _ if self.offered.kind >= 2 => false,
+            (Some(l), Some(m)) => m > l,
+            _ => lookup.rate < by_model.rate,
+        };
+        if better {
             self.lookup.forget();
             self.offered = speculate::Draft { tokens: Vec::new(), kind: 0 };
-            return Offer { rate: model_rate, max: limit, model: true };
+            return by_model;
         }
         lookup
     }

@@ -554,7 +554,7 @@ impl<'e> Worker<'e> {
                 let slot = &mut self.slots[i];
                 let a = slot.active.as_mut().expect("decoding slots are active");
                 let next = a.next.expect("a decoding slot has a token to feed");
-                let model = slot.draft.is_some();
+                let model = slot.draft.is_some().then_some((&self.cost, &self.draft_cost));
                 a.spec.offer(&mut slot.tokens, next, &self.engine.spec, &a.gen, slot.kv.capacity(), model)
             })
             .collect();

@@ -369,6 +369,19 @@ pub struct Offer {
     pub model: bool,
 }
 
+/// The expected tokens per second of a request decoding alone with `offer`, as [`plan`] would draft for it;
+/// `None` before a pass is measured. Compares a free lookup draft with the draft model's.
+pub fn expected_rate(offer: Offer, target: &CostModel, draft: &CostModel) -> Option<f64> {
+    let k = plan(&[offer], target, draft)[0];
+    let tokens: f64 = (0..=k).map(|j| offer.rate.powi(j as i32)).sum();
+    let drafting = if offer.model { (1..=k).map(|_| draft.draft_secs(1, target)).sum() } else { 0.0 };
+    Some(tokens / (target.secs(1 + k)? + drafting))
+}
+
+/// A drafted token must raise the expected tokens per second by this factor to be fed: measured pass times
+/// are noisy, and a draft that barely pays on paper is a loss where the estimate errs (free prose).
+const PAYOFF: f64 = 1.02;
+
 /// How many drafted tokens each decoding request feeds this step: [`plan`]'s choice, or all on offer with
 /// [`SpecConfig::always`].
 pub fn choose(cfg: &SpecConfig, offers: &[Offer], target: &CostModel, draft: &CostModel) -> Vec<usize> {
@@ -413,7 +426,7 @@ pub fn plan(offers: &[Offer], target: &CostModel, draft: &CostModel) -> Vec<usiz
         ks[i] += 1;
         let Some(pass) = target.secs(total + 1) else { break };
         let new_cost = pass + draft_cost(&ks);
-        if (tokens + gain) / new_cost <= tokens / cost {
+        if (tokens + gain) / new_cost <= PAYOFF * tokens / cost {
             ks[i] -= 1;
             break;
         }
