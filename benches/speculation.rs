@@ -316,7 +316,7 @@ fn main() {
     }
     if !peers.is_empty() {
         println!();
-        println!("| task | llama.cpp tool (1 stream) | its tokens/s | Quire's best mode | Quire tokens/s | ratio |");
+        println!("| task | llama.cpp tool (1 stream) | its tokens/s | Quire, same kind of drafts | Quire tokens/s | ratio |");
         println!("|---|---|---|---|---|---|");
         for (task, tool, tps) in &peers {
             let ours = if tool == "llama-speculative" { "draft" } else { "lookup" };
