@@ -208,7 +208,8 @@ fn main() {
     let engine = Engine::load(&target).unwrap();
     engine.model.wait_prepacked();
     let draft = draft_path.as_ref().map(|d| {
-        let m = DraftModel::load(d, &engine.tokenizer, &Default::default()).unwrap();
+        let rows = engine.model.config.vocab_size;
+        let m = DraftModel::load(d, &engine.tokenizer, rows, &Default::default()).unwrap();
         m.model.wait_prepacked();
         m
     });

@@ -62,7 +62,7 @@ pub struct SpecArgs {
     #[arg(long = "spec-max", default_value_t = SpecConfig::default().max_draft, value_parser = draft_len)]
     pub max_draft: usize,
     /// A small model with the same vocabulary that drafts tokens too (e.g. Qwen2.5-Coder-0.5B for the 1.5B,
-    /// Qwen3-0.6B for Qwen3-4B); refused at load if its vocabulary differs.
+    /// Qwen3-0.6B for Qwen3-4B); refused at load if its vocabulary differs; not loaded with `--spec off`.
     #[arg(long = "draft", value_name = "MODEL.gguf")]
     pub draft: Option<PathBuf>,
 }

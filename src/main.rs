@@ -187,7 +187,7 @@ fn load(
     let mut engine = Engine::load_with(&args.model, opts)?;
     engine.kv_type = args.cache.kv_type;
     engine.spec = spec;
-    if let Some(d) = draft {
+    if let Some(d) = draft.filter(|_| spec.limit() > 0) {
         engine.load_draft(d, opts)?;
         eprintln!("draft model {} (speculative decoding; the output is the same without it)", d.display());
     }
@@ -195,7 +195,7 @@ fn load(
     let n_ctx = args.cache.ctx.unwrap_or_else(|| c.default_ctx());
     let rows = speculate::logit_rows(&engine.spec, 1, DEFAULT_BATCH);
     let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH, rows, engine.kv_type).with_draft(
-        engine.draft.as_ref(),
+        engine.active_draft(),
         n_ctx,
         1,
         engine.kv_type,

@@ -16,8 +16,8 @@ use crate::speculate::CostModel;
 use crate::tokenizer::{Tokenizer, VocabSpec};
 
 /// Missing tokens a draft cache takes in the same pass as its first drafted position; more (a new prompt)
-/// are fed first, in chunks of this size.
-pub const CATCH_UP_CHUNK: usize = 256;
+/// are fed one chunk of this size per step, so a draft model's prefill never stalls the other streams long.
+pub const CATCH_UP_CHUNK: usize = 64;
 
 /// A loaded draft model.
 pub struct DraftModel {
@@ -25,9 +25,15 @@ pub struct DraftModel {
 }
 
 impl DraftModel {
-    /// Loads the draft model at `path` for a model whose tokenizer is `target`: refused, saying where they
-    /// differ, unless both have the same tokens under the same ids (a draft is a list of token ids).
-    pub fn load(path: &Path, target: &Tokenizer, opts: &LoadOptions) -> Result<DraftModel> {
+    /// Loads the draft model at `path` for a model whose tokenizer is `target` and whose embedding has
+    /// `target_rows` rows: refused, saying where they differ, unless both have the same tokens under the same
+    /// ids (a draft is a list of token ids) and the draft can be fed every id the model can.
+    pub fn load(
+        path: &Path,
+        target: &Tokenizer,
+        target_rows: usize,
+        opts: &LoadOptions,
+    ) -> Result<DraftModel> {
         let what = || format!("draft model {}", path.display());
         let file = GgufFile::open(path).with_context(what)?;
         let spec = VocabSpec::from_metadata(file.metadata()).with_context(what)?;
@@ -35,6 +41,13 @@ impl DraftModel {
             format!("{} cannot draft for this model: its vocabulary differs", path.display())
         })?;
         let model = Model::load_with(file, opts).with_context(what)?;
+        if model.config.vocab_size < target_rows {
+            bail!(
+                "{}: its embedding has {} rows, fewer than the model's {target_rows}: some tokens could not be fed to it",
+                path.display(),
+                model.config.vocab_size
+            );
+        }
         Ok(DraftModel { model })
     }
 
@@ -95,8 +108,12 @@ pub struct DraftJob<'a> {
 
 /// Drafts `k` tokens greedily for each job: each cache first catches up with its context and `next`, then
 /// every round feeds each job's last drafted token, all jobs in one forward call per round. `cost` learns
-/// the rounds' times by the number of jobs in them. A job whose draft fails (which the checks below make
-/// unreachable) gets no tokens and an empty cache: drafts are optional.
+/// the rounds' times by the number of jobs in them.
+///
+/// A cache far behind its context (a new prompt, a resumed request in another slot) takes one chunk of
+/// [`CATCH_UP_CHUNK`] tokens per call, all such jobs in one pass, and drafts from the next call on: other
+/// streams never wait for a draft model's whole prefill. A job the draft model would refuse (checked
+/// before its pass, so it fails alone) gets no tokens and an empty cache: drafts are optional.
 pub fn draft(
     draft: &DraftModel,
     state: &mut RunState,
@@ -106,30 +123,37 @@ pub fn draft(
     let model = &draft.model;
     let vocab = model.config.vocab_size;
     let mut out: Vec<Vec<u32>> = vec![Vec::new(); jobs.len()];
-    // what each job feeds in its first round: the tail of its missing context, then `next`
+    // what each job feeds in its first round (its missing context, then `next`) or to catch up
     let mut feed: Vec<Vec<u32>> = Vec::with_capacity(jobs.len());
+    let mut behind: Vec<Vec<u32>> = Vec::with_capacity(jobs.len());
     for job in jobs.iter_mut() {
         let missing = job.cache.sync(job.context);
-        let mut first = Vec::new();
+        let (mut first, mut chunk) = (Vec::new(), Vec::new());
         if job.k > 0 && job.context.len() + job.k <= job.cache.kv.capacity() {
-            let (bulk, tail) = missing.split_at(missing.len().saturating_sub(CATCH_UP_CHUNK));
-            let mut ok = true;
-            for chunk in bulk.chunks(CATCH_UP_CHUNK) {
-                let pos = job.cache.tokens.len();
-                ok = model.forward(state, &mut job.cache.kv, chunk, pos, Logits::None).is_ok();
-                if !ok {
-                    break;
-                }
-                job.cache.tokens.extend_from_slice(chunk);
-            }
-            if ok {
-                first.extend_from_slice(tail);
-                first.push(job.next);
+            if missing.len() > CATCH_UP_CHUNK {
+                chunk = missing[..CATCH_UP_CHUNK].to_vec();
             } else {
-                job.cache.forget();
+                first = [missing, &[job.next]].concat();
             }
         }
+        let refused = |tokens: &[u32]| !tokens.is_empty() && model.check_seq(&job.cache.kv, tokens).is_err();
+        if refused(&first) || refused(&chunk) {
+            job.cache.forget();
+            (first, chunk) = (Vec::new(), Vec::new());
+        }
         feed.push(first);
+        behind.push(chunk);
+    }
+    let catching_up: Vec<usize> = (0..jobs.len()).filter(|&i| !behind[i].is_empty()).collect();
+    if !catching_up.is_empty() {
+        let ok = pass(model, state, jobs, &catching_up, &behind, Logits::None).is_some();
+        for &i in &catching_up {
+            if ok {
+                jobs[i].cache.tokens.extend_from_slice(&behind[i]);
+            } else {
+                jobs[i].cache.forget();
+            }
+        }
     }
     let rounds = jobs.iter().zip(&feed).filter(|(_, f)| !f.is_empty()).map(|(j, _)| j.k).max().unwrap_or(0);
     for round in 0..rounds {
@@ -139,18 +163,7 @@ pub fn draft(
             break;
         }
         let t = Instant::now();
-        let result = {
-            let mut seqs: Vec<SeqBatch> = Vec::with_capacity(active.len());
-            let mut next_active = active.iter().peekable();
-            for (i, job) in jobs.iter_mut().enumerate() {
-                if next_active.peek() == Some(&&i) {
-                    next_active.next();
-                    seqs.push(SeqBatch { kv: &mut job.cache.kv, tokens: &feed[i], want: Logits::Last });
-                }
-            }
-            model.forward_multi(state, &mut seqs).map(|l| l.to_vec())
-        };
-        let Ok(logits) = result else {
+        let Some(logits) = pass(model, state, jobs, &active, &feed, Logits::Last) else {
             for &i in &active {
                 jobs[i].cache.forget();
                 feed[i].clear();
@@ -168,4 +181,25 @@ pub fn draft(
         }
     }
     out
+}
+
+/// One draft-model pass feeding `tokens[i]` to each job `i` of `which` (ascending), in one batch; the
+/// logits asked for, or `None` if the model refused.
+fn pass(
+    model: &Model,
+    state: &mut RunState,
+    jobs: &mut [DraftJob],
+    which: &[usize],
+    tokens: &[Vec<u32>],
+    want: Logits,
+) -> Option<Vec<f32>> {
+    let mut seqs: Vec<SeqBatch> = Vec::with_capacity(which.len());
+    let mut next = which.iter().peekable();
+    for (i, job) in jobs.iter_mut().enumerate() {
+        if next.peek() == Some(&&i) {
+            next.next();
+            seqs.push(SeqBatch { kv: &mut job.cache.kv, tokens: &tokens[i], want });
+        }
+    }
+    model.forward_multi(state, &mut seqs).ok().map(|l| l.to_vec())
 }

@@ -77,7 +77,8 @@ impl Engine {
 
     /// Load a draft model for speculative decoding (refused unless its vocabulary is this model's).
     pub fn load_draft(&mut self, path: impl AsRef<Path>, opts: &LoadOptions) -> Result<()> {
-        self.draft = Some(DraftModel::load(path.as_ref(), &self.tokenizer, opts)?);
+        let rows = self.model.config.vocab_size;
+        self.draft = Some(DraftModel::load(path.as_ref(), &self.tokenizer, rows, opts)?);
         Ok(())
     }
 
@@ -89,13 +90,15 @@ impl Engine {
         }
     }
 
-    /// A draft model's cache for one request with room for `n_ctx` tokens, when there is a draft model and
-    /// speculation is on.
-    pub fn draft_cache(&self, n_ctx: usize) -> Result<Option<DraftCache>> {
-        match &self.draft {
-            Some(d) if self.spec.limit() > 0 => Ok(Some(DraftCache::new(d, n_ctx, self.kv_type)?)),
-            _ => Ok(None),
-        }
+    /// The draft model, when there is one and speculation is on.
+    pub fn active_draft(&self) -> Option<&DraftModel> {
+        self.draft.as_ref().filter(|_| self.spec.limit() > 0)
+    }
+
+    /// A draft model's cache for one request with room for `n_ctx` tokens, when there is an active draft
+    /// model (none if it cannot be made: drafts are optional, and the memory plan counted it).
+    pub fn draft_cache(&self, n_ctx: usize) -> Option<DraftCache> {
+        DraftCache::new(self.active_draft()?, n_ctx, self.kv_type).ok()
     }
 
     /// The grammar compiler for constrained decoding, built on first use (its token trie costs a few hundred
@@ -283,7 +286,7 @@ struct Drafter {
 impl<'e> Session<'e> {
     pub fn new(engine: &'e Engine, n_ctx: usize) -> Result<Session<'e>> {
         let kv = KvCache::with_type(&engine.model.config, n_ctx, engine.kv_type)?;
-        let drafter = engine.draft_cache(n_ctx)?.map(|cache| Drafter {
+        let drafter = engine.draft_cache(n_ctx).map(|cache| Drafter {
             cache,
             state: RunState::new(),
             cost: engine.draft_cost(),
@@ -376,6 +379,7 @@ impl<'e> Session<'e> {
             for (j, step) in steps.iter().enumerate() {
                 if !step.text.is_empty() && on_text(&step.text).is_break() {
                     gen.cancel(steps.len() - j - 1);
+                    spec.cancelled(j + 1);
                     break 'outer;
                 }
             }
@@ -420,6 +424,8 @@ pub struct Speculation {
     /// come once the plan says how many), to learn from once it is verified.
     offered: speculate::Draft,
     vocab: usize,
+    /// Drafts accepted in the last verified step (its first steps are theirs).
+    last_accepted: usize,
     pub counts: SpecCounts,
 }
 
@@ -433,6 +439,7 @@ impl Speculation {
             acceptance: Acceptance::default(),
             offered: Default::default(),
             vocab,
+            last_accepted: 0,
             counts: SpecCounts::default(),
         }
     }
@@ -529,6 +536,15 @@ impl Speculation {
         fed
     }
 
+    /// The consumer left after `delivered` steps of the last verified step: accepted drafts it never got
+    /// are not counted as accepted (they are not in the reply). Returns how many were taken back.
+    pub fn cancelled(&mut self, delivered: usize) -> usize {
+        let dropped = self.last_accepted.saturating_sub(delivered);
+        self.counts.accepted -= dropped;
+        self.last_accepted -= dropped;
+        dropped
+    }
+
     /// Learns from a verified step: `fed` was fed, and `v` is what verification found.
     pub fn verified(&mut self, fed: &[u32], v: &speculate::Verified) {
         let (k, kind, accepted) = (fed.len() - 1, self.offered.kind, v.accepted);
@@ -537,6 +553,7 @@ impl Speculation {
         let right = accepted + usize::from(last.done && fed.get(v.kept) == Some(&last.token));
         self.acceptance.observe(kind, right, k);
         self.counts.add(SpecCounts { drafted: k, accepted });
+        self.last_accepted = accepted;
         if kind > 0 {
             self.lookup.accepted(accepted);
         }

@@ -47,7 +47,8 @@ impl MemoryPlan {
         if let Some(d) = draft {
             self.weights_mapped += d.file_len();
             self.kv_cache += KvCache::bytes_needed_for(&d.model.config, n_ctx, kv_type);
-            self.scratch += d.model.scratch_bytes(crate::draft::CATCH_UP_CHUNK * n_slots, n_ctx, n_slots);
+            let batch = (crate::draft::CATCH_UP_CHUNK + 1) * n_slots;
+            self.scratch += d.model.scratch_bytes(batch, n_ctx, n_slots);
         }
         self
     }

@@ -186,12 +186,12 @@ impl Scheduler {
         let rows = speculate::logit_rows(&engine.spec, cfg.n_slots, cfg.n_batch);
         let n_ctx_total = cfg.n_ctx * cfg.n_slots;
         MemoryPlan::new(&engine.model, n_ctx_total, cfg.n_batch, rows, engine.kv_type)
-            .with_draft(engine.draft.as_ref(), n_ctx_total, cfg.n_slots, engine.kv_type)
+            .with_draft(engine.active_draft(), n_ctx_total, cfg.n_slots, engine.kv_type)
             .check_available()?;
         let caches = (0..cfg.n_slots)
             .map(|_| {
                 let kv = KvCache::with_type(&engine.model.config, cfg.n_ctx, engine.kv_type)?;
-                Ok((kv, engine.draft_cache(cfg.n_ctx)?))
+                Ok((kv, engine.draft_cache(cfg.n_ctx)))
             })
             .collect::<Result<Vec<_>>>()?;
         let shared = Arc::new(Shared {
@@ -736,6 +736,7 @@ impl<'e> Worker<'e> {
                 let left = step.logprob.is_some_and(|lp| (a.req.on_event)(Event::Logprob(lp)).is_break());
                 if left || (!step.text.is_empty() && (a.req.on_event)(Event::Text(step.text)).is_break()) {
                     a.gen.cancel(n_steps - j - 1);
+                    spec_step.accepted -= a.spec.cancelled(j + 1).min(spec_step.accepted);
                     done = true;
                 }
                 if done {

@@ -139,7 +139,7 @@ pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
         .with_context(|| format!("cannot load {}", cfg.model_path.display()))?;
     engine.kv_type = cfg.kv_type;
     engine.spec = cfg.spec;
-    if let Some(d) = &cfg.draft_model {
+    if let Some(d) = cfg.draft_model.as_ref().filter(|_| cfg.spec.limit() > 0) {
         engine.load_draft(d, &opts)?;
         tracing::info!("draft model {} loaded for speculative decoding", d.display());
     }
@@ -154,7 +154,7 @@ pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
     // For the log line only: the scheduler itself refuses (with numbers) when the slots' caches do not fit.
     let rows = quire_engine::speculate::logit_rows(&engine.spec, cfg.n_slots, DEFAULT_BATCH);
     let plan = MemoryPlan::new(&engine.model, n_ctx * cfg.n_slots, DEFAULT_BATCH, rows, engine.kv_type)
-        .with_draft(engine.draft.as_ref(), n_ctx * cfg.n_slots, cfg.n_slots, engine.kv_type);
+        .with_draft(engine.active_draft(), n_ctx * cfg.n_slots, cfg.n_slots, engine.kv_type);
     let engine = Arc::new(engine);
     // Build the grammar compiler's token trie now, beside the first requests, so the first request with a
     // `response_format` does not wait for it (it waits only if it comes within that time).

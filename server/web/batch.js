@@ -152,7 +152,7 @@
       if (source === "template") body.template = tplId();
       const b = await post("v1/batches", body);
       toast(t("batchStarted"));
-      await select_(b.id);
+      await select_(b.id, b);
     } catch (e) {
       err.textContent = e.message;
     } finally {
@@ -166,8 +166,16 @@
     editing = new Set();
     await select_(id);
   }
-  async function select_(id) {
+  // `initial`: the batch as its creation returned it, shown at once (a short job may be done before the
+  // first fetch answers; the user still sees it start).
+  async function select_(id, initial) {
     setHash(id);
+    if (initial) {
+      current = initial;
+      counts = {};
+      renderDetail();
+      renderHead();
+    }
     try {
       current = await json("v1/batches/" + encodeURIComponent(id));
     } catch (e) {
@@ -175,7 +183,7 @@
       renderNew();
       return;
     }
-    renderDetail();
+    if (!initial) renderDetail();
     await refreshItems();
     refreshList();
   }
