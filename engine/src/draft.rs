@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 
+use crate::generate::common_prefix;
 use crate::gguf::GgufFile;
 use crate::kv_cache::{KvCache, KvType};
 use crate::model::{LoadOptions, Logits, Model, RunState, SeqBatch};
@@ -85,7 +86,7 @@ impl DraftCache {
 
     /// Keeps the longest common prefix with `context` and returns what is missing of it.
     fn sync<'c>(&mut self, context: &'c [u32]) -> &'c [u32] {
-        let common = self.tokens.iter().zip(context).take_while(|(a, b)| a == b).count();
+        let common = common_prefix(&self.tokens, context);
         self.kv.truncate(common);
         self.tokens.truncate(common);
         &context[common..]

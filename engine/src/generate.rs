@@ -165,8 +165,12 @@ pub fn check_prompt(prompt_tokens: usize, n_ctx: usize) -> Result<(), PromptErro
 /// How many leading tokens of `prompt` a cache holding `held` can keep: their common prefix, less the last
 /// prompt token, which is always recomputed because its logits are needed.
 pub fn reusable_prefix(held: &[u32], prompt: &[u32]) -> usize {
-    let common = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
-    common.min(prompt.len().saturating_sub(1))
+    common_prefix(held, prompt).min(prompt.len().saturating_sub(1))
+}
+
+/// How many leading tokens `a` and `b` share.
+pub fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 /// What to generate and when to stop.
@@ -344,14 +348,6 @@ impl<'e> Session<'e> {
             }
         }
         Ok((logits, reuse))
-    }
-
-    /// Feed one token and return the logits for the next.
-    pub fn step(&mut self, token: u32) -> Result<&[f32]> {
-        let pos = self.tokens.len();
-        let out = self.engine.model.forward(&mut self.state, &mut self.kv, &[token], pos, Logits::Last)?;
-        self.tokens.push(token);
-        Ok(out)
     }
 
     /// Prefill `prompt`, then sample until an end-of-generation token, a stop string, `max_tokens` or a full

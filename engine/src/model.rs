@@ -117,8 +117,19 @@ pub enum Logits {
     None,
     /// Only the last position (generation).
     Last,
-    /// Every position of the batch (perplexity, tests).
+    /// Every position of the batch (perplexity, verifying drafts, tests).
     All,
+}
+
+impl Logits {
+    /// Rows of logits a sequence of `n` tokens gets (the last ones of the sequence).
+    pub fn rows(self, n: usize) -> usize {
+        match self {
+            Logits::None => 0,
+            Logits::Last => n.min(1),
+            Logits::All => n,
+        }
+    }
 }
 
 impl Model {
@@ -315,12 +326,7 @@ impl Model {
         // final norm and classifier, only for the tokens whose logits are wanted
         let mut m = 0;
         for (sq, span) in seqs.iter().zip(&s.spans) {
-            let first = match sq.want {
-                Logits::None => continue,
-                Logits::Last => span.end - 1,
-                Logits::All => span.start,
-            };
-            for b in first..span.end {
+            for b in span.end - sq.want.rows(span.len())..span.end {
                 let (r, o) = (b * dim..(b + 1) * dim, m * dim..(m + 1) * dim);
                 ops::rmsnorm(&mut s.xb[o], &s.x[r], &self.output_norm, c.rms_eps);
                 m += 1;

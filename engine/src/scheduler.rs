@@ -28,8 +28,8 @@ use anyhow::Result;
 
 use crate::draft::{self, DraftCache, DraftJob};
 use crate::generate::{
-    check_prompt, reusable_prefix, Engine, FinishReason, GenerateParams, Generation, PromptError,
-    Speculation, Step,
+    check_prompt, common_prefix, reusable_prefix, Engine, FinishReason, GenerateParams, Generation,
+    PromptError, Speculation, Step,
 };
 use crate::kv_cache::KvCache;
 use crate::memory::MemoryPlan;
@@ -446,7 +446,7 @@ impl<'e> Worker<'e> {
     /// A paused request back into a free slot (its own, if nobody used it since): what the slot still holds
     /// of its tokens stays, the rest is prefilled again before it goes on.
     fn resume(&mut self, mut a: Active<'e>) {
-        let common = |held: &[u32]| held.iter().zip(&a.refill).take_while(|(x, y)| x == y).count();
+        let common = |held: &[u32]| common_prefix(held, &a.refill);
         let i = self.best_free_slot(common);
         let slot = &mut self.slots[i];
         let keep = common(&slot.tokens);
@@ -680,11 +680,7 @@ impl<'e> Worker<'e> {
         let mut finished = Vec::new();
         let mut broken = Vec::new();
         for (i, tokens, want) in plan {
-            let n_rows = match want {
-                Logits::None => 0,
-                Logits::Last => 1,
-                Logits::All => tokens.len(),
-            };
+            let n_rows = want.rows(tokens.len());
             let mut rows = logits[offset..offset + n_rows * vocab].to_vec();
             offset += n_rows * vocab;
             let slot = &mut self.slots[i];

@@ -374,7 +374,7 @@ pub struct Offer {
 pub fn expected_rate(offer: Offer, target: &CostModel, draft: &CostModel) -> Option<f64> {
     let k = plan(&[offer], target, draft)[0];
     let tokens: f64 = (0..=k).map(|j| offer.rate.powi(j as i32)).sum();
-    let drafting = if offer.model { (1..=k).map(|_| draft.draft_secs(1, target)).sum() } else { 0.0 };
+    let drafting = if offer.model { k as f64 * draft.draft_secs(1, target) } else { 0.0 };
     Some(tokens / (target.secs(1 + k)? + drafting))
 }
 

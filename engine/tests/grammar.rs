@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::fixture;
+use common::{fixture, session_text};
 use quire_engine::generate::{Engine, FinishReason, GenerateParams, Generation, Thinking};
 use quire_engine::grammar::GrammarSpec;
 use quire_engine::sampler::SamplerConfig;
@@ -40,14 +40,7 @@ fn run(
 ) -> (String, Vec<u32>, FinishReason) {
     let constraint = engine.grammars().unwrap().compile(spec).unwrap();
     let p = GenerateParams { constraint: Some(constraint), ..p };
-    let mut session = engine.session(1024).unwrap();
-    let mut text = String::new();
-    let stats = session
-        .generate(prompt, &p, |t| {
-            text.push_str(t);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (text, stats) = session_text(&mut engine.session(1024).unwrap(), prompt, &p);
     (text, stats.tokens, stats.finish)
 }
 

@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{channel_request, collect_events, real_draft_model, real_model};
+use common::{channel_request, collect_events, real_draft_model, real_model, session_text};
 use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{Engine, GenerateParams};
 use quire_engine::sampler::SamplerConfig;
@@ -50,14 +49,7 @@ fn params(seed: Option<u64>) -> GenerateParams {
 }
 
 fn text(e: &Engine, prompt: &[u32], p: &GenerateParams) -> (String, quire_engine::speculate::SpecCounts) {
-    let mut s = e.session(1024).unwrap();
-    let mut out = String::new();
-    let stats = s
-        .generate(prompt, p, |t| {
-            out.push_str(t);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (out, stats) = session_text(&mut e.session(1024).unwrap(), prompt, p);
     (out, stats.spec)
 }
 

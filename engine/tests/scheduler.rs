@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{channel_request, collect_events, fixture};
+use common::{channel_request, collect_events, fixture, session_text};
 use quire_engine::generate::{Engine, FinishReason, GenerateParams, PromptError};
 use quire_engine::sampler::SamplerConfig;
 use quire_engine::scheduler::{
@@ -54,17 +54,7 @@ fn batched_requests_equal_solo_runs() {
     let engine = engine();
     // alone, through the plain session loop
     let solo: Vec<String> = (0..4)
-        .map(|i| {
-            let mut session = engine.session(256).unwrap();
-            let mut text = String::new();
-            session
-                .generate(&prompt(i), &params(i as u64, 24), |t| {
-                    text.push_str(t);
-                    ControlFlow::Continue(())
-                })
-                .unwrap();
-            text
-        })
+        .map(|i| session_text(&mut engine.session(256).unwrap(), &prompt(i), &params(i as u64, 24)).0)
         .collect();
     // together, four slots decoding in one batch
     let cfg = SchedulerConfig { n_slots: 4, n_ctx: 256, queue_capacity: 8, n_batch: 16 };

@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::{channel_request, collect_events, fixture};
+use common::{channel_request, collect_events, fixture, session_text};
 use quire_engine::generate::{Engine, GenerateParams, GenerationStats};
 use quire_engine::grammar::GrammarSpec;
 use quire_engine::sampler::{SamplerConfig, TokenLogprob};
@@ -43,13 +43,7 @@ fn params(sampled: bool, seed: u64, max_tokens: usize) -> GenerateParams {
 
 fn run(e: &Engine, n_ctx: usize, prompt: &[u32], p: &GenerateParams) -> (String, GenerationStats, usize) {
     let mut s = e.session(n_ctx).unwrap();
-    let mut text = String::new();
-    let stats = s
-        .generate(prompt, p, |t| {
-            text.push_str(t);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+    let (text, stats) = session_text(&mut s, prompt, p);
     (text, stats, s.n_cached())
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use quire_engine::generate::GenerateParams;
+use quire_engine::generate::{GenerateParams, GenerationStats, Session};
 use quire_engine::scheduler::{Event, Priority, Request, Usage};
 
 /// `$QUIRE_FIXTURES`, else `../shared/fixtures` beside the repository. Every test reaches its data through
@@ -94,6 +94,18 @@ pub fn floats(v: &serde_json::Value) -> Vec<f32> {
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The whole text `session` generates for `prompt`, and its stats.
+pub fn session_text(session: &mut Session, prompt: &[u32], p: &GenerateParams) -> (String, GenerationStats) {
+    let mut text = String::new();
+    let stats = session
+        .generate(prompt, p, |t| {
+            text.push_str(t);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    (text, stats)
 }
 
 /// A scheduler request whose events go to the returned channel (dropping the receiver cancels the request).
