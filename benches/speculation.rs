@@ -7,7 +7,7 @@
 //! `QUIRE_BENCH_MODEL=target.gguf QUIRE_BENCH_DRAFT=draft.gguf cargo bench --bench speculation`
 //! Options (environment): `QUIRE_BENCH_TOKENS` (most tokens per reply, 256), `QUIRE_BENCH_ROUNDS` (2),
 //! `QUIRE_BENCH_TASKS` (comma-separated names, all by default), `QUIRE_BENCH_STREAMS` (`1,4`),
-//! `QUIRE_BENCH_MODES` (`off,lookup,prediction,draft`), `QUIRE_LLAMA_BIN` (a directory with llama.cpp's
+//! `QUIRE_BENCH_MODES` (`off,lookup,prediction,draft`), `QUIRE_BENCH_SPEC_MAX` (`--spec-max`, the default), `QUIRE_LLAMA_BIN` (a directory with llama.cpp's
 //! `llama-speculative` and `llama-lookup`: run them too).
 
 use std::ops::ControlFlow;
@@ -106,7 +106,16 @@ fn run_session(e: &Engine, prompt: &[u32], p: &GenerateParams) -> Run {
     }
 }
 
+/// `n` copies of the request at once on `s`, after an untimed one-token request per slot has prefilled the
+/// prompt (each copy then reuses it): the time measured is the streams decoding together, as a stream's time
+/// from its first token is at one stream, not the other slots' prefill interleaved with the first ones'.
 fn run_streams(s: &Scheduler, prompt: &[u32], p: &GenerateParams, n: usize) -> Run {
+    let warm = GenerateParams { max_tokens: 1, ..p.clone() };
+    let _ = submit_all(s, prompt, &warm, n);
+    submit_all(s, prompt, p, n)
+}
+
+fn submit_all(s: &Scheduler, prompt: &[u32], p: &GenerateParams, n: usize) -> Run {
     let rxs: Vec<mpsc::Receiver<Event>> =
         (0..n)
             .map(|_| {
@@ -203,6 +212,8 @@ fn main() {
         modes.retain(|m| m != "draft");
     }
     let llama_bin = std::env::var_os("QUIRE_LLAMA_BIN").map(PathBuf::from);
+    let default_max = SpecConfig::default().max_draft.to_string();
+    let spec_max: usize = env_or("QUIRE_BENCH_SPEC_MAX", &default_max).parse().unwrap();
     let threads = quire_engine::threads::init(None, None).unwrap();
 
     let engine = Engine::load(&target).unwrap();
@@ -218,7 +229,11 @@ fn main() {
     let mut engine = Arc::new(engine);
     let mut set = |engine: &mut Arc<Engine>, mode: &str| {
         let e = Arc::get_mut(engine).expect("no scheduler holds the engine");
-        e.spec = if mode == "off" { SpecConfig::off() } else { SpecConfig::default() };
+        e.spec = if mode == "off" {
+            SpecConfig::off()
+        } else {
+            SpecConfig { max_draft: spec_max, ..Default::default() }
+        };
         if (mode == "draft") != e.draft.is_some() {
             if mode == "draft" {
                 e.draft = draft.take();

@@ -42,8 +42,8 @@ fi
     echo
     echo "Machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) vCPU; commit $(git rev-parse --short HEAD)."
     echo "Command: \`scripts/bench-spec.sh${FOURB:+ --4b $(basename "$FOURB")}\` (benches/speculation.rs: greedy, at most ${QUIRE_BENCH_TOKENS:-256} tokens per reply,"
-    echo "median of ${QUIRE_BENCH_ROUNDS:-2} rounds, tokens/s from first to last token; 4 streams: 4 copies of the request at once, all"
-    echo "tokens over the slowest stream's time). Every mode's text was checked equal to the text with speculation off."
+    echo "median of ${QUIRE_BENCH_ROUNDS:-2} rounds, tokens/s from first to last token; 4 streams: 4 copies of the request at once, their prompt"
+    echo "prefilled first by an untimed one-token request per slot, all tokens over the slowest stream's time). Every mode's text was checked equal to the text with speculation off."
     echo "Models: $(basename "$TARGET"), draft $(basename "$DRAFT"); llama.cpp: llama-lookup and llama-speculative from the"
     echo "llama-cpp-python 0.3.36 vendor (AVX-512 build, --spec-draft-n-max 8, same prompt text, same threads), run in the same rounds."
     echo

@@ -391,8 +391,9 @@ impl<'e> Session<'e> {
             let base = self.tokens.len();
             let mut rows =
                 self.engine.model.forward(&mut self.state, &mut self.kv, &fed, base, want)?.to_vec();
-            self.cost.record(fed.len(), t.elapsed());
             let v = speculate::verify(&mut gen, &mut rows, vocab, &fed, &mut self.tokens, cap);
+            // the step's cost: the pass and the sampling of every row it verified
+            self.cost.record(fed.len(), t.elapsed());
             // the cache keeps what verification kept, also when it failed part way
             self.kv.truncate(self.tokens.len());
             let v = v?;

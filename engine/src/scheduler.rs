@@ -668,10 +668,8 @@ impl<'e> Worker<'e> {
                 return;
             }
         };
-        if n_prefill == 0 {
-            // decode passes only: the cost model prices decode steps
-            self.cost.record(plan.iter().map(|(_, t, _)| t.len()).sum(), t_pass.elapsed());
-        }
+        // decode passes only: the cost model prices decode steps, sampling and verification included
+        let decode_fed = (n_prefill == 0).then(|| plan.iter().map(|(_, t, _)| t.len()).sum::<usize>());
         let secs = t0.elapsed().as_secs_f64();
         let vocab = self.engine.model.config.vocab_size;
         let mut offset = 0;
@@ -752,6 +750,9 @@ impl<'e> Worker<'e> {
                 };
                 finished.push((a, usage));
             }
+        }
+        if let Some(fed) = decode_fed {
+            self.cost.record(fed, t_pass.elapsed());
         }
         for (i, e) in broken {
             self.drop_slot(i, Failure::Inference(format!("{e:#}")));

@@ -292,12 +292,14 @@ impl Acceptance {
     }
 }
 
-/// Measured seconds of a forward pass by its number of tokens, for the passes decoding runs (1 to
-/// [`CostModel::MAX`] tokens); sizes not measured yet are estimated from those that are.
+/// Measured seconds of a decode step by its number of fed tokens (1 to [`CostModel::MAX`]); sizes not
+/// measured yet are estimated from those that are.
 #[derive(Clone, Debug)]
 pub struct CostModel {
-    /// Exponential average of pass seconds per token count (index = tokens), 0 where never measured.
+    /// Exponential average of step seconds per token count (index = tokens), 0 where never measured.
     secs: Vec<f64>,
+    /// How much each average is trusted: its number of samples, capped at [`CostModel::TRUST`].
+    weight: Vec<f64>,
     /// A draft model's: until its passes are measured, they are taken to cost this fraction of the serving
     /// model's (their file sizes' ratio: decoding reads every weight once).
     relative: Option<f64>,
@@ -305,7 +307,11 @@ pub struct CostModel {
 
 impl Default for CostModel {
     fn default() -> Self {
-        CostModel { secs: vec![0.0; CostModel::MAX + 1], relative: None }
+        CostModel {
+            secs: vec![0.0; CostModel::MAX + 1],
+            weight: vec![0.0; CostModel::MAX + 1],
+            relative: None,
+        }
     }
 }
 
@@ -313,49 +319,88 @@ impl CostModel {
     /// Largest pass tracked; bigger ones (prefill) are not decode steps.
     pub const MAX: usize = 128;
 
+    /// Samples after which a size's average counts fully in the fit.
+    const TRUST: f64 = 8.0;
+
     /// A draft model's cost model, its passes first estimated at `ratio` times the serving model's.
     pub fn relative(ratio: f64) -> CostModel {
         CostModel { relative: Some(ratio), ..CostModel::default() }
     }
 
-    /// Expected seconds of a draft pass over `n` requests: measured, else estimated from `target`'s.
-    fn draft_secs(&self, n: usize, target: &CostModel) -> f64 {
-        let estimate = || Some(target.secs(n)? * self.relative?);
-        self.secs(n).or_else(estimate).unwrap_or(f64::INFINITY)
-    }
-
     /// A pass of `n` tokens took `took`.
     pub fn record(&mut self, n: usize, took: Duration) {
-        let Some(s) = self.secs.get_mut(n) else { return };
+        let (Some(s), Some(w)) = (self.secs.get_mut(n), self.weight.get_mut(n)) else { return };
         let t = took.as_secs_f64();
         *s = if *s == 0.0 { t } else { 0.75 * *s + 0.25 * t };
+        *w = (*w + 1.0).min(CostModel::TRUST);
     }
 
-    /// Expected seconds of a pass of `n` tokens: measured, else interpolated between the nearest measured
-    /// sizes, else extrapolated from them with the slope of the two nearest (never decreasing with `n`);
-    /// `None` when no size is measured yet.
+    /// Expected seconds of a pass of every size, from what is measured; `None` when nothing is.
+    ///
+    /// Pass times are noisy (a preempted pass is slow, never fast), and a single slow size must not make
+    /// every bigger pass look dear: the averages are fitted by the non-decreasing curve closest to them
+    /// (isotonic regression, each weighted by its samples), interpolated between measured sizes, flat below
+    /// the smallest, and extrapolated above the largest with the slope from the smallest to it: a pass grows
+    /// more than linearly once it is compute-bound, so that guess is low, and the size it tempts the plan to
+    /// try is then measured.
+    pub fn curve(&self) -> Option<Curve> {
+        // pool adjacent violators over the measured sizes: blocks of (first size, last size, mean, weight)
+        let mut blocks: Vec<(usize, usize, f64, f64)> = Vec::new();
+        for n in (1..=CostModel::MAX).filter(|&n| self.secs[n] > 0.0) {
+            let mut b = (n, n, self.secs[n], self.weight[n].max(1.0));
+            while let Some(&(first, _, mean, w)) = blocks.last().filter(|last| last.2 >= b.2) {
+                blocks.pop();
+                b = (first, b.1, (mean * w + b.2 * b.3) / (w + b.3), w + b.3);
+            }
+            blocks.push(b);
+        }
+        let points: Vec<(usize, f64)> = blocks
+            .iter()
+            .flat_map(|&(first, last, mean, _)| {
+                (first..=last).filter(|&n| self.secs[n] > 0.0).map(move |n| (n, mean))
+            })
+            .collect();
+        let (&(n0, y0), &(n1, y1)) = (points.first()?, points.last()?);
+        let slope = if n1 > n0 { (y1 - y0) / (n1 - n0) as f64 } else { 0.0 };
+        let mut at = vec![0.0; CostModel::MAX + 1];
+        for (n, v) in at.iter_mut().enumerate() {
+            *v = if n <= n0 {
+                y0
+            } else if n >= n1 {
+                y1 + slope * (n - n1) as f64
+            } else {
+                let j = points.partition_point(|&(m, _)| m < n);
+                let ((a, ya), (b, yb)) = (points[j - 1], points[j]);
+                ya + (yb - ya) * (n - a) as f64 / (b - a) as f64
+            };
+        }
+        Some(Curve { at })
+    }
+
+    /// Expected seconds of a pass of `n` tokens ([`CostModel::curve`]); `None` when nothing is measured.
     pub fn secs(&self, n: usize) -> Option<f64> {
-        let n = n.min(CostModel::MAX);
-        if self.secs[n] > 0.0 {
-            return Some(self.secs[n]);
-        }
-        let measured = |i: &usize| self.secs[*i] > 0.0;
-        let below = (1..n).rev().find(measured);
-        let above = (n + 1..=CostModel::MAX).find(measured);
-        let at = |i: usize| (i as f64, self.secs[i]);
-        let line = |(x0, y0): (f64, f64), (x1, y1): (f64, f64)| {
-            let slope = ((y1 - y0) / (x1 - x0)).max(0.0);
-            (y0 + slope * (n as f64 - x0)).max(y0.min(y1))
-        };
-        match (below, above) {
-            (Some(b), Some(a)) => Some(line(at(b), at(a))),
-            (Some(b), None) => match (1..b).rev().find(measured) {
-                Some(b2) => Some(line(at(b2), at(b))),
-                None => Some(self.secs[b]),
-            },
-            (None, Some(a)) => Some(self.secs[a]),
-            (None, None) => None,
-        }
+        Some(self.curve()?.secs(n))
+    }
+
+    /// A draft model's pass times: its own measurements, else `target`'s scaled by the file-size ratio.
+    fn draft_curve(&self, target: Option<&Curve>) -> Option<Curve> {
+        self.curve().or_else(|| {
+            let ratio = self.relative?;
+            Some(Curve { at: target?.at.iter().map(|s| s * ratio).collect() })
+        })
+    }
+}
+
+/// Expected pass seconds by size, from [`CostModel::curve`].
+#[derive(Clone, Debug)]
+pub struct Curve {
+    at: Vec<f64>,
+}
+
+impl Curve {
+    /// Seconds of a pass of `n` tokens (sizes past [`CostModel::MAX`] priced as that).
+    pub fn secs(&self, n: usize) -> f64 {
+        self.at[n.min(CostModel::MAX)]
     }
 }
 
@@ -372,14 +417,19 @@ pub struct Offer {
 /// The expected tokens per second of a request decoding alone with `offer`, as [`plan`] would draft for it;
 /// `None` before a pass is measured. Compares a free lookup draft with the draft model's.
 pub fn expected_rate(offer: Offer, target: &CostModel, draft: &CostModel) -> Option<f64> {
+    let curve = target.curve()?;
     let k = plan(&[offer], target, draft)[0];
     let tokens: f64 = (0..=k).map(|j| offer.rate.powi(j as i32)).sum();
-    let drafting = if offer.model { k as f64 * draft.draft_secs(1, target) } else { 0.0 };
-    Some(tokens / (target.secs(1 + k)? + drafting))
+    let drafting = match (offer.model, draft.draft_curve(Some(&curve))) {
+        (false, _) => 0.0,
+        (true, Some(d)) => k as f64 * d.secs(1),
+        (true, None) => return Some(0.0),
+    };
+    Some(tokens / (curve.secs(1 + k) + drafting))
 }
 
-/// A drafted token must raise the expected tokens per second by this factor to be fed: measured pass times
-/// are noisy, and a draft that barely pays on paper is a loss where the estimate errs (free prose).
+/// Speculation must raise the expected tokens per second of a step by this factor: measured pass times are
+/// noisy, and a plan that barely pays on paper is a loss where the estimate errs (free prose).
 const PAYOFF: f64 = 1.02;
 
 /// How many drafted tokens each decoding request feeds this step: [`plan`]'s choice, or all on offer with
@@ -393,44 +443,51 @@ pub fn choose(cfg: &SpecConfig, offers: &[Offer], target: &CostModel, draft: &Co
 }
 
 /// Chooses how many drafted tokens each decoding request feeds this step: the numbers that maximise the
-/// expected tokens per second, `E[tokens] / cost(pass)`. A request drafting `k` tokens at acceptance rate `p`
-/// yields `1 + p + … + p^k` tokens on average; the pass costs what [`CostModel`] measured for its size, plus
-/// the draft model's passes if it drafts. Adding tokens greedily by their expected gain `p^(j+1)` is optimal
-/// here because the gains of each request fall with `j`.
+/// expected tokens per second, `E[tokens] / cost(step)`. A request drafting `k` tokens at acceptance rate `p`
+/// yields `1 + p + … + p^k` tokens on average; the step costs what [`CostModel`] expects for its size, plus
+/// the draft model's passes if it drafts. Tokens are added in order of their expected gain `p^(j+1)` (each
+/// request's gains fall with `j`, so every prefix of that order is the best plan of its size), and the best
+/// prefix is taken: the whole order is scored, so one dear size on the way does not stop a bigger plan that
+/// pays more. It is fed only if it beats plain decoding by [`PAYOFF`].
 pub fn plan(offers: &[Offer], target: &CostModel, draft: &CostModel) -> Vec<usize> {
-    let mut ks = vec![0usize; offers.len()];
     let n = offers.len();
-    let Some(base) = target.secs(n) else {
+    let mut ks = vec![0usize; n];
+    let Some(curve) = target.curve() else {
         // nothing measured yet: one plain step measures a pass of this size
         return ks;
     };
-    let mut tokens = n as f64;
-    let mut cost = base;
+    let draft_curve = draft.draft_curve(Some(&curve));
     let draft_cost = |ks: &[usize]| -> f64 {
         // one draft pass per drafted position, over the requests still drafting at that position
         let rounds = offers.iter().zip(ks).filter(|(o, _)| o.model).map(|(_, &k)| k).max().unwrap_or(0);
         (0..rounds)
             .map(|r| {
                 let m = offers.iter().zip(ks).filter(|(o, &k)| o.model && k > r).count();
-                draft.draft_secs(m, target)
+                draft_curve.as_ref().map_or(f64::INFINITY, |d| d.secs(m))
             })
             .sum()
     };
-    let mut total = n;
+    let plain = n as f64 / curve.secs(n);
+    let (mut tokens, mut total) = (n as f64, n);
+    let mut order = Vec::new();
+    let mut best = (PAYOFF * plain, 0);
     loop {
-        let best = (0..n)
+        let next = (0..n)
             .filter(|&i| ks[i] < offers[i].max)
             .map(|i| (i, offers[i].rate.powi(ks[i] as i32 + 1)))
             .max_by(|a, b| a.1.total_cmp(&b.1));
-        let Some((i, gain)) = best else { break };
+        let Some((i, gain)) = next.filter(|_| total < CostModel::MAX) else { break };
         ks[i] += 1;
-        let Some(pass) = target.secs(total + 1) else { break };
-        let new_cost = pass + draft_cost(&ks);
-        if (tokens + gain) / new_cost <= PAYOFF * tokens / cost {
-            ks[i] -= 1;
-            break;
+        order.push(i);
+        (tokens, total) = (tokens + gain, total + 1);
+        let rate = tokens / (curve.secs(total) + draft_cost(&ks));
+        if rate > best.0 {
+            best = (rate, order.len());
         }
-        (tokens, cost, total) = (tokens + gain, new_cost, total + 1);
+    }
+    let mut ks = vec![0usize; n];
+    for &i in &order[..best.1] {
+        ks[i] += 1;
     }
     ks
 }
@@ -498,6 +555,33 @@ mod tests {
         // a faster bigger pass (noise) never makes more tokens look cheaper than the smaller pass
         c.record(9, Duration::from_millis(90));
         assert!(c.secs(7).unwrap() >= 0.09);
+    }
+
+    #[test]
+    fn one_slow_size_does_not_make_bigger_passes_dear() {
+        // four streams: 4 tokens 40 ms, then about 3 ms per token, but one pass of 9 was preempted (75 ms)
+        let mut c = CostModel::default();
+        for (n, ms) in [(4, 40), (5, 43), (6, 46), (7, 49), (8, 52), (9, 75), (12, 64), (16, 76)] {
+            for _ in 0..8 {
+                c.record(n, Duration::from_millis(ms));
+            }
+        }
+        c.record(9, Duration::from_millis(75));
+        let secs = |n| c.secs(n).unwrap();
+        for n in 1..CostModel::MAX {
+            assert!(secs(n + 1) >= secs(n), "non-decreasing at {n}");
+        }
+        // the outlier is pooled with the sizes after it, not carried to every size above
+        assert!(secs(9) < 0.07 && secs(16) < 0.08, "{} {}", secs(9), secs(16));
+        // a size measured more often outweighs a fresh faster sample above it
+        let mut d = c.clone();
+        d.record(20, Duration::from_millis(60));
+        let (d16, d20) = (d.secs(16).unwrap(), d.secs(20).unwrap());
+        assert!(d20 >= d16 && d16 > 0.072, "{d16} {d20}");
+        // four requests whose copies are all accepted: the plan goes past the slow size to a bigger pass
+        let sure = Offer { rate: 0.97, max: 8, model: false };
+        let ks = plan(&[sure; 4], &c, &CostModel::default());
+        assert!(ks.iter().sum::<usize>() > 5, "{ks:?}");
     }
 
     #[test]

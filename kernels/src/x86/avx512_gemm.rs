@@ -156,9 +156,57 @@ pub(crate) unsafe fn gemm_avx512(
         }
         let jobs =
             (0..n_rows).step_by(PANEL_ROWS).map(|r0| (r0, if r0 < r_pairs { t_full } else { tokens.start }));
+        // A prepacked K-quant panel against a few tiles (verifying drafts, short prompts): unpacked block by
+        // block as it streams in, once for all the tiles.
+        let fused = !q8_0 && !in_place && layout.is_some() && tokens.len() < (avx512::FUSED_TILES + 1) * TILE;
         for (r0, first) in jobs.filter(|&(_, first)| first < tokens.end) {
             let n = PANEL_ROWS.min(n_rows - r0);
             let src = &w[r0 * row_bytes..(r0 + n) * row_bytes];
+            if fused {
+                let layout = layout.expect("fused panels are prepacked");
+                let n_full = (tokens.end - first) / TILE;
+                let empty = || Q8KTile { qs: &[], d: &[], side: &[] };
+                let full: [Q8KTile; avx512::FUSED_TILES] =
+                    std::array::from_fn(
+                        |j| if j < n_full { k_tile(first + j * TILE, TILE) } else { empty() },
+                    );
+                let t_rest = first + n_full * TILE;
+                macro_rules! fused {
+                    ($r:literal) => {{
+                        let rest = if $r > 0 { k_tile(t_rest, $r) } else { empty() };
+                        // SAFETY: as for `pack_panel` above; the matrix was prepacked, so `can_prepack` held.
+                        let (whole, short) = unsafe {
+                            avx512::panel_dots_prepacked_k_tiles::<$r>(
+                                layout,
+                                src,
+                                n_blocks,
+                                &full[..n_full],
+                                &rest,
+                            )
+                        };
+                        for (j, tile) in whole.iter().take(n_full).enumerate() {
+                            for (i, lanes) in tile.iter().enumerate() {
+                                let t = first + j * TILE + i - t0;
+                                out[t][r0..r0 + n].copy_from_slice(&lanes[..n]);
+                            }
+                        }
+                        for (i, lanes) in short.iter().enumerate() {
+                            out[t_rest + i - t0][r0..r0 + n].copy_from_slice(&lanes[..n]);
+                        }
+                    }};
+                }
+                match tokens.end - t_rest {
+                    0 => fused!(0),
+                    1 => fused!(1),
+                    2 => fused!(2),
+                    3 => fused!(3),
+                    4 => fused!(4),
+                    5 => fused!(5),
+                    6 => fused!(6),
+                    _ => fused!(7),
+                }
+                continue;
+            }
             if !in_place {
                 pack(r0, n, &mut packed[..]);
             }
