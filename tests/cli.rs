@@ -121,3 +121,23 @@ fn chat_keeps_history_and_reuses_its_cache() {
     assert!(turns[0].contains("(0 cached)"), "{}", turns[0]);
     assert!(!turns[1].contains("(0 cached)"), "the second turn reuses the first turn's KV: {}", turns[1]);
 }
+
+/// A hostile header (a key/value count of 2^64 - 1 in a 24-byte file) is a clear error and exit code 1 from
+/// the binary, not a signal (engine/tests/malformed_gguf.rs has the whole suite).
+#[test]
+fn a_hostile_header_exits_1_with_the_reason() {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes());
+    b.extend_from_slice(&u64::MAX.to_le_bytes());
+    let path = std::env::temp_dir().join(format!("quire-cli-hostile-{}.gguf", std::process::id()));
+    std::fs::write(&path, &b).unwrap();
+    for args in [vec!["info", path.to_str().unwrap()], vec!["run", "-m", path.to_str().unwrap(), "-p", "hi"]]
+    {
+        let out = quire(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {:?}", out.status);
+        let err = text(&out.stderr);
+        assert!(err.contains("key/value pairs cannot fit"), "{args:?}: {err}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}

@@ -21,7 +21,7 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use jiff::fmt::strtime;
 use jiff::Timestamp;
 use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value, ValueKind};
@@ -37,6 +37,10 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}\
 
 /// Name under which the template is stored in the environment; it shows up in error locations.
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// Longest chat template accepted: real ones are a few KiB (Qwen3's 4 KiB, the longest seen ~30 KiB); a
+/// hostile one must not cost a compile of megabytes at every load.
+const MAX_TEMPLATE_BYTES: usize = 1 << 20;
 
 /// One chat message, shaped like an OpenAI chat-completions message so the server can deserialize
 /// requests straight into it. Optional fields are left out of the template's view when `None`, like
@@ -171,6 +175,12 @@ impl ChatTemplate {
             Some(s) if !s.trim().is_empty() => (s, false),
             _ => (CHATML_TEMPLATE, true),
         };
+        ensure!(
+            source.len() <= MAX_TEMPLATE_BYTES,
+            "the chat template is {:.1} MiB, more than the {} MiB a template may have",
+            source.len() as f64 / (1 << 20) as f64,
+            MAX_TEMPLATE_BYTES >> 20
+        );
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);

@@ -1,6 +1,6 @@
 //! Model hyperparameters, read from GGUF metadata (`qwen3.*` or `qwen2.*`).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::gguf::GgufFile;
 
@@ -67,6 +67,22 @@ impl Config {
         let n_kv_heads = get("attention.head_count_kv")?;
         let ffn_dim = get("feed_forward_length")?;
         let ctx_train = get("context_length")?;
+        // Bounds far above any dense model's, so that no product of them can overflow and no hostile file
+        // sizes a buffer: the tensors' shapes are then checked against these numbers.
+        for (key, v, most) in [
+            ("block_count", n_layers, 1 << 12),
+            ("embedding_length", dim, 1 << 20),
+            ("attention.head_count", n_heads, 1 << 12),
+            ("attention.head_count_kv", n_kv_heads, 1 << 12),
+            ("feed_forward_length", ffn_dim, 1 << 22),
+        ] {
+            ensure!(v <= most, "{}: {p}.{key} = {v} is out of range (at most {most})", file.path().display());
+        }
+        ensure!(
+            (1..=1 << 31).contains(&ctx_train),
+            "{}: {p}.context_length = {ctx_train} is out of range (1 to 2^31)",
+            file.path().display()
+        );
         if n_heads == 0 || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
             bail!("invalid head counts: {n_heads} query heads, {n_kv_heads} KV heads");
         }
@@ -75,8 +91,8 @@ impl Config {
             Some(k) => k as usize,
             None => dim / n_heads,
         };
-        if head_dim == 0 || head_dim % 2 != 0 {
-            bail!("invalid head_dim {head_dim} (must be even and non-zero)");
+        if head_dim == 0 || head_dim % 2 != 0 || head_dim > 1 << 12 {
+            bail!("invalid head_dim {head_dim} (must be even, non-zero and at most 4096)");
         }
         let rope_base = file.get_f64(&format!("{p}.rope.freq_base")).unwrap_or(10_000.0) as f32;
         let rms_eps = file.get_f64(&format!("{p}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-6) as f32;

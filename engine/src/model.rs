@@ -186,6 +186,17 @@ impl Model {
                 w_down: matrix(&name("ffn_down.weight"), c.ffn_dim, c.dim)?,
             });
         }
+        // a layer past the block count is a file whose metadata and tensors disagree (as llama.cpp, refuse it)
+        let layer_of = |name: &str| name.strip_prefix("blk.")?.split('.').next()?.parse::<usize>().ok();
+        if let Some(t) = file.tensors().iter().find(|t| layer_of(&t.name).is_some_and(|l| l >= c.n_layers)) {
+            bail!(
+                "{}: tensor '{}' is past the {} layers the metadata ({}.block_count) says the model has",
+                file.path().display(),
+                t.name,
+                c.n_layers,
+                c.arch.name()
+            );
+        }
         let inv_freq = ops::rope_inv_freq(c.head_dim, c.rope_base);
         // Decoding one token reads every weight once: where the row kernels are clearly faster at that than
         // the panel kernels on a prepacked copy (measured, see `DecodeKernels`), single tokens use them and

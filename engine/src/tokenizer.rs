@@ -76,9 +76,9 @@ pub struct VocabSpec {
 }
 
 impl VocabSpec {
-    /// From the GGUF metadata map as gguf-rs returns it. The map must have been read with
-    /// `gguf_rs::get_gguf_container_array_size(path, u64::MAX)`: the default reader keeps only 3 elements of
-    /// each `tokenizer.*` array, which is detected and reported here rather than failing obscurely later.
+    /// From the GGUF metadata map ([`crate::gguf::GgufFile::metadata`], arrays complete). A map from a reader
+    /// that truncates arrays (gguf-rs keeps 3 elements of each `tokenizer.*` array by default) is detected and
+    /// reported here rather than failing obscurely later.
     pub fn from_metadata(meta: &BTreeMap<String, Value>) -> Result<VocabSpec> {
         let model = get_string(meta, KEY_MODEL)?;
         check_model(&model)?;
@@ -87,8 +87,7 @@ impl VocabSpec {
         let tokens = get_string_array(meta, KEY_TOKENS)?;
         ensure!(
             tokens.len() > 3,
-            "GGUF `{KEY_TOKENS}` has only {} entries: the vocabulary looks truncated (read the file with \
-             gguf_rs::get_gguf_container_array_size(path, u64::MAX); the default reader keeps 3 elements)",
+            "GGUF `{KEY_TOKENS}` has only {} entries: too few for a vocabulary (truncated by the reader?)",
             tokens.len()
         );
         let token_types = get_i32_array(meta, KEY_TOKEN_TYPE)?;

@@ -148,8 +148,9 @@ fn unknown_tensor_type() {
     for (ty, needle) in [
         (16u32, "unsupported type id 16 (supported: F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS, BF16)"),
         (39, "type id 39"),
-        (40, "invalid tensor type"),
-        (1000, "GGUF header"),
+        // 40 is GGML_TYPE_COUNT (gguf-rs panics on it), 1000 no type at all: the same clear error
+        (40, "type id 40"),
+        (1000, "type id 1000"),
     ] {
         let mut c = b.clone();
         c[at..at + 4].copy_from_slice(&ty.to_le_bytes());
