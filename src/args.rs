@@ -48,8 +48,29 @@ pub struct CacheArgs {
     #[arg(short = 'c', long = "ctx", value_parser = positive)]
     pub ctx: Option<usize>,
     /// KV cache element type: f16 (default), q8_0 (half the memory of f16) or f32 (exact).
-    #[arg(long = "kv-type", value_enum, ignore_case = true, default_value_t = KvType::F16)]
-    pub kv_type: KvType,
+    #[arg(long = "kv-type", value_enum, ignore_case = true)]
+    pub kv_type: Option<KvType>,
+    /// Plan for at most this much memory (e.g. `6G`, `512M`): the largest context that fits (up to the
+    /// trained one) unless --ctx is given, a q8_0 KV cache or fewer slots when needed, or a refusal with the
+    /// numbers. Without it the plan fits what the machine has available.
+    #[arg(long = "max-ram", value_name = "SIZE", value_parser = ram_size)]
+    pub max_ram: Option<usize>,
+}
+
+impl CacheArgs {
+    /// The KV cache type asked for, or the default (f16).
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type.unwrap_or_default()
+    }
+
+    /// What the RAM planner must keep: the values set on the command line (`slots`: `--parallel` if given).
+    pub fn wants(&self, slots: Option<usize>) -> quire_engine::memory::Wants {
+        quire_engine::memory::Wants { ctx: self.ctx, kv_type: self.kv_type, slots }
+    }
+}
+
+fn ram_size(s: &str) -> Result<usize, String> {
+    quire_engine::memory::parse_size(s).map_err(|e| format!("{e:#}"))
 }
 
 /// Speculative decoding: how fast tokens come, never which (the output is the same with any of these).
@@ -193,7 +214,7 @@ mod tests {
     #[test]
     fn kv_type_names_parse() {
         let parse = |v: &str| {
-            Cli::try_parse_from(["quire", "-m", "m.gguf", "--kv-type", v]).map(|c| c.model.cache.kv_type)
+            Cli::try_parse_from(["quire", "-m", "m.gguf", "--kv-type", v]).map(|c| c.model.cache.kv_type())
         };
         for t in [KvType::F16, KvType::F32, KvType::Q8_0] {
             assert_eq!(parse(t.name()).unwrap(), t);
@@ -202,7 +223,11 @@ mod tests {
         assert_eq!(parse("q8").unwrap(), KvType::Q8_0);
         assert!(parse("q4").is_err());
         let d = Cli::try_parse_from(["quire", "-m", "m.gguf"]).unwrap().model;
-        assert_eq!((d.cache.kv_type, d.cache.ctx, d.threads.threads), (KvType::F16, None, None));
+        assert_eq!((d.cache.kv_type(), d.cache.ctx, d.threads.threads), (KvType::F16, None, None));
+        assert_eq!(d.cache.kv_type, None, "not set: the planner may choose");
+        let m = Cli::try_parse_from(["quire", "-m", "m.gguf", "--max-ram", "6.5G"]).unwrap().model;
+        assert_eq!(m.cache.max_ram, Some(13 << 29));
+        assert!(Cli::try_parse_from(["quire", "-m", "m.gguf", "--max-ram", "lots"]).is_err());
         assert!(Cli::try_parse_from(["quire", "-m", "m.gguf", "--ctx", "0"]).is_err());
     }
 }

@@ -42,9 +42,10 @@ pub struct BatchArgs {
     /// Where the failed requests go (default: OUTPUT with `.errors.jsonl` for its extension).
     #[arg(long)]
     pub errors: Option<PathBuf>,
-    /// Requests generating at once, batched together on every decode step.
-    #[arg(long, default_value_t = 4, value_parser = crate::args::positive)]
-    pub parallel: usize,
+    /// Requests generating at once, batched together on every decode step (default: 4, fewer when memory
+    /// is short).
+    #[arg(long, value_parser = crate::args::positive)]
+    pub parallel: Option<usize>,
 }
 
 impl BatchArgs {
@@ -93,14 +94,17 @@ pub fn run(args: &BatchArgs, prepack: bool) -> Result<()> {
     let log_filter = std::env::var("QUIRE_LOG").or_else(|_| std::env::var("RUST_LOG")).ok();
     quire_server::init_logging(Some(log_filter.as_deref().unwrap_or("warn")));
     let mut cfg = ServerConfig::new(&args.model.model);
-    cfg.n_slots = args.parallel;
+    cfg.n_slots = args.parallel.unwrap_or(4);
+    cfg.n_slots_set = args.parallel.is_some();
     cfg.ctx = args.model.cache.ctx;
-    cfg.kv_type = args.model.cache.kv_type;
+    cfg.kv_type = args.model.cache.kv_type();
+    cfg.kv_type_set = args.model.cache.kv_type.is_some();
+    cfg.max_ram = args.model.cache.max_ram;
     cfg.spec = args.spec.config();
     cfg.draft_model = args.spec.draft.clone();
     cfg.prepack = prepack;
     cfg.timeout = None;
-    cfg.queue_capacity = args.parallel;
+    cfg.queue_capacity = cfg.n_slots;
     let job = OfflineJob {
         input: args.input_path()?,
         output: args.output.clone(),

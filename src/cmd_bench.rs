@@ -96,7 +96,7 @@ pub fn run(args: BenchArgs, opts: &LoadOptions) -> Result<()> {
         bail!("--streams must be at least 1");
     }
     let threads = args.model.threads.init()?;
-    let kv_type = args.model.cache.kv_type;
+    let kv_type = args.model.cache.kv_type();
     let t0 = Instant::now();
     let engine = Engine::load_with(&args.model.model, opts)?;
     let load_secs = t0.elapsed().as_secs_f64();

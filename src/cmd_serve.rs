@@ -21,9 +21,10 @@ pub struct ServeArgs {
     /// TCP port.
     #[arg(long, default_value_t = config::DEFAULT_PORT)]
     pub port: u16,
-    /// Requests generating at once (slots), batched together on every decode step.
-    #[arg(long, default_value_t = config::DEFAULT_SLOTS)]
-    pub parallel: usize,
+    /// Requests generating at once (slots), batched together on every decode step (default: 2, fewer when
+    /// memory is short).
+    #[arg(long)]
+    pub parallel: Option<usize>,
     /// Requests that may wait for a free slot; beyond this, 429 Too Many Requests.
     #[arg(long, default_value_t = config::DEFAULT_QUEUE)]
     pub queue: usize,
@@ -33,6 +34,10 @@ pub struct ServeArgs {
     /// Allow cross-origin browser requests from this origin (`*` for any); CORS is off without it.
     #[arg(long)]
     pub cors: Option<String>,
+    /// Host names to answer besides localhost while listening on a loopback address, comma-separated
+    /// (`*`: any). Other `Host` headers get 403: a web page cannot reach the server through DNS rebinding.
+    #[arg(long, value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Largest request body in bytes.
     #[arg(long, default_value_t = config::DEFAULT_MAX_BODY_BYTES)]
     pub max_body: usize,
@@ -61,16 +66,20 @@ impl ServeArgs {
         let mut cfg = ServerConfig::new(&self.model.model);
         cfg.host = self.host.clone();
         cfg.port = self.port;
-        cfg.n_slots = self.parallel;
+        cfg.n_slots = self.parallel.unwrap_or(config::DEFAULT_SLOTS);
+        cfg.n_slots_set = self.parallel.is_some();
         cfg.queue_capacity = self.queue;
         cfg.ctx = self.model.cache.ctx;
-        cfg.kv_type = self.model.cache.kv_type;
+        cfg.kv_type = self.model.cache.kv_type();
+        cfg.kv_type_set = self.model.cache.kv_type.is_some();
+        cfg.max_ram = self.model.cache.max_ram;
         cfg.spec = self.spec.config();
         cfg.draft_model = self.spec.draft.clone();
         cfg.prepack = prepack;
         // clap read QUIRE_API_KEY into `api_key` when the flag is absent; an empty value means "no key".
         cfg.api_key = self.api_key.clone().filter(|k| !k.is_empty());
         cfg.cors = self.cors.clone();
+        cfg.allowed_hosts = self.allowed_hosts.clone();
         cfg.max_body_bytes = self.max_body;
         cfg.timeout = (self.timeout > 0).then(|| Duration::from_secs(self.timeout));
         if let Some(name) = &self.model_name {

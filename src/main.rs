@@ -19,10 +19,10 @@ use quire_engine::chat::{Message, RenderOptions};
 use quire_engine::generate::{Engine, GenerateParams, GenerationStats, Session, DEFAULT_BATCH};
 use quire_engine::gguf::GgufFile;
 use quire_engine::grammar::GrammarSpec;
-use quire_engine::memory::{human_bytes, MemoryPlan};
+use quire_engine::memory::{self, human_bytes, Budget, MemoryPlan, Sizes};
 use quire_engine::model::LoadOptions;
 use quire_engine::reasoning::ReasoningSplit;
-use quire_engine::speculate::{self, SpecConfig};
+use quire_engine::speculate::SpecConfig;
 use quire_kernels::dispatch::{self, IsaKind};
 
 #[derive(Parser)]
@@ -185,22 +185,28 @@ fn load(
     args.threads.init()?;
     let t0 = Instant::now();
     let mut engine = Engine::load_with(&args.model, opts)?;
-    engine.kv_type = args.cache.kv_type;
     engine.spec = spec;
     if let Some(d) = draft.filter(|_| spec.limit() > 0) {
         engine.load_draft(d, opts)?;
         eprintln!("draft model {} (speculative decoding; the output is the same without it)", d.display());
     }
     let c = &engine.model.config;
-    let n_ctx = args.cache.ctx.unwrap_or_else(|| c.default_ctx());
-    let rows = speculate::logit_rows(&engine.spec, 1, DEFAULT_BATCH);
-    let plan = MemoryPlan::new(&engine.model, n_ctx, DEFAULT_BATCH, rows, engine.kv_type).with_draft(
-        engine.active_draft(),
-        n_ctx,
-        1,
-        engine.kv_type,
-    );
-    plan.check_available()?;
+    // the RAM planner: one session; the context and KV type that fit --max-ram or the memory available
+    let sizes = Sizes {
+        config: c,
+        file_len: engine.model.file.file_len(),
+        draft: engine.active_draft().map(|d| (&d.model.config, d.file_len())),
+        n_batch: DEFAULT_BATCH,
+        spec: engine.spec,
+        default_slots: 1,
+    };
+    let choice = memory::choose(&sizes, args.cache.wants(Some(1)), Budget::from_flag(args.cache.max_ram))?;
+    let defaults = (args.cache.ctx.unwrap_or_else(|| c.default_ctx()), args.cache.kv_type());
+    if args.cache.max_ram.is_some() || (choice.ctx, choice.kv_type) != defaults {
+        eprintln!("{}", choice.describe());
+    }
+    let (n_ctx, plan) = (choice.ctx, choice.plan);
+    engine.kv_type = choice.kv_type;
     eprintln!(
         "loaded {} ({}, {} layers, {} params in {}) in {:.2} s; context {n_ctx} tokens, KV cache {} ({}), {} threads",
         args.model.display(),
@@ -439,16 +445,33 @@ fn cmd_info(a: InfoArgs) -> Result<()> {
         c.ctx_train
     );
     let n_ctx = a.cache.ctx.unwrap_or_else(|| c.default_ctx());
-    let plan = MemoryPlan::new(&model, n_ctx, DEFAULT_BATCH, 1, a.cache.kv_type);
+    let plan = MemoryPlan::new(&model, n_ctx, DEFAULT_BATCH, 1, a.cache.kv_type());
     println!(
         "memory at context {}: weights {} (memory-mapped) + KV cache {} ({}) + scratch {} = {}",
         n_ctx,
         human_bytes(plan.weights_mapped),
         human_bytes(plan.kv_cache),
-        a.cache.kv_type,
+        a.cache.kv_type(),
         human_bytes(plan.scratch),
         human_bytes(plan.total())
     );
+    if let Some(max_ram) = a.cache.max_ram {
+        // what `run` (one session) and `serve` (its default slots) would choose within --max-ram
+        for (what, slots) in [("run", 1), ("serve", quire_server::config::DEFAULT_SLOTS)] {
+            let sizes = Sizes {
+                config: c,
+                file_len: model.file.file_len(),
+                draft: None,
+                n_batch: DEFAULT_BATCH,
+                spec: SpecConfig::default(),
+                default_slots: slots,
+            };
+            match memory::choose(&sizes, a.cache.wants(None), Budget::Limit(max_ram)) {
+                Ok(choice) => println!("{what}: {}", choice.describe()),
+                Err(e) => println!("{what}: {e:#}"),
+            }
+        }
+    }
     Ok(())
 }
 

@@ -141,3 +141,35 @@ fn a_hostile_header_exits_1_with_the_reason() {
     }
     std::fs::remove_file(&path).unwrap();
 }
+
+/// `--max-ram`: `info` shows the plans within it; `run` refuses with the numbers when the weights alone do
+/// not fit, and runs with a context grown to fill it otherwise.
+#[test]
+fn max_ram_plans_or_refuses_with_the_numbers() {
+    let out = quire(&["info", &tiny("q8_0"), "--max-ram", "64M"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("run: memory plan (--max-ram 64.0 MiB): context"), "{stdout}");
+    assert!(stdout.contains("serve: memory plan (--max-ram 64.0 MiB)"), "{stdout}");
+    let out = quire(&["run", "-m", &tiny("q8_0"), "--raw", "-p", "Hello", "-n", "2", "--max-ram", "1M"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("not enough memory (--max-ram 1.0 MiB)") && err.contains("weights alone"), "{err}");
+    let out = quire(&[
+        "run",
+        "-m",
+        &tiny("q8_0"),
+        "--raw",
+        "-p",
+        "Hello",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "--max-ram",
+        "64M",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("memory plan (--max-ram 64.0 MiB)"), "{}", text(&out.stderr));
+    assert!(quire(&["run", "-m", &tiny("q8_0"), "-p", "x", "--max-ram", "lots"]).status.code() == Some(2));
+}

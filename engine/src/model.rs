@@ -432,12 +432,17 @@ impl Model {
     /// Bytes of scratch a `RunState` for batches of `n_batch` tokens takes (logits for one position), with the
     /// attention scratch of every worker thread at a context of `n_ctx` positions.
     pub fn scratch_bytes(&self, n_batch: usize, n_ctx: usize, logit_rows: usize) -> usize {
-        let threads = rayon::current_num_threads().max(1);
-        // logits: the pass's rows, and the caller's copy it samples from (speculation edits them in place)
-        RunState::floats_for(&self.config, n_batch) * 4
-            + 2 * logit_rows.max(1) * self.config.vocab_size * 4
-            + threads * crate::attention::task_scratch_bytes(&self.config, n_ctx)
+        scratch_bytes(&self.config, n_batch, n_ctx, logit_rows)
     }
+}
+
+/// [`Model::scratch_bytes`] from the hyperparameters alone (for planning before the weights are mapped).
+pub fn scratch_bytes(c: &Config, n_batch: usize, n_ctx: usize, logit_rows: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    // logits: the pass's rows, and the caller's copy it samples from (speculation edits them in place)
+    RunState::floats_for(c, n_batch) * 4
+        + 2 * logit_rows.max(1) * c.vocab_size * 4
+        + threads * crate::attention::task_scratch_bytes(c, n_ctx)
 }
 
 /// Every scratch buffer of the forward pass, sized for a batch of up to `capacity` tokens and reused.

@@ -33,6 +33,12 @@ pub struct ServerConfig {
     pub ctx: Option<usize>,
     /// Element type of the slots' KV caches (`--kv-type`).
     pub kv_type: KvType,
+    /// `kv_type` and `n_slots` were set by the user: the RAM planner keeps them (else it may lower them to
+    /// fit the memory).
+    pub kv_type_set: bool,
+    pub n_slots_set: bool,
+    /// `--max-ram`: the memory the plan must fit (default: what the machine has available).
+    pub max_ram: Option<usize>,
     /// Speculative decoding (`--spec`, `--spec-max`): prompt lookup and predicted outputs by default.
     pub spec: SpecConfig,
     /// A draft model of the same vocabulary for speculative decoding (`--draft`).
@@ -57,6 +63,9 @@ pub struct ServerConfig {
     pub max_upload_bytes: u64,
     /// More prompt templates (`*.md`), beside the built-in ones.
     pub templates_dir: Option<PathBuf>,
+    /// Host names (the `Host` header without its port) accepted besides the loopback ones while the server
+    /// listens on a loopback address; `*` accepts any (see [`host_allowed`]).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Default port, as llama.cpp's server and most local OpenAI-compatible servers use.
@@ -89,6 +98,9 @@ impl ServerConfig {
             queue_capacity: DEFAULT_QUEUE,
             ctx: None,
             kv_type: KvType::default(),
+            kv_type_set: false,
+            n_slots_set: false,
+            max_ram: None,
             spec: SpecConfig::default(),
             draft_model: None,
             prepack: true,
@@ -100,6 +112,7 @@ impl ServerConfig {
             data_dir_optional: false,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             templates_dir: None,
+            allowed_hosts: Vec::new(),
         }
     }
 
@@ -127,6 +140,37 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+/// Whether a request with this `Host` header may be served by a server listening on `bind_host` (the
+/// `--host` value): the defence against DNS rebinding (ollama CVE-2024-28224), where a web page the user
+/// visits resolves its own name to 127.0.0.1 and then reads the loopback-only server with the page's
+/// `Host`. A server on a loopback address answers only `localhost`, `*.localhost`, loopback IP literals and
+/// the names in `allowed` (`*`: any). One listening elsewhere is meant to be reached by any name: the API
+/// key and the network are its guard. A request without `Host` (HTTP/1.0) is no browser's.
+pub fn host_allowed(bind_host: &str, allowed: &[String], host_header: Option<&str>) -> bool {
+    let loopback = |h: &str| {
+        let h = h.trim_start_matches('[').trim_end_matches(']');
+        h.eq_ignore_ascii_case("localhost")
+            || h.to_ascii_lowercase().ends_with(".localhost")
+            || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    };
+    let Some(header) = host_header else { return true };
+    if !loopback(bind_host) || allowed.iter().any(|a| a == "*") {
+        return true;
+    }
+    // the name without the port: `[::1]:8080`, `localhost:8080`, `example.com`
+    let name = match header.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => header.rsplit_once(':').map_or(header, |(n, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                n
+            } else {
+                header
+            }
+        }),
+    };
+    loopback(name) || allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
 }
 
 /// `models/Qwen3-4B-Q4_0.gguf` → `Qwen3-4B-Q4_0`: what a user would type as the model name.
@@ -158,5 +202,30 @@ mod tests {
         c.validate().unwrap();
         let bad = ServerConfig { n_slots: 0, ..c };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn loopback_servers_answer_loopback_names_only() {
+        let none: Vec<String> = Vec::new();
+        for ok in
+            ["localhost", "localhost:8080", "127.0.0.1:8080", "127.3.4.5", "[::1]:8080", "app.localhost:1"]
+        {
+            assert!(host_allowed("127.0.0.1", &none, Some(ok)), "{ok}");
+        }
+        for bad in
+            ["evil.example", "evil.example:8080", "192.168.1.5:8080", "localhost.evil.example", "[::2]:80"]
+        {
+            assert!(!host_allowed("127.0.0.1", &none, Some(bad)), "{bad}");
+            assert!(!host_allowed("localhost", &none, Some(bad)), "{bad}");
+            assert!(!host_allowed("::1", &none, Some(bad)), "{bad}");
+        }
+        assert!(host_allowed("127.0.0.1", &none, None), "no Host: not a browser");
+        let extra = vec!["writer.corp".to_string()];
+        assert!(host_allowed("127.0.0.1", &extra, Some("Writer.Corp:8080")));
+        assert!(!host_allowed("127.0.0.1", &extra, Some("other.corp")));
+        assert!(host_allowed("127.0.0.1", &["*".to_string()], Some("evil.example")));
+        // listening on every interface: any name (the API key guards it)
+        assert!(host_allowed("0.0.0.0", &none, Some("evil.example")));
+        assert!(host_allowed("10.0.0.7", &none, Some("quire.corp")));
     }
 }

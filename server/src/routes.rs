@@ -26,6 +26,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::batch;
+use crate::config;
 use crate::errors::{ApiError, ApiResult};
 use crate::metrics::Snapshot;
 use crate::openai::{self, Answer, GrammarRequest, PromptInput, ResponseMeta, SamplingRequest, UsageCounts};
@@ -196,6 +197,20 @@ async fn dispatch(
     req: Request<Incoming>,
     log: &RequestLog,
 ) -> ApiResult<Response<ResponseBody>> {
+    let host = req.headers().get(header::HOST).map(|h| h.to_str().unwrap_or("\u{fffd}"));
+    if !config::host_allowed(&state.cfg.host, &state.cfg.allowed_hosts, host) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            format!(
+                "host '{}' is not allowed: this server listens on a loopback address and answers only \
+                 localhost names (a web page could otherwise reach it through DNS rebinding); \
+                 start it with --allowed-hosts NAME to accept another",
+                host.unwrap_or_default()
+            ),
+        )
+        .with_code("host_not_allowed"));
+    }
     if route.needs_auth() {
         check_auth(state.cfg.api_key.as_deref(), req.headers())?;
     }

@@ -7,7 +7,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use quire_engine::generate::{Engine, DEFAULT_BATCH};
-use quire_engine::memory::{human_bytes, MemoryPlan};
+use quire_engine::memory::{self, human_bytes, Budget, Sizes, Wants};
 use quire_engine::model::LoadOptions;
 use tokio::sync::watch;
 
@@ -24,6 +24,8 @@ pub struct Ready {
     pub scheduler: Scheduler,
     /// Context per slot, in tokens: the longest prompt + completion one request can have.
     pub n_ctx: usize,
+    /// Slots (the RAM planner's choice: `--parallel`, or fewer when memory is short).
+    pub n_slots: usize,
 }
 
 /// Where model loading stands.
@@ -137,24 +139,38 @@ pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
     let opts = LoadOptions { prepack: cfg.prepack, ..Default::default() };
     let mut engine = Engine::load_with(&cfg.model_path, &opts)
         .with_context(|| format!("cannot load {}", cfg.model_path.display()))?;
-    engine.kv_type = cfg.kv_type;
     engine.spec = cfg.spec;
     if let Some(d) = cfg.draft_model.as_ref().filter(|_| cfg.spec.limit() > 0) {
         engine.load_draft(d, &opts)?;
         tracing::info!("draft model {} loaded for speculative decoding", d.display());
     }
+    // The RAM planner: context, KV type and slots that fit --max-ram or the memory available, before the
+    // caches are allocated (the scheduler refuses, with numbers, if they still do not fit).
+    let sizes = Sizes {
+        config: &engine.model.config,
+        file_len: engine.model.file.file_len(),
+        draft: engine.active_draft().map(|d| (&d.model.config, d.file_len())),
+        n_batch: DEFAULT_BATCH,
+        spec: engine.spec,
+        default_slots: cfg.n_slots,
+    };
+    let wants = Wants {
+        ctx: cfg.ctx,
+        kv_type: cfg.kv_type_set.then_some(cfg.kv_type),
+        slots: cfg.n_slots_set.then_some(cfg.n_slots),
+    };
+    let choice = memory::choose(&sizes, wants, Budget::from_flag(cfg.max_ram))?;
+    tracing::info!("{}", choice.describe());
+    let (n_ctx, n_slots) = (choice.ctx, choice.slots);
+    engine.kv_type = choice.kv_type;
     let c = &engine.model.config;
-    let n_ctx = cfg.ctx.unwrap_or_else(|| c.default_ctx());
     if n_ctx > c.ctx_train {
         tracing::warn!(
             "--ctx {n_ctx} is beyond the {} tokens the model was trained on; quality may drop",
             c.ctx_train
         );
     }
-    // For the log line only: the scheduler itself refuses (with numbers) when the slots' caches do not fit.
-    let rows = quire_engine::speculate::logit_rows(&engine.spec, cfg.n_slots, DEFAULT_BATCH);
-    let plan = MemoryPlan::new(&engine.model, n_ctx * cfg.n_slots, DEFAULT_BATCH, rows, engine.kv_type)
-        .with_draft(engine.active_draft(), n_ctx * cfg.n_slots, cfg.n_slots, engine.kv_type);
+    let plan = choice.plan;
     let engine = Arc::new(engine);
     // Build the grammar compiler's token trie now, beside the first requests, so the first request with a
     // `response_format` does not wait for it (it waits only if it comes within that time).
@@ -168,22 +184,16 @@ pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
     });
     let scheduler = Scheduler::new(
         engine.clone(),
-        SchedulerConfig {
-            n_slots: cfg.n_slots,
-            n_ctx,
-            queue_capacity: cfg.queue_capacity,
-            n_batch: DEFAULT_BATCH,
-        },
+        SchedulerConfig { n_slots, n_ctx, queue_capacity: cfg.queue_capacity, n_batch: DEFAULT_BATCH },
     )?;
     tracing::info!(
-        "loaded {} in {:.2} s: {} slots x {n_ctx} tokens of context, KV cache {} ({}), queue {}, {} threads",
+        "loaded {} in {:.2} s: {n_slots} slots x {n_ctx} tokens of context, KV cache {} ({}), queue {}, {} threads",
         cfg.model_path.display(),
         t0.elapsed().as_secs_f64(),
-        cfg.n_slots,
         human_bytes(plan.kv_cache),
         engine.kv_type,
         cfg.queue_capacity,
         rayon::current_num_threads()
     );
-    Ok(Ready { engine, scheduler, n_ctx })
+    Ok(Ready { engine, scheduler, n_ctx, n_slots })
 }

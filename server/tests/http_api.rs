@@ -356,7 +356,7 @@ async fn bad_inputs_get_4xx_and_the_server_keeps_working() {
     request(a, "POST", "/v1/completions", &json_ct, Some(big.as_bytes())).await.assert_error(413, None);
     let chunk = "x".repeat(3000);
     let chunked = format!(
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
          {:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
         chunk.len(),
         chunk.len()
@@ -364,7 +364,7 @@ async fn bad_inputs_get_4xx_and_the_server_keeps_working() {
     raw(a, chunked.as_bytes()).await.assert_error(413, None);
     // A huge declared length is refused without reading anything.
     let head =
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 999999999\r\n\r\n";
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: 999999999\r\n\r\n";
     raw(a, head.as_bytes()).await.assert_error(413, None);
 
     // Unknown routes and wrong methods.
@@ -442,6 +442,35 @@ async fn api_key_and_cors() {
     s.stop().await.unwrap();
 }
 
+/// DNS rebinding (ollama CVE-2024-28224): a server on a loopback address answers only loopback names and the
+/// `--allowed-hosts` ones in `Host`; a page that made its own name resolve to 127.0.0.1 gets 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_server_refuses_foreign_host_names() {
+    let mut cfg = test_config();
+    assert_eq!(cfg.host, "127.0.0.1");
+    cfg.allowed_hosts = vec!["writer.corp".into()];
+    let s = TestServer::start(cfg).await;
+    let a = s.addr;
+    let get_as =
+        |host: String| format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    for bad in
+        ["evil.example".to_string(), format!("evil.example:{}", a.port()), "localhost.evil.example".into()]
+    {
+        let v = raw(a, get_as(bad.clone()).as_bytes()).await.assert_error(403, None);
+        assert_eq!(v["error"]["code"], "host_not_allowed", "{bad}");
+        assert!(v["error"]["message"].as_str().unwrap().contains("--allowed-hosts"), "{v}");
+    }
+    for ok in [
+        "localhost".to_string(),
+        format!("127.0.0.1:{}", a.port()),
+        format!("[::1]:{}", a.port()),
+        "Writer.Corp".into(),
+    ] {
+        assert_eq!(raw(a, get_as(ok.clone()).as_bytes()).await.status, 200, "{ok}");
+    }
+    s.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_503_while_loading_and_a_failed_load_stops_the_server() {
     // A FIFO as the model file: loading blocks on it until we write, so "loading" lasts as long as we like.
@@ -482,6 +511,41 @@ async fn health_is_503_while_loading_and_a_failed_load_stops_the_server() {
     let err = s.join().await.unwrap_err();
     assert!(format!("{err:#}").contains("failed to load"), "{err:#}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The RAM planner in the server: `--max-ram` below the weights stops the load with the numbers; one that
+/// holds a single 512-token slot gives one slot (the default two did not fit, `--parallel` was not set) with
+/// the context it could, and the server serves with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_ram_plans_the_slots_or_stops_the_load() {
+    let mut cfg = test_config();
+    cfg.max_ram = Some(1 << 20);
+    let s = TestServer::start_loading(cfg).await;
+    let err = s.join().await.unwrap_err();
+    assert!(format!("{err:#}").contains("not enough memory (--max-ram 1.0 MiB)"), "{err:#}");
+
+    let engine = quire_engine::generate::Engine::load(tiny_model()).unwrap();
+    let sizes = quire_engine::memory::Sizes {
+        config: &engine.model.config,
+        file_len: engine.model.file.file_len(),
+        draft: None,
+        n_batch: quire_engine::generate::DEFAULT_BATCH,
+        spec: Default::default(),
+        default_slots: 2,
+    };
+    let q8 = quire_engine::kv_cache::KvType::Q8_0;
+    // room for one slot of 512 tokens (q8_0), not for two
+    let budget = sizes.plan(512, q8, 1).total()
+        + (sizes.plan(512, q8, 2).total() - sizes.plan(512, q8, 1).total()) / 2;
+    let mut cfg = test_config();
+    cfg.ctx = None;
+    cfg.max_ram = Some(budget);
+    let s = TestServer::start(cfg).await;
+    let m = get(s.addr, "/metrics").await.text();
+    assert!(m.contains("quire_slots_total 1"), "{m}");
+    let r = post_json(s.addr, "/v1/completions", &json!({"prompt": "Hello", "max_tokens": 3})).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    s.stop().await.unwrap();
 }
 
 /// Greedy chat with `logprobs`: one entry per generated token (the end-of-generation token excluded), the

@@ -105,7 +105,7 @@ pub fn run(
     state.set_load_state(LoadState::Ready(ready.clone()));
     let quant = ready.engine.model.main_type();
     let model = Arc::new(ModelInfo::of(&job.cfg.model_path, quant)?);
-    let parallel = job.cfg.n_slots;
+    let parallel = ready.n_slots;
     let reader = open()?;
     let pending = input::lines(reader, limits.max_line_bytes).filter_map(move |(n, l)| {
         let l = l.ok()?;

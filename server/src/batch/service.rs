@@ -235,7 +235,7 @@ async fn step(
                 ready.clone(),
                 model.clone(),
                 items,
-                state.cfg.n_slots,
+                ready.n_slots,
                 stop_rx,
                 |o| {
                     if let Err(e) = b.store.record(&batch.id, &o.custom_id, o.line, o.ok, &o.json) {
