@@ -306,6 +306,13 @@ fn cases(dir: &std::path::Path) -> Vec<(String, PathBuf, &'static str)> {
     let mut g = b.clone();
     g.set("tokenizer.ggml.tokens", ARRAY, arrv(STRING, 0, &[]));
     case("vocab-empty", g.bytes(), "tokenizer.ggml.tokens");
+    // a token the merges build on, renamed: the vocabulary and the merges disagree
+    let mut g = b.clone();
+    let mut tokens = g.strings("tokenizer.ggml.tokens");
+    tokens[n / 2] = b"<0x-1>".to_vec();
+    let payload: Vec<u8> = tokens.iter().flat_map(|t| strv(t)).collect();
+    g.set("tokenizer.ggml.tokens", ARRAY, arrv(STRING, n as u64, &payload));
+    case("vocab-merges-disagree", g.bytes(), "out of vocabulary");
     // alignment
     for (name, ty, v) in [("0", U32, 0u32), ("13", U32, 13), ("as-i32", I32, 32)] {
         let mut g = b.clone();
@@ -491,5 +498,28 @@ fn a_recursive_chat_template_fails_to_render_not_the_process() {
     let e = Engine::load(&path).unwrap();
     let err = e.template.render(&[Message::user("hi")], &RenderOptions::default()).expect_err("renders");
     assert!(format!("{err:#}").contains("recursion"), "{err:#}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// A byte-fallback-looking token that is no byte (`<0x-1>`, llama.cpp CVE-2025-49847 parsed such names into
+/// a byte): Qwen's byte-level BPE has no byte tokens, so it is an ordinary string; it loads, and encoding and
+/// decoding it round-trip without touching anything out of range.
+#[test]
+fn a_fake_byte_token_is_just_text() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut g = base();
+    let mut tokens = g.strings("tokenizer.ggml.tokens");
+    // a token no merge uses (renaming one that merges build on is a clear load error instead)
+    let id = tokens.iter().position(|t| t == b"<|im_start|>").expect("the ChatML token");
+    tokens[id] = b"<0x-1>".to_vec();
+    let payload: Vec<u8> = tokens.iter().flat_map(|t| strv(t)).collect();
+    g.set("tokenizer.ggml.tokens", ARRAY, arrv(STRING, tokens.len() as u64, &payload));
+    let path = tmp_dir().join("token-0x-1.gguf");
+    std::fs::write(&path, g.bytes()).unwrap();
+    let e = Engine::load(&path).unwrap();
+    let text = e.tokenizer.decode(&[id as u32], false).unwrap();
+    assert_eq!(text, "<0x-1>");
+    let ids = e.tokenizer.encode("a <0x-1> b").unwrap();
+    assert_eq!(e.tokenizer.decode(&ids, false).unwrap(), "a <0x-1> b");
     std::fs::remove_file(&path).unwrap();
 }
