@@ -192,14 +192,7 @@ fn load(
     }
     let c = &engine.model.config;
     // the RAM planner: one session; the context and KV type that fit --max-ram or the memory available
-    let sizes = Sizes {
-        config: c,
-        file_len: engine.model.file.file_len(),
-        draft: engine.active_draft().map(|d| (&d.model.config, d.file_len())),
-        n_batch: DEFAULT_BATCH,
-        spec: engine.spec,
-        default_slots: 1,
-    };
+    let sizes = Sizes::of(&engine, 1);
     let choice = memory::choose(&sizes, args.cache.wants(Some(1)), Budget::from_flag(args.cache.max_ram))?;
     let defaults = (args.cache.ctx.unwrap_or_else(|| c.default_ctx()), args.cache.kv_type());
     if args.cache.max_ram.is_some() || (choice.ctx, choice.kv_type) != defaults {

@@ -195,7 +195,21 @@ pub const MIN_PLANNED_CTX: usize = 512;
 /// Contexts the planner picks are multiples of this.
 const CTX_STEP: usize = 256;
 
-impl Sizes<'_> {
+impl<'a> Sizes<'a> {
+    /// A loaded engine's sizes (its draft model included), decoding in batches of [`DEFAULT_BATCH`].
+    ///
+    /// [`DEFAULT_BATCH`]: crate::generate::DEFAULT_BATCH
+    pub fn of(engine: &'a crate::generate::Engine, default_slots: usize) -> Sizes<'a> {
+        Sizes {
+            config: &engine.model.config,
+            file_len: engine.model.file.file_len(),
+            draft: engine.active_draft().map(|d| (&d.model.config, d.file_len())),
+            n_batch: crate::generate::DEFAULT_BATCH,
+            spec: engine.spec,
+            default_slots,
+        }
+    }
+
     /// Everything resident with `slots` slots of `ctx` tokens of `kv_type`.
     pub fn plan(&self, ctx: usize, kv_type: KvType, slots: usize) -> MemoryPlan {
         let rows = speculate::logit_rows(&self.spec, slots, self.n_batch);

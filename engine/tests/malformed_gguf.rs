@@ -212,10 +212,8 @@ fn tmp_dir() -> PathBuf {
 }
 
 /// Peak resident memory of this process, in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+fn peak_rss() -> usize {
+    quire_engine::memory::peak_rss_bytes().expect("VmHWM in /proc/self/status")
 }
 
 /// The tests of this file one at a time: the memory bound is measured on the process.

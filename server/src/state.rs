@@ -146,14 +146,7 @@ pub fn load_model(cfg: &ServerConfig) -> anyhow::Result<Ready> {
     }
     // The RAM planner: context, KV type and slots that fit --max-ram or the memory available, before the
     // caches are allocated (the scheduler refuses, with numbers, if they still do not fit).
-    let sizes = Sizes {
-        config: &engine.model.config,
-        file_len: engine.model.file.file_len(),
-        draft: engine.active_draft().map(|d| (&d.model.config, d.file_len())),
-        n_batch: DEFAULT_BATCH,
-        spec: engine.spec,
-        default_slots: cfg.n_slots,
-    };
+    let sizes = Sizes::of(&engine, cfg.n_slots);
     let wants = Wants {
         ctx: cfg.ctx,
         kv_type: cfg.kv_type_set.then_some(cfg.kv_type),

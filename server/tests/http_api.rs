@@ -525,14 +525,7 @@ async fn max_ram_plans_the_slots_or_stops_the_load() {
     assert!(format!("{err:#}").contains("not enough memory (--max-ram 1.0 MiB)"), "{err:#}");
 
     let engine = quire_engine::generate::Engine::load(tiny_model()).unwrap();
-    let sizes = quire_engine::memory::Sizes {
-        config: &engine.model.config,
-        file_len: engine.model.file.file_len(),
-        draft: None,
-        n_batch: quire_engine::generate::DEFAULT_BATCH,
-        spec: Default::default(),
-        default_slots: 2,
-    };
+    let sizes = quire_engine::memory::Sizes::of(&engine, 2);
     let q8 = quire_engine::kv_cache::KvType::Q8_0;
     // room for one slot of 512 tokens (q8_0), not for two
     let budget = sizes.plan(512, q8, 1).total()

@@ -199,9 +199,10 @@ fn scalar(r: &mut Reader, ty: u32, key: &str) -> Parse<Value> {
     })
 }
 
-fn value(r: &mut Reader, ty: u32, key: &str) -> Parse<Value> {
+/// A value of type `ty`, and its elements' type when it is an array.
+fn value(r: &mut Reader, ty: u32, key: &str) -> Parse<(Value, Option<u32>)> {
     if ty != ARRAY {
-        return scalar(r, ty, key);
+        return Ok((scalar(r, ty, key)?, None));
     }
     let item = value_type(r, key)?;
     if item == ARRAY {
@@ -223,7 +224,7 @@ fn value(r: &mut Reader, ty: u32, key: &str) -> Parse<Value> {
     for _ in 0..n {
         items.push(scalar(r, item, key)?);
     }
-    Ok(Value::Array(items))
+    Ok((Value::Array(items), Some(item)))
 }
 
 /// Parses the header of a GGUF file (`b`: the whole file). The magic and version are checked by the caller.
@@ -249,9 +250,7 @@ pub fn parse(b: &[u8]) -> Parse<Header> {
             return Err(format!("an empty key at byte {at}"));
         }
         let ty = value_type(&mut r, &key)?;
-        let item = (ty == ARRAY).then(|| r.b.get(r.at..r.at + 4)).flatten();
-        let item = item.map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-        let v = value(&mut r, ty, &key)?;
+        let (v, item) = value(&mut r, ty, &key)?;
         if let Some((want, want_item)) = expected_type(&key).filter(|&e| e != (ty, item)) {
             return Err(format!(
                 "key '{key}' is {}, expected {}",
